@@ -1,0 +1,64 @@
+from autoglm.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("id", "source", "architecture", "dtype", "quantization", "max_context_tokens", "has_chat_template", "defaults", "ready_workers", "total_workers")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    HAS_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    READY_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    source: str
+    architecture: str
+    dtype: str
+    quantization: str
+    max_context_tokens: int
+    has_chat_template: bool
+    defaults: _types_pb2.SamplingOptions
+    ready_workers: int
+    total_workers: int
+    def __init__(self, id: _Optional[str] = ..., source: _Optional[str] = ..., architecture: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., defaults: _Optional[_Union[_types_pb2.SamplingOptions, _Mapping]] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServerInfoResponse(_message.Message):
+    __slots__ = ("server_version", "api_version", "default_model", "ready_workers", "total_workers", "max_queue_depth", "reflection_enabled")
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    API_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    READY_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    REFLECTION_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    server_version: str
+    api_version: str
+    default_model: str
+    ready_workers: int
+    total_workers: int
+    max_queue_depth: int
+    reflection_enabled: bool
+    def __init__(self, server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., default_model: _Optional[str] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., reflection_enabled: _Optional[bool] = ...) -> None: ...

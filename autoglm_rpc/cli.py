@@ -1,0 +1,149 @@
+"""The `autoglm-rpc` command: `serve`, `generate` (a streaming terminal client) and `demo-model`.
+
+Every `serve` flag can also come from an `AUTOGLM_<NAME>` variable or a TOML file (see `config.py`). Logs go to
+stderr; `generate` writes only the generated text to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoglm_rpc.config import DEVICES, DTYPES, QUANTIZATIONS, Settings
+
+logger = logging.getLogger("autoglm_rpc")
+
+
+def _serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="serve a checkpoint over gRPC")
+    serve.add_argument("--config", help="TOML file with settings (keys as the flags, with underscores)")
+    serve.add_argument("--model", help="checkpoint directory, or a hub id already in the local cache")
+    serve.add_argument("--model-id", help="the name clients use as `model` (default: the directory name)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one (default 50051)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1 on CPU)")
+    serve.add_argument("--device", type=str.lower, choices=[*DEVICES, "gpu"], help="default auto")
+    serve.add_argument("--dtype", choices=DTYPES, help="default auto: float32 on CPU, bfloat16 on GPU")
+    serve.add_argument("--quantization", choices=QUANTIZATIONS, help="bitsandbytes quantization (GPU only)")
+    serve.add_argument("--max-batch-size", type=int, help="running requests per worker (default 32)")
+    serve.add_argument("--max-seq-len", type=int, help="context limit in tokens (default: the checkpoint's)")
+    serve.add_argument("--max-num-batched-tokens", type=int, help="token budget per engine step (default 512)")
+    serve.add_argument("--max-queue-depth", type=int, help="waiting requests before QUEUE_FULL (default 256)")
+    serve.add_argument("--default-max-new-tokens", type=int, help="when a request sets none (default 256)")
+    serve.add_argument("--worker-threads", type=int, help="torch threads per CPU worker")
+    serve.add_argument(
+        "--no-reflection", dest="reflection", action="store_const", const=False, help="turn server reflection off"
+    )
+    serve.add_argument("--trust-remote-code", action="store_const", const=True, help="run a checkpoint's own code")
+    serve.add_argument("--allow-download", action="store_const", const=True, help="let a hub id be downloaded")
+    serve.add_argument("--log-level", type=str.upper, help="DEBUG, INFO (default), WARNING or ERROR")
+
+
+def _generate_parser(commands: argparse._SubParsersAction) -> None:
+    generate = commands.add_parser("generate", help="stream a completion to the terminal")
+    generate.add_argument("prompt", help="the prompt text")
+    generate.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
+    generate.add_argument("--chat", action="store_true", help="send the prompt as a user chat message")
+    generate.add_argument("--max-new-tokens", type=int)
+    generate.add_argument("--temperature", type=float)
+    generate.add_argument("--top-p", type=float)
+    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--stop", action="append", default=[], help="a stop sequence (repeatable)")
+    generate.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the server to be ready")
+    generate.add_argument("--timeout", type=float, help="deadline of the call in seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoglm-rpc", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(commands)
+    _generate_parser(commands)
+    demo = commands.add_parser("demo-model", help="build the tiny random-weight demo checkpoint")
+    demo.add_argument("--output", default=".demo-model", help="directory to write (default .demo-model)")
+    demo.add_argument("--if-missing", action="store_true", help="do nothing if the directory holds a checkpoint")
+    return parser
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    flags = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    try:
+        settings = Settings.from_sources(flags, config_file=args.config)
+    except ValueError as exc:
+        _setup_logging()
+        logger.error("invalid settings: %s", exc)
+        return 2
+    _setup_logging(settings.log_level)
+    from autoglm_rpc.server import serve
+
+    try:
+        return serve(settings)
+    except (ValueError, OSError) as exc:
+        logger.error("cannot serve: %s", exc)
+        return 1
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from autoglm_rpc.client import FINISH_REASON_NAMES, AutoglmError, Client
+
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "seed": args.seed,
+        "stop": args.stop,
+    }
+    prompt = {"chat": [("user", args.prompt)]} if args.chat else {"prompt": args.prompt}
+    with Client(args.target) as client:
+        try:
+            client.wait_until_ready(args.wait)
+            for message in client.stream(timeout=args.timeout, **prompt, **options):
+                sys.stdout.write(message.text)
+                sys.stdout.flush()
+                if message.finish_reason:
+                    usage, timing = message.usage, message.timing
+                    sys.stdout.write("\n")
+                    sys.stderr.write(
+                        f"[{FINISH_REASON_NAMES[message.finish_reason]}: {usage.completion_tokens} tokens, "
+                        f"first token after {timing.time_to_first_token.ToMilliseconds()} ms, "
+                        f"total {timing.total_time.ToMilliseconds()} ms]\n"
+                    )
+        except AutoglmError as exc:
+            sys.stderr.write(f"autoglm-rpc generate: {exc}\n")
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+def _demo_model(args: argparse.Namespace) -> int:
+    _setup_logging()
+    output = Path(args.output)
+    if args.if_missing and (output / "config.json").exists():
+        logger.info("demo checkpoint already at %s", output)
+        return 0
+    from workers.checkpoints import build_demo_checkpoint
+
+    logger.info("building the demo checkpoint (random weights: its text is noise) at %s", output)
+    build_demo_checkpoint(output)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": _serve, "generate": _generate, "demo-model": _demo_model}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

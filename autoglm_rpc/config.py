@@ -1,0 +1,158 @@
+"""The service's settings: one frozen object, built once from flags, environment and an optional file.
+
+Precedence, highest first: command-line flags, `AUTOGLM_<NAME>` variables, the seed documents' aliases
+(`MODEL_PATH`, `MODEL_TYPE`, `BATCH_SIZE`, `MAX_SEQ_LENGTH`, `DEVICE`), a TOML file (`--config`, or
+`AUTOGLM_CONFIG`) whose keys are the field names, then the defaults below. `Settings.validate()` rejects bad
+values with a `ValueError` that names the setting; environment is read in `from_sources` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "int8", "nf4")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# Seed-document names accepted as aliases of our settings (value converters for the odd ones).
+ALIASES: dict[str, str] = {
+    "MODEL_PATH": "model",
+    "MODEL_TYPE": "model_id",
+    "BATCH_SIZE": "max_batch_size",
+    "MAX_SEQ_LENGTH": "max_seq_len",
+    "DEVICE": "device",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `autoglm-rpc serve` can be told. Field names double as TOML keys and `AUTOGLM_*` suffixes."""
+
+    model: str | None = None  # checkpoint directory, or a hub id already in the local cache
+    model_id: str | None = None  # the name served as `model`; default: the checkpoint directory's name
+    host: str = "127.0.0.1"
+    port: int = 50051
+    workers: int | None = None  # default: one per visible GPU with device cuda, else 1
+    device: str = "auto"
+    dtype: str = "auto"
+    quantization: str = "none"
+    max_batch_size: int = 32  # running requests per worker
+    max_seq_len: int | None = None  # context limit; default: the checkpoint's
+    max_num_batched_tokens: int = 512  # per-step token budget of chunked prefill
+    max_queue_depth: int = 256  # requests waiting beyond the running batches before QUEUE_FULL
+    default_max_new_tokens: int = 256  # when neither the request nor generation_config sets one
+    max_message_bytes: int = 16 * 1024 * 1024
+    reflection: bool = True
+    trust_remote_code: bool = False
+    allow_download: bool = False
+    worker_threads: int | None = None  # torch threads per CPU worker
+    worker_start_timeout: float = 600.0
+    grace_period: float = 10.0  # seconds in-flight requests get on shutdown
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_sources(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        config_file: str | Path | None = None,
+    ) -> Settings:
+        """Merge file, aliases, `AUTOGLM_*` and flags (None values in `flags` mean "not given"); validate."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        config_file = config_file or environ.get("AUTOGLM_CONFIG")
+        if config_file:
+            values.update(_read_file(Path(config_file)))
+        for alias, name in ALIASES.items():
+            if alias in environ:
+                values[name] = environ[alias]
+        for name in _field_names():
+            env_name = f"AUTOGLM_{name.upper()}"
+            if env_name in environ:
+                values[name] = environ[env_name]
+        values.update({k: v for k, v in (flags or {}).items() if v is not None})
+        settings = cls(**{name: _coerce(name, value) for name, value in values.items()})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("quantization", self.quantization, QUANTIZATIONS)
+        _check_choice("log_level", self.log_level, LOG_LEVELS)
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        for name in ("max_batch_size", "max_num_batched_tokens", "default_max_new_tokens", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("workers", "max_seq_len", "worker_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.max_queue_depth < 0:
+            raise ValueError(f"max_queue_depth must be 0 or more, got {self.max_queue_depth}")
+        if self.worker_start_timeout <= 0 or self.grace_period < 0:
+            raise ValueError("worker_start_timeout must be positive and grace_period not negative")
+        if self.quantization != "none" and self.device == "cpu":
+            raise ValueError(f"quantization {self.quantization!r} needs bitsandbytes on a CUDA GPU; use device cuda")
+
+    def replace(self, **changes: Any) -> Settings:
+        settings = dataclasses.replace(self, **changes)
+        settings.validate()
+        return settings
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in fields(Settings)]
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"config file {path}: {exc}") from exc
+    unknown = sorted(set(data) - set(_field_names()))
+    if unknown:
+        raise ValueError(f"config file {path}: unknown settings {', '.join(unknown)}")
+    return data
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a string from the environment into the field's type; typed values pass through."""
+    if name not in _field_names():
+        raise ValueError(f"unknown setting {name!r}")
+    if not isinstance(value, str):
+        return value
+    kind = Settings.__dataclass_fields__[name].type
+    text = value.strip()
+    try:
+        if kind in ("bool",):
+            if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(text)
+            return text.lower() in ("1", "true", "yes", "on")
+        if kind in ("int", "int | None"):
+            return None if text == "" and "None" in kind else int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a {kind.split(' ')[0]}, got {value!r}") from None
+    if name == "device":
+        return {"gpu": "cuda"}.get(text.lower(), text.lower())
+    if name in ("dtype", "quantization"):
+        return text.lower()
+    if name == "log_level":
+        return text.upper()
+    return text or None if "None" in kind else text
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

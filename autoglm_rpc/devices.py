@@ -1,0 +1,69 @@
+"""Which devices the workers run on, decided without importing torch (the gateway stays light).
+
+GPUs are counted from the NVIDIA driver's /proc entries, narrowed by CUDA_VISIBLE_DEVICES when it is set. With
+device "cuda" (or "auto" on a machine with GPUs) there is one worker per GPU, each pinned to its GPU through
+CUDA_VISIBLE_DEVICES; otherwise `workers` CPU workers (default 1).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from workers.protocol import WorkerConfig
+
+if TYPE_CHECKING:
+    from autoglm_rpc.config import Settings
+    from autoglm_rpc.frontend import ServedModel
+
+_NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None, driver_dir: Path = _NVIDIA_GPUS) -> list[str]:
+    """The GPU ids a worker may be pinned to, as CUDA_VISIBLE_DEVICES values."""
+    environ = os.environ if environ is None else environ
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [item.strip() for item in listed.split(",") if item.strip() and item.strip() != "-1"]
+    try:
+        count = sum(1 for _ in driver_dir.iterdir())
+    except OSError:
+        return []
+    return [str(index) for index in range(count)]
+
+
+def plan_workers(settings: Settings, served: ServedModel, gpus: list[str] | None = None) -> list[WorkerConfig]:
+    """One WorkerConfig per worker process; raises ValueError when device cuda is asked for with no GPU."""
+    gpus = visible_gpus() if gpus is None else gpus
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if gpus else "cpu"
+    if device == "cuda" and not gpus:
+        raise ValueError("device: cuda was asked for, but no NVIDIA GPU is visible (check the driver)")
+    if device == "cuda":
+        count = settings.workers or len(gpus)
+        if count > len(gpus):
+            raise ValueError(f"workers: {count} asked for, but only {len(gpus)} GPU(s) are visible")
+    else:
+        count = settings.workers or 1
+    return [
+        WorkerConfig(
+            worker_id=index,
+            model_path=served.source,
+            model_id=served.model_id,
+            device=device,
+            dtype=settings.dtype,
+            quantization=settings.quantization,
+            max_batch_size=settings.max_batch_size,
+            max_seq_len=served.max_context_tokens,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            trust_remote_code=settings.trust_remote_code,
+            allow_download=settings.allow_download,
+            num_threads=settings.worker_threads,
+            cuda_visible_devices=gpus[index] if device == "cuda" else None,
+            log_level=settings.log_level,
+        )
+        for index in range(count)
+    ]

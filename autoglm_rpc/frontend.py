@@ -1,0 +1,255 @@
+"""The generation front end: from a validated request to a stream of events, the same for both RPCs.
+
+It checks the model name, tokenizes (text, chat template or ids), checks the fit in the context, resolves the
+sampling and stopping defaults, admits the request to the pool, then turns the worker's token deltas into text:
+incremental, UTF-8-safe detokenization and stop sequences matched across token boundaries. When a stop sequence
+matches, or the caller goes away, the worker is told to stop that request at its next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from autoglm_rpc import errors
+from autoglm_rpc.pool.pool import InFlight, WorkerPool
+from autoglm_rpc.requests import (
+    Admitted,
+    ChatPrompt,
+    Completed,
+    GenerationEvent,
+    GenerationRequest,
+    Prompt,
+    TextDelta,
+    Timings,
+    TokenPrompt,
+)
+from autoglm_rpc.text.checkpoint import CheckpointFacts
+from autoglm_rpc.text.output import TextStream
+from autoglm_rpc.text.tokenizer import ChatTemplateError, ChatTemplateMissing, TextTokenizer
+from workers.protocol import (
+    FailureReason,
+    Finish,
+    FinishReason,
+    RequestDelta,
+    RequestFailed,
+    SamplingParams,
+    StoppingParams,
+    Submit,
+    TokenLogprob,
+)
+
+logger = logging.getLogger(__name__)
+
+_FAILURES: dict[FailureReason, type[errors.ServiceError] | None] = {
+    FailureReason.GPU_OUT_OF_MEMORY: errors.OutOfMemory,
+    FailureReason.PROMPT_TOO_LONG: errors.PromptTooLong,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """What the gateway knows about the model before any worker is up: name, tokenizer, checkpoint facts."""
+
+    model_id: str
+    source: str
+    tokenizer: TextTokenizer
+    facts: CheckpointFacts
+    max_context_tokens: int
+    default_max_new_tokens: int
+
+
+class Frontend:
+    """Runs requests against one served model through a `WorkerPool`. Lives on the event loop."""
+
+    def __init__(self, model: ServedModel, pool: WorkerPool) -> None:
+        self.model = model
+        self.pool = pool
+
+    # -- resolving ----------------------------------------------------------------------------------------------
+
+    def check_model(self, name: str) -> None:
+        if name and name != self.model.model_id:
+            raise errors.ModelNotFound(name, self.model.model_id)
+
+    def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a prompt, as the model will see them."""
+        match prompt:
+            case TokenPrompt(ids=ids):
+                vocab_size = self.model.tokenizer.vocab_size
+                bad = next((i for i in ids if i >= vocab_size), None)
+                if bad is not None:
+                    raise errors.InvalidParameter(
+                        "prompt_token_ids.ids", f"token id {bad} is outside the vocabulary (size {vocab_size})"
+                    )
+                return list(ids)
+            case ChatPrompt(messages=messages, add_generation_prompt=add_generation_prompt):
+                try:
+                    return self.model.tokenizer.encode_chat(messages, add_generation_prompt)
+                except ChatTemplateMissing:
+                    raise errors.ChatTemplateMissing(self.model.model_id) from None
+                except ChatTemplateError as exc:
+                    raise errors.InvalidParameter("chat.messages", f"the chat template refused them: {exc}") from None
+            case str():
+                return self.model.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+
+    def resolve(self, request: GenerationRequest, deadline: float | None, carrier: dict[str, str]) -> Submit:
+        """Check the request against the model and build the worker's `Submit` (with every default applied)."""
+        self.check_model(request.model)
+        prompt_ids = self.encode(request.prompt)
+        if not prompt_ids:
+            raise errors.InvalidParameter("prompt", "the prompt has no tokens")
+        max_new_tokens = self._max_new_tokens(len(prompt_ids), request.stopping.max_new_tokens)
+        vocab_size = self.model.tokenizer.vocab_size
+        bad_stop = next((i for i in request.stopping.stop_token_ids if i >= vocab_size), None)
+        if bad_stop is not None:
+            raise errors.InvalidParameter("stopping.stop_token_ids", f"{bad_stop} is outside the vocabulary")
+        stop = request.stopping
+        return Submit(
+            request_id=request.request_id or uuid.uuid4().hex,
+            prompt_ids=tuple(prompt_ids),
+            sampling=self._sampling(request),
+            stopping=StoppingParams(
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min(stop.min_new_tokens, max_new_tokens),
+                eos_token_ids=tuple(self.model.facts.eos_token_ids),
+                stop_token_ids=stop.stop_token_ids,
+                ignore_eos=stop.ignore_eos,
+                max_generation_time=stop.max_generation_time,
+            ),
+            return_logprobs=request.output.return_logprobs,
+            top_logprobs=request.output.top_logprobs,
+            priority=request.priority,
+            deadline=deadline,
+            trace_carrier=carrier,
+        )
+
+    def _max_new_tokens(self, num_prompt_tokens: int, asked: int | None) -> int:
+        limit = self.model.max_context_tokens
+        room = limit - num_prompt_tokens
+        if room < 1:
+            raise errors.PromptTooLong(
+                f"the prompt has {num_prompt_tokens} tokens; the context limit is {limit} (prompt plus output)"
+            )
+        if asked is None:
+            default = self.model.facts.defaults.max_new_tokens or self.model.default_max_new_tokens
+            return min(default, room)
+        if asked > room:
+            raise errors.PromptTooLong(
+                f"the prompt has {num_prompt_tokens} tokens and stopping.max_new_tokens is {asked}: "
+                f"{num_prompt_tokens + asked} is over the context limit of {limit}"
+            )
+        return asked
+
+    def _sampling(self, request: GenerationRequest) -> SamplingParams:
+        asked, defaults = request.sampling, self.model.facts.defaults
+        temperature = defaults.temperature if asked.temperature is None else asked.temperature
+        return SamplingParams(
+            temperature=temperature,
+            top_p=defaults.top_p if asked.top_p is None else asked.top_p,
+            top_k=defaults.top_k if asked.top_k is None else asked.top_k,
+            repetition_penalty=(
+                defaults.repetition_penalty if asked.repetition_penalty is None else asked.repetition_penalty
+            ),
+            seed=secrets.randbits(63) if asked.seed is None else asked.seed,
+        )
+
+    # -- running ------------------------------------------------------------------------------------------------
+
+    async def generate(
+        self, request: GenerationRequest, deadline: float | None = None, carrier: dict[str, str] | None = None
+    ) -> AsyncIterator[GenerationEvent]:
+        """Yield `Admitted`, then `TextDelta`s, then one `Completed`; raise `ServiceError` on failure.
+
+        Closing the iterator early (the caller cancelled or its deadline passed) cancels the work in the worker.
+        """
+        arrival = time.monotonic()
+        submit = self.resolve(request, deadline, carrier or {})
+        flight = self.pool.submit(submit)
+        run = _Run(submit, flight, arrival, TextStream(self.model.tokenizer, request))
+        try:
+            yield Admitted(submit.request_id, self.model.model_id, len(submit.prompt_ids), submit.sampling.seed)
+            while not run.is_done:
+                for event in run.handle(await flight.events.get()):
+                    yield event
+        finally:
+            if not run.is_done or run.must_cancel:
+                self.pool.cancel(submit.request_id)
+            self.pool.detach(submit.request_id)
+
+
+class _Run:
+    """The state of one admitted request: turns worker events into text events."""
+
+    def __init__(self, submit: Submit, flight: InFlight, arrival: float, text: TextStream) -> None:
+        self.submit = submit
+        self.flight = flight
+        self.arrival = arrival
+        self.text = text
+        self.logprobs: list[TokenLogprob] = []
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.is_done = False
+        self.must_cancel = False  # the gateway ended it (stop sequence); the worker still runs it
+
+    def handle(self, event: object) -> list[TextDelta | Completed]:
+        match event:
+            case errors.ServiceError():
+                raise event
+            case RequestFailed(reason=reason, message=message):
+                error_class = _FAILURES.get(reason)
+                if error_class is None:
+                    logger.error("request %s failed in its worker: %s", self.submit.request_id, message)
+                    raise errors.InternalError(self.submit.request_id)
+                raise error_class(message)
+            case RequestDelta():
+                return self._on_delta(event)
+        raise TypeError(f"unexpected worker event {event!r}")
+
+    def _on_delta(self, delta: RequestDelta) -> list[TextDelta | Completed]:
+        now = time.monotonic()
+        if delta.token_ids:
+            self.first_token_at = self.first_token_at or now
+            self.last_token_at = now
+        events: list[TextDelta | Completed] = []
+        for position, token_id in enumerate(delta.token_ids):
+            piece = self.text.push(token_id)
+            token_logprobs = (delta.logprobs[position],) if position < len(delta.logprobs) else ()
+            self.logprobs.extend(token_logprobs)
+            events.append(TextDelta(piece, (token_id,), token_logprobs))
+            if self.text.stop_sequence is not None:
+                self.must_cancel = True
+                events.append(self._complete(FinishReason.STOP_SEQUENCE, None))
+                return events
+        if delta.finish is not None:
+            tail = self.text.flush()
+            if tail:
+                events.append(TextDelta(tail))
+            events.append(self._complete(delta.finish.reason, delta.finish))
+        return events
+
+    def _complete(self, reason: FinishReason, finish: Finish | None) -> Completed:
+        self.is_done = True
+        now = time.monotonic()
+        first = self.first_token_at or now
+        worker_queue_time = finish.queue_time if finish else 0.0
+        return Completed(
+            finish_reason=reason,
+            text=self.text.text,
+            token_ids=tuple(self.text.token_ids),
+            logprobs=tuple(self.logprobs[: len(self.text.token_ids)]),
+            prompt_tokens=len(self.submit.prompt_ids),
+            seed=self.submit.sampling.seed,
+            timings=Timings(
+                queue_time=worker_queue_time,
+                time_to_first_token=first - self.arrival,
+                decode_time=(self.last_token_at or now) - first,
+                total_time=now - self.arrival,
+            ),
+            stop_sequence=self.text.stop_sequence,
+            stop_token_id=finish.stop_token_id if finish else None,
+        )

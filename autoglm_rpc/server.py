@@ -1,0 +1,197 @@
+"""Assembles the service: settings in, a started gRPC server with its worker pool out.
+
+`build_app(settings)` binds the port (0 picks a free one) and wires servicers, health and reflection; `App.start()`
+starts the server and spawns the workers; `serve(settings)` runs it until SIGINT/SIGTERM. Health: service "" is
+liveness (SERVING while the process runs); `autoglm.v1.GenerationService` is readiness (SERVING while at least one
+worker is ready and the server is not draining).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from autoglm.v1 import generation_pb2, model_pb2, model_pb2_grpc
+from autoglm_rpc import convert
+from autoglm_rpc.config import Settings
+from autoglm_rpc.devices import plan_workers
+from autoglm_rpc.frontend import Frontend, ServedModel
+from autoglm_rpc.model_source import default_model_id, resolve_model_source
+from autoglm_rpc.pool.pool import WorkerPool
+from autoglm_rpc.servicers.generation import Checked, GenerationServicer
+from autoglm_rpc.servicers.model import ModelServicer
+from autoglm_rpc.text.checkpoint import read_checkpoint_facts
+from autoglm_rpc.text.tokenizer import TextTokenizer
+
+logger = logging.getLogger(__name__)
+
+GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
+MODEL_SERVICE = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel options: message limits for long prompts, and keepalive that tolerates long silent prefills."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Ping idle clients every 60 s and drop them after 20 s without an answer, so dead peers free their work.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Let clients keep a connection alive by pinging every 10 s or more, also while no data flows (a long
+        # prefill sends nothing for a while).
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+@dataclass
+class App:
+    """The running service: the server, the port it bound, the pool and the health servicer."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    port: int
+    pool: WorkerPool
+    frontend: Frontend
+    health: health.aio.HealthServicer
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> None:
+        """Start serving and spawn the workers; readiness turns SERVING when the first worker is ready."""
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(GENERATION_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.pool.add_listener(self._on_pool_change)
+        await self.server.start()
+        self.pool.start()
+
+    async def wait_until_ready(self, timeout: float | None = None) -> None:
+        """Wait for the workers to load; raise RuntimeError if none could."""
+        await self.pool.wait_until_settled(timeout or self.settings.worker_start_timeout)
+        if not self.pool.num_ready:
+            raise RuntimeError("no worker could load the model; the log above says why")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: readiness NOT_SERVING, in-flight calls get `grace` seconds, then the workers stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_period if grace is None else grace)
+        await self.pool.stop()
+
+    def _on_pool_change(self) -> None:
+        status = health_pb2.HealthCheckResponse
+        serving = status.SERVING if self.pool.num_ready else status.NOT_SERVING
+        task = asyncio.get_running_loop().create_task(self.health.set(GENERATION_SERVICE, serving))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def load_served_model(settings: Settings) -> ServedModel:
+    """Resolve the checkpoint and read what the gateway needs of it (tokenizer, limits, defaults)."""
+    if not settings.model:
+        raise ValueError("model: no model configured (pass --model PATH or set AUTOGLM_MODEL)")
+    source = resolve_model_source(settings.model, settings.allow_download)
+    facts = read_checkpoint_facts(source)
+    max_context = facts.max_position_embeddings
+    if settings.max_seq_len is not None:
+        if settings.max_seq_len > max_context:
+            logger.warning(
+                "max_seq_len %d is over the checkpoint's %d positions; using %d",
+                settings.max_seq_len, max_context, max_context,
+            )  # fmt: skip
+        max_context = min(settings.max_seq_len, max_context)
+    return ServedModel(
+        model_id=settings.model_id or default_model_id(settings.model, source),
+        source=str(source),
+        tokenizer=TextTokenizer.from_dir(source),
+        facts=facts,
+        max_context_tokens=max_context,
+        default_max_new_tokens=settings.default_max_new_tokens,
+    )
+
+
+def build_app(settings: Settings) -> App:
+    """Build the server bound to settings.host:settings.port (port 0: any free port); nothing runs yet."""
+    served = load_served_model(settings)
+    pool = WorkerPool(plan_workers(settings, served), settings.max_queue_depth)
+    frontend = Frontend(served, pool)
+    server = grpc.aio.server(options=server_options(settings))
+    server.add_generic_rpc_handlers((_generation_handlers(GenerationServicer(frontend)),))
+    model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(frontend, settings.reflection), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        names = (GENERATION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    return App(settings, server, port, pool, frontend, health_servicer)
+
+
+def _generation_handlers(servicer: GenerationServicer) -> grpc.GenericRpcHandler:
+    """GenerationService's handlers; Generate/GenerateStream see the wire bytes to reject two `input`s."""
+
+    def checked(message_class: type) -> object:
+        def deserialize(data: bytes) -> Checked:
+            return Checked(message_class.FromString(data), convert.count_input_fields(data))
+
+        return deserialize
+
+    pb = generation_pb2
+    handlers = {
+        "Generate": grpc.unary_unary_rpc_method_handler(
+            servicer.Generate, checked(pb.GenerateRequest), pb.GenerateResponse.SerializeToString
+        ),
+        "GenerateStream": grpc.unary_stream_rpc_method_handler(
+            servicer.GenerateStream, checked(pb.GenerateStreamRequest), pb.GenerateStreamResponse.SerializeToString
+        ),
+        "CancelGeneration": grpc.unary_unary_rpc_method_handler(
+            servicer.CancelGeneration,
+            pb.CancelGenerationRequest.FromString,
+            pb.CancelGenerationResponse.SerializeToString,
+        ),
+        "Tokenize": grpc.unary_unary_rpc_method_handler(
+            servicer.Tokenize, pb.TokenizeRequest.FromString, pb.TokenizeResponse.SerializeToString
+        ),
+    }
+    return grpc.method_handlers_generic_handler(GENERATION_SERVICE, handlers)
+
+
+async def run(settings: Settings) -> int:
+    """Serve until SIGINT or SIGTERM; return the process exit code."""
+    app = build_app(settings)
+    await app.start()
+    logger.info(
+        "autoglm-rpc listening on %s:%d, serving %s from %s (%d worker(s))",
+        settings.host, app.port, app.frontend.model.model_id, app.frontend.model.source, app.pool.num_workers,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        ready = asyncio.create_task(app.wait_until_ready())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done() and ready.exception() is None:
+            logger.info("ready: %d of %d worker(s) serving", app.pool.num_ready, app.pool.num_workers)
+            await stopped
+        elif ready.done():
+            logger.error("%s", ready.exception())
+            return 1
+        ready.cancel()
+        logger.info("shutting down: draining in-flight requests (grace %.0fs)", settings.grace_period)
+        return 0
+    finally:
+        await app.stop()
+
+
+def serve(settings: Settings) -> int:
+    return asyncio.run(run(settings))
+

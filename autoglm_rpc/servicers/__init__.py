@@ -1,0 +1,1 @@
+"""The gRPC servicers: thin adapters between protobuf messages and the front end."""

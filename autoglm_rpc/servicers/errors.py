@@ -1,0 +1,57 @@
+"""Turns exceptions escaping a handler into the call's status: the servicers' one error boundary."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from autoglm_rpc.errors import InternalError, ServiceError, to_rpc_status
+
+logger = logging.getLogger(__name__)
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+async def abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
+    """Abort the call with `error`'s status; unexpected errors are logged and become INTERNAL."""
+    if not isinstance(error, ServiceError):
+        logger.error("unexpected error in %s", method, exc_info=error)
+        error = InternalError()
+    await context.abort_with_status(to_rpc_status(error))
+
+
+def unary(
+    handler: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort(context, error, handler.__name__)
+            raise  # abort_with_status raises; this line is never reached
+
+    return wrapper
+
+
+def streaming(
+    handler: Callable[[Any, Request, grpc.aio.ServicerContext], AsyncIterator[Response]],
+) -> Callable[[Any, Request, grpc.aio.ServicerContext], AsyncIterator[Response]]:
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
+        try:
+            async for message in handler(self, request, context):
+                yield message
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort(context, error, handler.__name__)
+
+    return wrapper

@@ -1,0 +1,164 @@
+"""`autoglm.v1.GenerationService`: a thin layer from protobuf to the front end and back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import grpc
+
+from autoglm.v1 import generation_pb2, types_pb2
+from autoglm_rpc import convert
+from autoglm_rpc.errors import InvalidParameter
+from autoglm_rpc.frontend import Frontend
+from autoglm_rpc.requests import Admitted, Completed, GenerationRequest, TextDelta
+from autoglm_rpc.servicers import errors
+from workers.protocol import TokenLogprob
+
+Message = TypeVar("Message")
+MAX_CANCEL_IDS = 1024
+# Metadata of the W3C trace context, passed on to the worker with the request.
+TRACE_KEYS = ("traceparent", "tracestate")
+
+
+@dataclass(frozen=True, slots=True)
+class Checked(Generic[Message]):
+    """A request message with what only the wire shows: how many `input` oneof members it carried."""
+
+    message: Message
+    num_inputs: int
+
+
+def _call_facts(context: grpc.aio.ServicerContext) -> tuple[float | None, dict[str, str]]:
+    """The call's absolute deadline (monotonic clock) and its trace context."""
+    remaining = context.time_remaining()
+    deadline = None if remaining is None else time.monotonic() + remaining
+    metadata = context.invocation_metadata() or ()
+    carrier = {key: value for key, value in metadata if key in TRACE_KEYS and isinstance(value, str)}
+    return deadline, carrier
+
+
+class GenerationServicer:
+    def __init__(self, frontend: Frontend) -> None:
+        self._frontend = frontend
+
+    @errors.unary
+    async def Generate(
+        self, request: Checked[generation_pb2.GenerateRequest], context: grpc.aio.ServicerContext
+    ) -> generation_pb2.GenerateResponse:
+        parsed = convert.generation_request(request.message, request.num_inputs)
+        deadline, carrier = _call_facts(context)
+        request_id = ""
+        async with aclosing(self._frontend.generate(parsed, deadline, carrier)) as events:
+            async for event in events:
+                match event:
+                    case Admitted(request_id=request_id):
+                        await context.send_initial_metadata((("x-request-id", request_id),))
+                    case Completed():
+                        return convert.generate_response(
+                            request_id, self._frontend.model.model_id, event, parsed.output
+                        )
+        raise RuntimeError("generation ended without a result")
+
+    @errors.streaming
+    async def GenerateStream(
+        self, request: Checked[generation_pb2.GenerateStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+        parsed = convert.generation_request(request.message, request.num_inputs)
+        deadline, carrier = _call_facts(context)
+        batcher = _DeltaBatcher(parsed)
+        async with aclosing(self._frontend.generate(parsed, deadline, carrier)) as events:
+            async for event in events:
+                match event:
+                    case Admitted(request_id=request_id, prompt_tokens=prompt_tokens):
+                        batcher.request_id = request_id
+                        await context.send_initial_metadata((("x-request-id", request_id),))
+                        yield generation_pb2.GenerateStreamResponse(
+                            request_id=request_id, prompt=types_pb2.PromptInfo(prompt_tokens=prompt_tokens)
+                        )
+                    case TextDelta():
+                        message = batcher.add(event)
+                        if message is not None:
+                            yield message
+                    case Completed():
+                        yield batcher.last(event)
+
+    @errors.unary
+    async def CancelGeneration(
+        self, request: generation_pb2.CancelGenerationRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.CancelGenerationResponse:
+        if not request.request_ids:
+            raise InvalidParameter("request_ids", "at least one id is needed")
+        if len(request.request_ids) > MAX_CANCEL_IDS:
+            raise InvalidParameter("request_ids", f"at most {MAX_CANCEL_IDS} ids")
+        results = []
+        for index, request_id in enumerate(request.request_ids):
+            convert.request_id(request_id, f"request_ids[{index}]")
+            results.append(
+                generation_pb2.CancelGenerationResult(request_id=request_id, outcome=self._cancel(request_id))
+            )
+        return generation_pb2.CancelGenerationResponse(results=results)
+
+    def _cancel(self, request_id: str) -> int:
+        pool = self._frontend.pool
+        if pool.is_in_flight(request_id):
+            pool.cancel(request_id)
+            return generation_pb2.CANCEL_OUTCOME_CANCELLED
+        if pool.was_finished(request_id):
+            return generation_pb2.CANCEL_OUTCOME_ALREADY_FINISHED
+        return generation_pb2.CANCEL_OUTCOME_NOT_FOUND
+
+    @errors.unary
+    async def Tokenize(
+        self, request: generation_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.TokenizeResponse:
+        self._frontend.check_model(request.model)
+        add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True
+        match request.WhichOneof("input"):
+            case "text":
+                ids = self._frontend.encode(request.text, add_special_tokens=add_special)
+            case "chat":
+                ids = self._frontend.encode(convert.chat_prompt(request.chat, "chat"))
+            case _:
+                raise InvalidParameter("input", "set one of text and chat")
+        return generation_pb2.TokenizeResponse(
+            token_count=len(ids), token_ids=ids, max_context_tokens=self._frontend.model.max_context_tokens
+        )
+
+
+@dataclass
+class _DeltaBatcher:
+    """Groups text deltas into stream messages of at least `min_tokens_per_message` tokens."""
+
+    request: GenerationRequest
+    request_id: str = ""
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    num_tokens: int = 0
+
+    def add(self, delta: TextDelta) -> generation_pb2.GenerateStreamResponse | None:
+        self.text.append(delta.text)
+        self.token_ids.extend(delta.token_ids)
+        self.logprobs.extend(delta.logprobs)
+        self.num_tokens += len(delta.token_ids)
+        output = self.request.output
+        has_payload = any(self.text) or output.return_token_ids or output.return_logprobs
+        if self.num_tokens < self.request.min_tokens_per_message or not has_payload:
+            return None
+        return self._take(generation_pb2.GenerateStreamResponse(request_id=self.request_id))
+
+    def last(self, done: Completed) -> generation_pb2.GenerateStreamResponse:
+        return self._take(convert.final_stream_response(self.request_id, done))
+
+    def _take(self, message: generation_pb2.GenerateStreamResponse) -> generation_pb2.GenerateStreamResponse:
+        message.text = "".join(self.text)
+        if self.request.output.return_token_ids:
+            message.token_ids.extend(self.token_ids)
+        if self.request.output.return_logprobs:
+            message.logprobs.extend(convert.logprobs(self.logprobs))
+        self.text, self.token_ids, self.logprobs, self.num_tokens = [], [], [], 0
+        return message

@@ -1,0 +1,59 @@
+"""`autoglm.v1.ModelService`: what is served, its limits and the workers' state."""
+
+from __future__ import annotations
+
+import grpc
+
+from autoglm.v1 import model_pb2, types_pb2
+from autoglm_rpc import __version__
+from autoglm_rpc.frontend import Frontend
+from autoglm_rpc.servicers import errors
+
+API_VERSION = "autoglm.v1"
+
+
+class ModelServicer:
+    def __init__(self, frontend: Frontend, reflection_enabled: bool) -> None:
+        self._frontend = frontend
+        self._reflection_enabled = reflection_enabled
+
+    @errors.unary
+    async def ListModels(
+        self, request: model_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> model_pb2.ListModelsResponse:
+        served, pool = self._frontend.model, self._frontend.pool
+        defaults = served.facts.defaults
+        loaded = pool.model  # None until a worker is ready: dtype and quantization are then unknown
+        model = model_pb2.Model(
+            id=served.model_id,
+            source=served.source,
+            architecture=served.facts.architecture,
+            dtype=loaded.dtype if loaded else "",
+            quantization=loaded.quantization if loaded else "",
+            max_context_tokens=served.max_context_tokens,
+            has_chat_template=served.tokenizer.has_chat_template,
+            defaults=types_pb2.SamplingOptions(
+                temperature=defaults.temperature,
+                top_p=defaults.top_p,
+                top_k=defaults.top_k,
+                repetition_penalty=defaults.repetition_penalty,
+            ),
+            ready_workers=pool.num_ready,
+            total_workers=pool.num_workers,
+        )
+        return model_pb2.ListModelsResponse(models=[model])
+
+    @errors.unary
+    async def GetServerInfo(
+        self, request: model_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> model_pb2.GetServerInfoResponse:
+        pool = self._frontend.pool
+        return model_pb2.GetServerInfoResponse(
+            server_version=__version__,
+            api_version=API_VERSION,
+            default_model=self._frontend.model.model_id,
+            ready_workers=pool.num_ready,
+            total_workers=pool.num_workers,
+            max_queue_depth=pool.max_queue_depth,
+            reflection_enabled=self._reflection_enabled,
+        )

@@ -1,0 +1,118 @@
+"""Bad requests get the contract's status code and reason, name the field, and the server keeps serving."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from autoglm.v1 import generation_pb2
+from autoglm_rpc.client import AutoglmError, Client, error_from_rpc
+from tests.support import ServerThread
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+CASES = [
+    # (id, request fields, code, reason, text the message must contain)
+    ("empty prompt", {"prompt": ""}, INVALID, "INVALID_PARAMETER", "prompt"),
+    ("no input", {}, INVALID, "INVALID_PARAMETER", "input"),
+    ("empty token ids", {"prompt_token_ids": {"ids": []}}, INVALID, "INVALID_PARAMETER", "prompt_token_ids"),
+    ("token id outside vocab", {"prompt_token_ids": {"ids": [10**6]}}, INVALID, "INVALID_PARAMETER", "vocabulary"),
+    ("empty chat", {"chat": {"messages": []}}, INVALID, "INVALID_PARAMETER", "chat.messages"),
+    ("negative temperature", {"prompt": "hi", "sampling": {"temperature": -1}}, INVALID, "INVALID_PARAMETER",
+     "sampling.temperature"),
+    ("top_p zero", {"prompt": "hi", "sampling": {"top_p": 0}}, INVALID, "INVALID_PARAMETER", "sampling.top_p"),
+    ("top_p above one", {"prompt": "hi", "sampling": {"top_p": 1.5}}, INVALID, "INVALID_PARAMETER",
+     "sampling.top_p"),
+    ("nan temperature", {"prompt": "hi", "sampling": {"temperature": float("nan")}}, INVALID,
+     "INVALID_PARAMETER", "sampling.temperature"),
+    ("penalty zero", {"prompt": "hi", "sampling": {"repetition_penalty": 0}}, INVALID, "INVALID_PARAMETER",
+     "sampling.repetition_penalty"),
+    ("max_new_tokens zero", {"prompt": "hi", "stopping": {"max_new_tokens": 0}}, INVALID, "INVALID_PARAMETER",
+     "stopping.max_new_tokens"),
+    ("too many stops", {"prompt": "hi", "stopping": {"stop_sequences": ["x"] * 17}}, INVALID,
+     "INVALID_PARAMETER", "stopping.stop_sequences"),
+    ("top_logprobs too high", {"prompt": "hi", "output": {"return_logprobs": True, "top_logprobs": 50}},
+     INVALID, "INVALID_PARAMETER", "output.top_logprobs"),
+    ("unknown priority", {"prompt": "hi", "priority": 42}, INVALID, "INVALID_PARAMETER", "priority"),
+    ("bad request id", {"prompt": "hi", "request_id": "x" * 200}, INVALID, "INVALID_PARAMETER", "request_id"),
+    ("prompt over context", {"prompt_token_ids": {"ids": [5] * 600}}, INVALID, "PROMPT_TOO_LONG", "context"),
+    ("prompt plus output over context", {"prompt": "hi", "stopping": {"max_new_tokens": 100_000}}, INVALID,
+     "PROMPT_TOO_LONG", "max_new_tokens"),
+    ("unknown model", {"prompt": "hi", "model": "gpt-17"}, grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND",
+     "gpt-17"),
+]  # fmt: skip
+
+
+def _expect_error(call, code: grpc.StatusCode, reason: str, text: str) -> AutoglmError:  # noqa: ANN001
+    with pytest.raises(AutoglmError) as caught:
+        call()
+    error = caught.value
+    assert (error.code, error.reason) == (code, reason), error
+    assert text in error.message
+    return error
+
+
+@pytest.mark.parametrize(("fields", "code", "reason", "text"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_request_gets_its_status(glm_server: ServerThread, fields: dict, code, reason: str, text: str) -> None:  # noqa: ANN001
+    with glm_server.client() as client:
+        _expect_error(lambda: client.generate(**fields), code, reason, text)
+        # The stream gets the same status and no message at all.
+        messages: list[object] = []
+
+        def stream() -> None:
+            messages.extend(client.stream(**fields))
+
+        _expect_error(stream, code, reason, text)
+        assert messages == []
+
+
+def test_two_inputs_are_refused(glm_server: ServerThread) -> None:
+    """Protobuf keeps only the last member of a oneof, so two inputs are built on the wire by hand."""
+    wire = (
+        generation_pb2.GenerateRequest(prompt="hello").SerializeToString()
+        + generation_pb2.GenerateRequest(prompt_token_ids={"ids": [1, 2]}).SerializeToString()
+    )
+    with glm_server.channel() as channel:
+        call = channel.unary_unary(
+            "/autoglm.v1.GenerationService/Generate",
+            request_serializer=lambda data: data,
+            response_deserializer=generation_pb2.GenerateResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            call(wire, timeout=30)
+    error = error_from_rpc(caught.value)
+    assert (error.code, error.reason) == (INVALID, "INVALID_PARAMETER")
+    assert "input" in error.message
+
+
+def test_chat_without_template_is_failed_precondition(llama_server: ServerThread) -> None:
+    with llama_server.client() as client:
+        _expect_error(
+            lambda: client.generate(chat=[("user", "hi")]),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "CHAT_TEMPLATE_MISSING",
+            "chat template",
+        )
+        # ... and the server keeps serving.
+        assert client.generate("hi", max_new_tokens=3).usage.completion_tokens > 0
+
+
+def test_duplicate_in_flight_request_id(glm_server: ServerThread) -> None:
+    with glm_server.client() as client:
+        stream = client.stream("Hello", request_id="dup-1", max_new_tokens=400, stopping={"ignore_eos": True})
+        assert next(stream).request_id == "dup-1"
+        _expect_error(
+            lambda: client.generate("Hello", request_id="dup-1"),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "DUPLICATE_REQUEST_ID",
+            "dup-1",
+        )
+        stream.close()
+
+
+def test_server_keeps_serving_after_bad_input(glm_server: ServerThread) -> None:
+    with Client(glm_server.target) as client:
+        for fields in ({"prompt": ""}, {"prompt": "x", "sampling": {"top_p": 9}}):
+            with pytest.raises(AutoglmError):
+                client.generate(**fields)
+        assert client.generate("Hello", max_new_tokens=4).usage.completion_tokens > 0

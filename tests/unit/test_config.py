@@ -1,0 +1,60 @@
+"""Settings: precedence of flags, AUTOGLM_* variables, seed aliases and the file; clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoglm_rpc.config import Settings
+
+
+def test_defaults_are_valid() -> None:
+    settings = Settings.from_sources({}, environ={})
+    assert (settings.host, settings.port, settings.device, settings.quantization) == (
+        "127.0.0.1", 50051, "auto", "none",
+    )  # fmt: skip
+
+
+def test_precedence_flags_over_env_over_aliases_over_file(tmp_path: Path) -> None:
+    config = tmp_path / "autoglm.toml"
+    config.write_text('max_batch_size = 4\nport = 6000\nmodel = "/file"\ndevice = "cpu"\n')
+    environ = {"BATCH_SIZE": "8", "AUTOGLM_PORT": "7000", "MODEL_PATH": "/alias", "AUTOGLM_MODEL": "/env"}
+    settings = Settings.from_sources({"port": 8000, "host": None}, environ=environ, config_file=config)
+    assert settings.port == 8000  # flag
+    assert settings.model == "/env"  # AUTOGLM_* beats the alias
+    assert settings.max_batch_size == 8  # alias beats the file
+    assert settings.device == "cpu"  # file beats the default
+    assert settings.host == "127.0.0.1"  # a None flag means "not given"
+
+
+def test_seed_aliases() -> None:
+    environ = {"MAX_SEQ_LENGTH": "2048", "DEVICE": "GPU", "MODEL_TYPE": "glm-4", "BATCH_SIZE": "3"}
+    settings = Settings.from_sources({}, environ=environ)
+    assert (settings.max_seq_len, settings.device, settings.model_id, settings.max_batch_size) == (
+        2048, "cuda", "glm-4", 3,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"AUTOGLM_PORT": "eighty"}, "port must be a int"),
+        ({"AUTOGLM_PORT": "70000"}, "port must be in"),
+        ({"AUTOGLM_DEVICE": "tpu"}, "device must be one of"),
+        ({"AUTOGLM_QUANTIZATION": "int4"}, "quantization must be one of"),
+        ({"AUTOGLM_MAX_BATCH_SIZE": "0"}, "max_batch_size must be at least 1"),
+        ({"AUTOGLM_REFLECTION": "maybe"}, "reflection must be a bool"),
+        ({"AUTOGLM_DEVICE": "cpu", "AUTOGLM_QUANTIZATION": "nf4"}, "needs bitsandbytes on a CUDA GPU"),
+    ],
+)
+def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings.from_sources({}, environ=environ)
+
+
+def test_unknown_file_keys_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("batch = 3\n")
+    with pytest.raises(ValueError, match="unknown settings batch"):
+        Settings.from_sources({}, environ={}, config_file=config)

@@ -1,0 +1,69 @@
+"""The protobuf edge: field validation names the field; the wire check sees two `input`s."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoglm.v1 import generation_pb2
+from autoglm_rpc import convert
+from autoglm_rpc.errors import InvalidParameter
+from autoglm_rpc.requests import ChatPrompt, TokenPrompt
+from workers.protocol import Priority
+
+
+def test_count_input_fields_sees_every_oneof_member() -> None:
+    one = generation_pb2.GenerateRequest(prompt="a", model="m").SerializeToString()
+    other = generation_pb2.GenerateRequest(prompt_token_ids={"ids": [1, 2, 3]}).SerializeToString()
+    assert convert.count_input_fields(one) == 1
+    assert convert.count_input_fields(one + other) == 2
+    assert convert.count_input_fields(b"") == 0
+    assert convert.count_input_fields(b"\xff") == 0  # truncated varint: left to the parser
+
+
+def test_a_full_request_converts() -> None:
+    message = generation_pb2.GenerateStreamRequest(
+        request_id="r1", chat={"messages": [{"role": "user", "content": "hi"}]}, priority=3
+    )
+    message.sampling.temperature = 0.5
+    message.sampling.seed = 3
+    message.stopping.max_new_tokens = 9
+    message.stopping.stop_sequences.append("###")
+    message.stopping.max_generation_time.FromMilliseconds(1500)
+    message.stream_options.min_tokens_per_message = 4
+    request = convert.generation_request(message)
+    assert request.prompt == ChatPrompt((convert.ChatMessage("user", "hi"),), add_generation_prompt=True)
+    assert (request.sampling.temperature, request.sampling.seed, request.sampling.top_p) == (0.5, 3, None)
+    assert (request.stopping.max_new_tokens, request.stopping.stop_sequences) == (9, ("###",))
+    assert request.stopping.max_generation_time == 1.5
+    assert (request.priority, request.min_tokens_per_message) == (Priority.HIGH, 4)
+    assert request.output.skip_special_tokens is True
+
+
+def test_token_prompt_and_unset_fields() -> None:
+    request = convert.generation_request(generation_pb2.GenerateRequest(prompt_token_ids={"ids": [4, 5]}))
+    assert request.prompt == TokenPrompt((4, 5))
+    assert request.stopping.max_new_tokens is None
+    assert request.priority == Priority.NORMAL
+
+
+@pytest.mark.parametrize(
+    ("setup", "field"),
+    [
+        (lambda m: setattr(m.sampling, "top_k", 2_000_000), "sampling.top_k"),
+        (lambda m: setattr(m.sampling, "seed", 2**63), "sampling.seed"),
+        (lambda m: setattr(m.stopping, "min_new_tokens", 5) or setattr(m.stopping, "max_new_tokens", 2),
+         "stopping.min_new_tokens"),
+        (lambda m: m.stopping.stop_sequences.append(""), "stopping.stop_sequences[0]"),
+        (lambda m: m.stopping.max_generation_time.FromSeconds(-1), "stopping.max_generation_time"),
+        (lambda m: setattr(m.output, "top_logprobs", 3), "output.top_logprobs"),
+        (lambda m: m.chat.messages.add(role="", content="x"), "chat.messages[0].role"),
+        (lambda m: setattr(m, "request_id", "naïve"), "request_id"),
+    ],
+)  # fmt: skip
+def test_invalid_fields_are_named(setup, field: str) -> None:  # noqa: ANN001
+    message = generation_pb2.GenerateRequest(prompt="hello")
+    setup(message)
+    with pytest.raises(InvalidParameter) as caught:
+        convert.generation_request(message)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(field)

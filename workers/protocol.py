@@ -1,0 +1,236 @@
+"""The typed messages that cross the pipe between the gateway and a worker process.
+
+This is the only module both sides import, so it uses the standard library alone: the gateway must not pull in
+torch and the workers must not pull in grpc. Messages carry token ids only, never text. A worker sends one
+`StepOutput` per engine step with the new tokens of every running request, never one message per token.
+
+Gateway -> worker: `Submit`, `Cancel`, `Shutdown`.
+Worker -> gateway: `LoadProgress`, `Ready`, `StepOutput`, `RequestFailed`, `WorkerFailed`.
+
+Times are `time.monotonic()` seconds. On Linux that clock (CLOCK_MONOTONIC) is shared by every process on the
+machine, so an absolute deadline computed in the gateway is meaningful in a worker.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(enum.Enum):
+    """Why a request stopped producing tokens (mirrors `autoglm.v1.FinishReason`)."""
+
+    EOS_TOKEN = "eos_token"
+    STOP_SEQUENCE = "stop_sequence"
+    MAX_NEW_TOKENS = "max_new_tokens"
+    CONTEXT_LIMIT = "context_limit"
+    TIME_LIMIT = "time_limit"
+    CANCELLED = "cancelled"
+
+
+class Priority(enum.IntEnum):
+    """Scheduling priority; a higher value is admitted first (mirrors `autoglm.v1.Priority`)."""
+
+    LOW = 1
+    NORMAL = 2
+    HIGH = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything a worker process needs to start; built by the gateway, validated there, sent at spawn.
+
+    cuda_visible_devices: set in the child before torch is imported (one GPU per worker); None leaves it alone.
+    max_seq_len: the context limit in tokens (prompt + output); None means the checkpoint's own limit.
+    max_num_batched_tokens: the per-step token budget that chunked prefill works within.
+    """
+
+    worker_id: int
+    model_path: str
+    model_id: str
+    device: str = "cpu"
+    dtype: str = "auto"
+    quantization: str = "none"
+    max_batch_size: int = 16
+    max_seq_len: int | None = None
+    max_num_batched_tokens: int = 512
+    trust_remote_code: bool = False
+    allow_download: bool = False
+    num_threads: int | None = None
+    cuda_visible_devices: str | None = None
+    log_level: str = "INFO"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gateway -> worker
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Resolved sampling settings: every field has its final value (defaults already applied by the gateway).
+
+    temperature: 0 means greedy (argmax); top_p: 1.0 disables; top_k: 0 disables; repetition_penalty: 1.0
+    disables. seed: always set; the same seed with the same prompt gives the same tokens.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoppingParams:
+    """Token-level stop conditions, checked by the worker after every sampled token.
+
+    Stop *sequences* (text) are the gateway's job: they need decoded text. `eos_token_ids` are the checkpoint's;
+    `stop_token_ids` are the caller's. Neither ends a request before `min_new_tokens` tokens exist (they are
+    masked out of sampling until then), and `ignore_eos` disables `eos_token_ids` only.
+    """
+
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    eos_token_ids: tuple[int, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    max_generation_time: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Start generating for one request. `prompt_ids` is never empty and fits the worker's context."""
+
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    sampling: SamplingParams
+    stopping: StoppingParams
+    return_logprobs: bool = False
+    top_logprobs: int = 0
+    priority: Priority = Priority.NORMAL
+    deadline: float | None = None
+    trace_carrier: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop these requests at the next step and free their memory. Unknown ids are ignored (idempotent)."""
+
+    request_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Finish nothing more, release the model and exit."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Worker -> gateway
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Facts about the loaded model that the gateway reports and validates against."""
+
+    model_id: str
+    source: str
+    architecture: str
+    dtype: str
+    quantization: str
+    device: str
+    max_context_tokens: int
+    max_batch_size: int
+    vocab_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadProgress:
+    """Sent while a worker loads its model, so a long load shows progress. `fraction` is in [0, 1]."""
+
+    worker_id: int
+    stage: str
+    fraction: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The worker has loaded its model and accepts `Submit`."""
+
+    worker_id: int
+    model: ModelInfo
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """Log-probability of a generated token under the model's distribution, and the most likely alternatives."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """How a request ended, with the worker-side timings (seconds)."""
+
+    reason: FinishReason
+    stop_token_id: int | None = None
+    queue_time: float = 0.0
+    prefill_time: float = 0.0
+    decode_time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDelta:
+    """New tokens of one request in one step; `finish` is set on the request's last delta."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish: Finish | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    """Everything one engine step produced, plus the worker's load after the step."""
+
+    deltas: tuple[RequestDelta, ...]
+    num_running: int = 0
+    num_waiting: int = 0
+
+
+class FailureReason(enum.Enum):
+    """Why a single request failed inside a worker (the engine itself is still healthy)."""
+
+    INVALID_PARAMETER = "INVALID_PARAMETER"
+    PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
+    GPU_OUT_OF_MEMORY = "GPU_OUT_OF_MEMORY"
+    DUPLICATE_REQUEST_ID = "DUPLICATE_REQUEST_ID"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    """One request failed; the worker keeps serving the others."""
+
+    request_id: str
+    reason: FailureReason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFailed:
+    """The worker cannot go on (the model failed to load, or the engine broke); it exits after sending this."""
+
+    worker_id: int
+    message: str
+
+
+GatewayMessage = Submit | Cancel | Shutdown
+WorkerMessage = LoadProgress | Ready | StepOutput | RequestFailed | WorkerFailed
