@@ -81,10 +81,12 @@ def build_request(
     if prompt is not None:
         request.prompt = prompt
     elif chat is not None:
+        request.chat.SetInParent()  # an empty conversation is still a chat input (and an invalid one)
         for item in chat:
             role, content = (item["role"], item["content"]) if isinstance(item, dict) else item
             request.chat.messages.add(role=role, content=content)
     elif token_ids is not None:
+        request.prompt_token_ids.SetInParent()
         request.prompt_token_ids.ids.extend(token_ids)
     sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
     sampling |= {"repetition_penalty": repetition_penalty, "seed": seed}

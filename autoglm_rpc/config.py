@@ -97,12 +97,15 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.max_num_batched_tokens < self.max_batch_size:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least max_batch_size "
+                f"({self.max_batch_size}): every running request decodes one token per step"
+            )
         if self.max_queue_depth < 0:
             raise ValueError(f"max_queue_depth must be 0 or more, got {self.max_queue_depth}")
         if self.worker_start_timeout <= 0 or self.grace_period < 0:
             raise ValueError("worker_start_timeout must be positive and grace_period not negative")
-        if self.quantization != "none" and self.device == "cpu":
-            raise ValueError(f"quantization {self.quantization!r} needs bitsandbytes on a CUDA GPU; use device cuda")
 
     def replace(self, **changes: Any) -> Settings:
         settings = dataclasses.replace(self, **changes)

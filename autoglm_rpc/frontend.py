@@ -170,7 +170,13 @@ class Frontend:
         arrival = time.monotonic()
         submit = self.resolve(request, deadline, carrier or {})
         flight = self.pool.submit(submit)
-        run = _Run(submit, flight, arrival, TextStream(self.model.tokenizer, request))
+        text = TextStream(
+            self.model.tokenizer,
+            request.stopping.stop_sequences,
+            include_stop_sequence=request.stopping.include_stop_sequence,
+            skip_special_tokens=request.output.skip_special_tokens,
+        )
+        run = _Run(submit, flight, arrival, text)
         try:
             yield Admitted(submit.request_id, self.model.model_id, len(submit.prompt_ids), submit.sampling.seed)
             while not run.is_done:

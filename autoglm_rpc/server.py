@@ -97,7 +97,9 @@ def load_served_model(settings: Settings) -> ServedModel:
         raise ValueError("model: no model configured (pass --model PATH or set AUTOGLM_MODEL)")
     source = resolve_model_source(settings.model, settings.allow_download)
     facts = read_checkpoint_facts(source)
-    max_context = facts.max_position_embeddings
+    max_context = facts.max_position_embeddings or settings.max_seq_len
+    if max_context is None:
+        raise ValueError(f"model: {source} does not state its context length; set max_seq_len")
     if settings.max_seq_len is not None:
         if settings.max_seq_len > max_context:
             logger.warning(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -12,14 +12,21 @@ import pytest
 from autoglm.v1 import generation_pb2, types_pb2
 from autoglm_rpc.client import AutoglmError
 from tests.support import ServerThread, server_settings
+from workers.checkpoints import DEMO_SPEC, build_checkpoint
 
-LONG = {"max_new_tokens": 480, "stopping": {"ignore_eos": True}}
+# Long enough (seconds of work even on a fast machine) that nothing here finishes before it is cancelled.
+LONG = {"max_new_tokens": 4000, "stopping": {"ignore_eos": True}}
 
 
 @pytest.fixture(scope="module")
-def one_slot_server(glm_checkpoint: Path) -> Iterator[ServerThread]:
-    """One worker with one batch slot and no queue: a second concurrent request is refused with QUEUE_FULL."""
-    settings = server_settings(glm_checkpoint, workers=1, max_batch_size=1, max_queue_depth=0)
+def one_slot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """One worker with one batch slot and no queue: a second concurrent request is refused with QUEUE_FULL.
+
+    The model is the demo's size (a few hundred tokens a second here), with a 4096-token context.
+    """
+    spec = replace(DEMO_SPEC, seed=3)
+    checkpoint = build_checkpoint(tmp_path_factory.mktemp("slow"), spec)
+    settings = server_settings(checkpoint, workers=1, max_batch_size=1, max_queue_depth=0)
     server = ServerThread(settings).start()
     yield server
     server.stop()
@@ -65,7 +72,7 @@ def test_cancel_generation_ends_the_stream_normally(one_slot_server: ServerThrea
         assert last.finish_reason == types_pb2.FINISH_REASON_CANCELLED
         # The partial output and its usage are delivered.
         assert last.usage.completion_tokens == sum(len(m.token_ids) for m in [first, *rest])
-        assert last.usage.completion_tokens < 480
+        assert last.usage.completion_tokens < 4000
         again = client.cancel("to-cancel").results[0].outcome
         assert again == generation_pb2.CANCEL_OUTCOME_ALREADY_FINISHED
         _wait_until_idle(one_slot_server)
@@ -74,7 +81,7 @@ def test_cancel_generation_ends_the_stream_normally(one_slot_server: ServerThrea
 def test_deadline_stops_the_work(one_slot_server: ServerThread) -> None:
     with one_slot_server.client() as client:
         with pytest.raises(AutoglmError) as caught:
-            client.generate("Hello", timeout=0.5, **LONG)
+            client.generate("Hello", timeout=0.3, **LONG)
         assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         _wait_until_idle(one_slot_server)
         assert client.generate("Hello", max_new_tokens=2, timeout=30).usage.completion_tokens > 0

@@ -1,0 +1,70 @@
+"""Plain helpers shared by the worker tests: requests, prompts, the transformers reference, a step loop."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from workers.protocol import SamplingParams, StepOutput, StoppingParams, Submit
+
+ARCHITECTURES = ("glm", "llama", "qwen2")
+
+
+def make_submit(
+    request_id: str,
+    prompt_ids: tuple[int, ...],
+    max_new_tokens: int = 8,
+    sampling: SamplingParams | None = None,
+    **stopping,
+) -> Submit:
+    """A Submit with greedy sampling unless told otherwise; extra keywords go to StoppingParams."""
+    stopping.setdefault("ignore_eos", True)
+    return Submit(
+        request_id=request_id,
+        prompt_ids=tuple(prompt_ids),
+        sampling=sampling or SamplingParams(),
+        stopping=StoppingParams(max_new_tokens=max_new_tokens, **stopping),
+    )
+
+
+def random_prompt(length: int, seed: int, vocab_size: int = 600) -> tuple[int, ...]:
+    rng = random.Random(seed)
+    return tuple(rng.randrange(4, vocab_size) for _ in range(length))
+
+
+def reference(model, prompt: tuple[int, ...], max_new_tokens: int, **generate_kwargs) -> list[int]:
+    """transformers' greedy output; eos_token_id=None unless given, to match ignore_eos."""
+    generate_kwargs.setdefault("eos_token_id", None)
+    input_ids = torch.tensor([prompt])
+    output = model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=0,
+        **generate_kwargs,
+    )
+    return output[0, len(prompt) :].tolist()
+
+
+def run_to_end(engine, arrivals: dict[int, list] | None = None, max_steps: int = 500) -> dict[str, list]:
+    """Step until idle, submitting `arrivals[step]` before each step; returns every request's deltas."""
+    arrivals = arrivals or {}
+    deltas: dict[str, list] = {}
+    for step in range(max_steps):
+        for submit in arrivals.get(step, []):
+            engine.add(submit)
+        if not engine.has_work() and step > max(arrivals, default=0):
+            return deltas
+        if engine.has_work():
+            output: StepOutput = engine.step()
+            ids = [delta.request_id for delta in output.deltas]
+            assert len(ids) == len(set(ids)), "one delta per request per step"
+            for delta in output.deltas:
+                deltas.setdefault(delta.request_id, []).append(delta)
+    raise AssertionError("the engine did not finish")
+
+
+def tokens_of(deltas: list) -> list[int]:
+    return [token for delta in deltas for token in delta.token_ids]

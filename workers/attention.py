@@ -1,0 +1,105 @@
+"""The engine's attention function, registered with transformers' `AttentionInterface`.
+
+The model stays a Hugging Face model class; only its attention call is ours. The runner calls the decoder with
+an `attn_metadata=AttentionMetadata(...)` keyword, which transformers forwards untouched through the decoder
+layers to the attention function (GLM, Llama and Qwen2 in transformers 5 pass `**kwargs` all the way). There the
+new K/V are written into the slotted cache and the queries attend over the cache by absolute position.
+
+No mask function is registered in `AttentionMaskInterface` on purpose: for an implementation name that table
+does not know, `create_causal_mask` returns None at once (the path transformers keeps for engine-owned
+attention). Registering one would make it scan `position_ids` for packed sequences on every forward, a host
+sync, only for our function to ignore the result. The causal mask is built here, once per forward, instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface
+
+from workers.kv_cache import SlottedKVCache
+
+ATTENTION_NAME = "autoglm_slotted"
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionMetadata:
+    """Per-forward facts every layer's attention needs; built once per forward by the model runner."""
+
+    cache: SlottedKVCache
+    slots: torch.Tensor  # [B] int64: the cache slot of each row
+    positions: torch.Tensor  # [B, S] int64: absolute position of each new token
+    kv_len: int  # attend over cache positions [0, kv_len)
+    first_slot: int | None  # set when slots are consecutive from it: the cache is read as a view
+    mask: torch.Tensor | None  # [B, 1, S, kv_len] bool, True = attend; None = causal from position 0
+
+    @classmethod
+    def build(
+        cls,
+        cache: SlottedKVCache,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+        host_slots: list[int],
+        kv_len: int,
+    ) -> AttentionMetadata:
+        """Metadata for rows at `positions` in `host_slots` (the same slots, on the host, to avoid a sync)."""
+        is_consecutive = host_slots == list(range(host_slots[0], host_slots[0] + len(host_slots)))
+        starts_at_zero = positions.shape == (1, kv_len)  # one row holding the whole context: plain causal
+        mask = None
+        if not starts_at_zero:
+            # A key at position j is visible to a query at position p when j <= p.
+            cache_positions = torch.arange(kv_len, device=positions.device)
+            mask = (cache_positions[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, S, kv_len]
+        return cls(
+            cache=cache,
+            slots=slots,
+            positions=positions,
+            kv_len=kv_len,
+            first_slot=host_slots[0] if is_consecutive else None,
+            mask=mask,
+        )
+
+
+def slotted_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    attn_metadata: AttentionMetadata | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Write this step's K/V into the cache, then attend over the cache. Matches `sdpa_attention_forward`.
+
+    query: [B, Hq, S, D]; key, value: [B, Hkv, S, D] with rotary embeddings applied. Returns [B, S, Hq, D].
+    """
+    if attn_metadata is None:
+        raise RuntimeError(f"the {ATTENTION_NAME!r} attention runs only inside the engine's model runner")
+    if kwargs.get("sliding_window") is not None:
+        raise NotImplementedError("sliding-window attention is not supported by the engine")
+    cache = attn_metadata.cache
+    cache.write(module.layer_idx, attn_metadata.slots, attn_metadata.positions, key, value)
+    cached_key, cached_value = cache.read(
+        module.layer_idx, attn_metadata.slots, attn_metadata.kv_len, attn_metadata.first_slot
+    )
+    # cached_key, cached_value: [B, Hkv, kv_len, D]
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        cached_key,
+        cached_value,
+        attn_mask=attn_metadata.mask,
+        is_causal=attn_metadata.mask is None and query.shape[2] > 1,
+        scale=scaling,
+        enable_gqa=query.shape[1] != cached_key.shape[1],
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> str:
+    """Make the engine's attention selectable as `attn_implementation=ATTENTION_NAME`; idempotent."""
+    AttentionInterface.register(ATTENTION_NAME, slotted_attention)
+    return ATTENTION_NAME

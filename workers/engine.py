@@ -1,0 +1,137 @@
+"""The engine: continuous batching at iteration level over one model.
+
+Requests join and leave the running batch at every step. A step schedules (see `workers.scheduler`), runs the
+model and samples (`workers.model_runner`), appends the tokens and decides finishes, and returns the step's
+deltas: the new tokens of every request that produced one, and the last delta (with its finish) of every
+request that ended. A request that fails alone (bad parameters, out of memory in its own forward) leaves with
+a `RequestFailed`; any other exception escapes `step` and means the engine is broken.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from workers.loader import LoadedModel
+from workers.model_runner import ModelRunner, RunnerOutput
+from workers.protocol import (
+    FailureReason,
+    RequestDelta,
+    RequestFailed,
+    SamplingParams,
+    StepOutput,
+    StoppingParams,
+    Submit,
+    WorkerConfig,
+)
+from workers.scheduler import ScheduledBatch, Scheduler, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    """One model, one scheduler, one runner. Not thread-safe: the worker loop calls everything."""
+
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler) -> None:
+        self.runner = runner
+        self.scheduler = scheduler
+        self.vocab_size = runner.vocab_size
+        self._failures: list[RequestFailed] = []
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, config: WorkerConfig) -> Engine:
+        scheduler = Scheduler(
+            max_batch_size=config.max_batch_size,
+            max_seq_len=loaded.info.max_context_tokens,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+        )
+        return cls(ModelRunner(loaded.model, loaded.cache), scheduler)
+
+    def add(self, submit: Submit) -> None:
+        """Queue a request; an invalid one becomes a `RequestFailed` (see `pop_failures`) and is not queued."""
+        problem = self._validate(submit)
+        if problem is not None:
+            reason, message = problem
+            self._failures.append(RequestFailed(submit.request_id, reason, message))
+            return
+        self.scheduler.add(Sequence.from_submit(submit, time.monotonic()))
+
+    def cancel(self, request_ids: Iterable[str]) -> None:
+        """Cancelled requests end at the next step with a final CANCELLED delta; unknown ids are ignored."""
+        self.scheduler.cancel(request_ids)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def pop_failures(self) -> list[RequestFailed]:
+        """The requests that failed since the last call, each reported once."""
+        failures, self._failures = self._failures, []
+        return failures
+
+    def step(self) -> StepOutput:
+        """Schedule, run the model, sample, finish what must stop, and return every request's new tokens."""
+        batch = self.scheduler.schedule(time.monotonic())
+        output = self.runner.execute(batch) if batch.has_model_work else RunnerOutput()
+        self._fail_requests(output.failed)
+        self.scheduler.postprocess(batch, zip(output.rows, output.token_ids, strict=True), time.monotonic())
+        return self._collect(batch, output)
+
+    def warm_up(self) -> None:
+        """Run one tiny request through every stage so a broken model fails before the worker reports Ready."""
+        self.add(
+            Submit(
+                request_id="__warmup__",
+                prompt_ids=(0, 0),
+                sampling=SamplingParams(),
+                stopping=StoppingParams(max_new_tokens=2, ignore_eos=True),
+            )
+        )
+        while self.has_work():
+            self.step()
+        failures = self.pop_failures()
+        if failures:
+            raise RuntimeError(f"warm-up request failed: {failures[0].message}")
+
+    def _collect(self, batch: ScheduledBatch, output: RunnerOutput) -> StepOutput:
+        deltas = [
+            RequestDelta(
+                request_id=seq.request_id,
+                token_ids=(token_id,),
+                logprobs=() if logprob is None else (logprob,),
+                finish=seq.finish,
+            )
+            for seq, token_id, logprob in zip(output.rows, output.token_ids, output.logprobs, strict=True)
+        ]
+        deltas.extend(RequestDelta(seq.request_id, token_ids=(), finish=seq.finish) for seq in batch.retired)
+        return StepOutput(
+            deltas=tuple(deltas), num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting
+        )
+
+    def _fail_requests(self, failed: list[tuple[Sequence, BaseException]]) -> None:
+        for seq, exc in failed:
+            logger.warning("request %s failed: %s", seq.request_id, exc)
+            self.scheduler.abort(seq)
+            reason = FailureReason.GPU_OUT_OF_MEMORY
+            self._failures.append(RequestFailed(seq.request_id, reason, f"out of memory while running it: {exc}"))
+
+    def _validate(self, submit: Submit) -> tuple[FailureReason, str] | None:
+        """What is wrong with a request, or None. The gateway validates too; this guards the engine."""
+        if submit.request_id in self.scheduler.requests:
+            return FailureReason.DUPLICATE_REQUEST_ID, f"request id {submit.request_id!r} is already in flight"
+        prompt = submit.prompt_ids
+        if not prompt:
+            return FailureReason.INVALID_PARAMETER, "the prompt is empty"
+        if len(prompt) >= self.scheduler.max_seq_len:
+            limit = self.scheduler.max_seq_len
+            return FailureReason.PROMPT_TOO_LONG, f"the prompt has {len(prompt)} tokens; the limit is {limit - 1}"
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            return FailureReason.INVALID_PARAMETER, f"prompt token ids must be in [0, {self.vocab_size})"
+        if submit.stopping.max_new_tokens < 1:
+            return FailureReason.INVALID_PARAMETER, "max_new_tokens must be at least 1"
+        sampling = submit.sampling
+        if sampling.temperature < 0 or not 0 < sampling.top_p <= 1 or sampling.top_k < 0:
+            return FailureReason.INVALID_PARAMETER, "temperature, top_p or top_k is out of range"
+        if sampling.repetition_penalty <= 0:
+            return FailureReason.INVALID_PARAMETER, "repetition_penalty must be positive"
+        return None

@@ -1,0 +1,48 @@
+"""The worker process's entry point: the `spawn` target the gateway starts, one process per GPU.
+
+Standard library only at import time: the gateway imports this module to hand `main` to
+`multiprocessing.get_context("spawn").Process(target=main, args=(child_conn, config))` and must never import
+torch. Everything heavy is imported inside `main`, after `CUDA_VISIBLE_DEVICES` is set, since CUDA reads it once
+when torch initializes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from multiprocessing.connection import Connection
+
+from workers.protocol import WorkerConfig
+
+
+def main(conn: Connection, config: WorkerConfig) -> None:
+    """Run a worker until Shutdown or the pipe closes (exit code 0), or until it fails (exit code 1).
+
+    Sends `LoadProgress`, then `Ready` or `WorkerFailed`, then one `StepOutput` per engine step that produced
+    anything, and `RequestFailed` for requests that failed alone.
+    """
+    if config.cuda_visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.cuda_visible_devices
+    # Ctrl-C reaches the whole process group; the gateway decides when workers stop (Shutdown or closing the
+    # pipe), so an interrupt must not kill a worker mid-step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _configure_logging(config)
+
+    from workers.worker import run_worker
+
+    exit_code = run_worker(conn, config)
+    if exit_code != 0:
+        sys.exit(exit_code)
+
+
+def _configure_logging(config: WorkerConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s worker-{config.worker_id} %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    level = logging.getLevelName(config.log_level.upper())
+    root.setLevel(level if isinstance(level, int) else logging.INFO)

@@ -1,0 +1,193 @@
+"""Loads a checkpoint for the engine: weights (optionally quantized), the KV cache and the model's facts.
+
+The model is a plain `AutoModelForCausalLM` whose attention implementation is the engine's (see
+`workers.attention`). Loading is local-only unless the worker config allows downloads, safetensors only, and
+runs remote code only when configured. Every choice that cannot work on this machine fails here with a message
+that names the option, before the worker reports Ready.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from workers.attention import ATTENTION_NAME, register_attention
+from workers.kv_cache import CacheSpec, SlottedKVCache
+from workers.protocol import ModelInfo, WorkerConfig
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, float], None]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_QUANTIZATIONS = ("none", "int8", "nf4")
+# The share of free memory the KV cache may take; the rest stays for activations and the allocator.
+_CACHE_MEMORY_FRACTION = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model ready for the engine: weights on the device, its KV cache allocated, its facts for the gateway."""
+
+    model: torch.nn.Module
+    cache: SlottedKVCache
+    info: ModelInfo
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' (or 'gpu') to a device that exists here, else a ValueError saying why not."""
+    normalized = name.strip().lower()
+    if normalized == "gpu":
+        normalized = "cuda"
+    if normalized == "cpu":
+        return torch.device("cpu")
+    if not normalized.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda' (optionally 'cuda:N'), got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} needs a CUDA GPU, but torch {torch.__version__} sees none")
+    device = torch.device(normalized)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' is float32 on the CPU and bfloat16 on CUDA; float32, bfloat16 and float16 are taken as given."""
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
+def quantization_config(name: str, dtype: torch.dtype):  # -> BitsAndBytesConfig | None
+    """transformers' bitsandbytes config for 'int8' or 'nf4' (computing in `dtype`); None for 'none'."""
+    if name not in _QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {_QUANTIZATIONS}, got {name!r}")
+    if name == "none":
+        return None
+    for package in ("bitsandbytes", "accelerate"):
+        if importlib.util.find_spec(package) is None:
+            raise ValueError(
+                f"--quantization {name} needs the {package!r} package (transformers' bitsandbytes integration "
+                f"requires it): pip install {package}"
+            )
+    from transformers import BitsAndBytesConfig
+
+    if name == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedModel:
+    """Load weights, check the model fits the engine, allocate the KV cache; reports progress as it goes."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    quantization = quantization_config(config.quantization, dtype)
+    on_progress("loading weights", 0.0)
+    model = _from_pretrained(config, device, dtype, quantization)
+    _check_supported(model)
+    max_seq_len = resolve_max_seq_len(config.max_seq_len, model.config)
+    on_progress("allocating KV cache", 0.8)
+    # The cache holds K/V in the dtype the layers compute in, which is the embeddings' dtype even when quantized.
+    cache_dtype = model.get_input_embeddings().weight.dtype
+    spec = CacheSpec.for_model(model.config, config.max_batch_size, max_seq_len, cache_dtype, device)
+    _check_cache_fits(spec)
+    cache = SlottedKVCache(spec)
+    info = ModelInfo(
+        model_id=config.model_id,
+        source=config.model_path,
+        architecture=(model.config.architectures or [type(model).__name__])[0],
+        dtype=str(cache_dtype).removeprefix("torch."),
+        quantization=config.quantization,
+        device=str(device),
+        max_context_tokens=max_seq_len,
+        max_batch_size=config.max_batch_size,
+        vocab_size=model.get_output_embeddings().weight.shape[0],
+    )
+    on_progress("model loaded", 0.9)
+    return LoadedModel(model=model, cache=cache, info=info)
+
+
+def _from_pretrained(config: WorkerConfig, device: torch.device, dtype: torch.dtype, quantization):
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    # bitsandbytes' int8 matmul on the CPU says on every call that it casts to float16; once is enough.
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    placement = {}
+    if quantization is not None or importlib.util.find_spec("accelerate") is not None:
+        placement["device_map"] = {"": device}  # load straight onto the device
+    model = AutoModelForCausalLM.from_pretrained(
+        config.model_path,
+        dtype=dtype,
+        quantization_config=quantization,
+        local_files_only=not config.allow_download,
+        use_safetensors=True,
+        trust_remote_code=config.trust_remote_code,
+        attn_implementation=register_attention(),
+        **placement,
+    )
+    if not placement:
+        model = model.to(device)
+    model.eval()
+    logger.info(
+        "loaded %s (%s, %s, quantization=%s) on %s",
+        config.model_path,
+        type(model).__name__,
+        dtype,
+        config.quantization,
+        device,
+    )
+    return model
+
+
+def _check_supported(model: torch.nn.Module) -> None:
+    """Refuse models whose forward the engine would silently compute wrong."""
+    config = model.config
+    name = type(model).__name__
+    if getattr(config, "_attn_implementation", None) != ATTENTION_NAME:
+        raise ValueError(f"{name} does not route attention through transformers' AttentionInterface")
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{name} is an encoder-decoder model; the engine serves decoder-only causal LMs")
+    layer_types = getattr(config, "layer_types", None) or ()
+    if getattr(config, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
+        raise ValueError(f"{name} uses sliding-window or non-standard attention layers, which the engine lacks")
+    for attribute in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, attribute, None) not in (None, 1.0):
+            raise ValueError(f"{name} scales its logits ({attribute}); the engine applies the LM head alone")
+
+
+def resolve_max_seq_len(requested: int | None, model_config) -> int:
+    """The context limit: the requested one, which must not exceed the checkpoint's, or the checkpoint's own."""
+    names = ("max_position_embeddings", "seq_length", "max_sequence_length")
+    limit = next((getattr(model_config, n) for n in names if getattr(model_config, n, None)), None)
+    if requested is None:
+        if limit is None:
+            raise ValueError("the checkpoint states no context length; set max_seq_len")
+        return int(limit)
+    if limit is not None and requested > limit:
+        raise ValueError(f"max_seq_len {requested} exceeds the checkpoint's context length {limit}")
+    return requested
+
+
+def _check_cache_fits(spec: CacheSpec) -> None:
+    if spec.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(spec.device)
+        where = "GPU memory"
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        where = "host memory"
+    if spec.num_bytes > _CACHE_MEMORY_FRACTION * free:
+        raise ValueError(
+            f"the KV cache needs {spec.num_bytes / 2**30:.1f} GiB (max_batch_size {spec.num_slots} x max_seq_len "
+            f"{spec.max_seq_len}) but only {free / 2**30:.1f} GiB of {where} is free; lower max_batch_size or "
+            f"max_seq_len"
+        )

@@ -1,0 +1,148 @@
+"""Runs one scheduled batch through the model and samples: all tensor work of a step happens here.
+
+A step is at most one decode forward over every decoding request ([B, 1] tokens) plus one forward per prefill
+chunk ([1, n] tokens), so no row is ever padded. Each forward calls the Hugging Face decoder with explicit
+`position_ids`, no HF cache, and the attention metadata for the engine's slotted cache. The LM head then runs
+only on the hidden states that produce a token (every decode row, and the last position of a chunk that ends
+its prompt), and one batched sampling call picks all of the step's tokens. The host waits on the device once
+per step, to read the sampled ids (twice when log-probabilities were asked for).
+
+`decode` and `prefill` are separate small functions with fixed-rank inputs so that a GPU build can capture
+`decode` in CUDA graphs over batch-size buckets without touching the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from workers.attention import AttentionMetadata
+from workers.kv_cache import SlottedKVCache
+from workers.protocol import TokenLogprob
+from workers.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
+from workers.scheduler import PrefillChunk, ScheduledBatch, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RunnerOutput:
+    """One step's tokens: `token_ids[i]` and `logprobs[i]` belong to `rows[i]`; `failed` rows produced none."""
+
+    rows: list[Sequence] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    failed: list[tuple[Sequence, BaseException]] = field(default_factory=list)
+
+
+class ModelRunner:
+    """Owns the model's forward passes, the KV cache and the per-slot token history for repetition penalties."""
+
+    def __init__(self, model: torch.nn.Module, cache: SlottedKVCache) -> None:
+        self.model = model
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.cache = cache
+        self.device = cache.spec.device
+        self.vocab_size = self.lm_head.weight.shape[0]
+        # seen[s, t]: token t occurs in slot s's prompt or output (every token is fed in once, so marking the
+        # inputs of each forward tracks prompt + output exactly by the time the next token is sampled).
+        self.seen = torch.zeros(cache.spec.num_slots, self.vocab_size, dtype=torch.bool, device=self.device)
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> RunnerOutput:
+        """Run every forward of the batch, then sample once for all rows that produce a token.
+
+        Out-of-memory in one request's prefill fails that request alone; in the decode forward it fails the
+        requests of that forward. Any other exception propagates (the engine is then considered broken).
+        """
+        output = RunnerOutput()
+        hidden: list[torch.Tensor] = []  # each [rows, hidden_size]
+        if batch.decodes:
+            try:
+                hidden.append(self.decode(batch.decodes))
+                output.rows.extend(batch.decodes)
+            except torch.OutOfMemoryError as exc:
+                output.failed.extend((seq, exc) for seq in batch.decodes)
+        for chunk in batch.prefills:
+            try:
+                last_hidden = self.prefill(chunk)
+            except torch.OutOfMemoryError as exc:
+                output.failed.append((chunk.seq, exc))
+                continue
+            if chunk.is_last:
+                hidden.append(last_hidden)
+                output.rows.append(chunk.seq)
+        if output.rows:
+            self._sample(torch.cat(hidden), output)
+        return output
+
+    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        """One forward over the newest token of each request; returns the hidden states [B, hidden_size]."""
+        host_slots = [seq.slot for seq in seqs]
+        host_positions = [seq.num_tokens - 1 for seq in seqs]
+        inputs = torch.tensor(
+            [host_slots, host_positions, [seq.output_ids[-1] for seq in seqs]], dtype=torch.int64
+        ).to(self.device, non_blocking=True)
+        slots, positions, input_ids = inputs[0], inputs[1][:, None], inputs[2][:, None]  # [B], [B, 1], [B, 1]
+        self.seen[slots, input_ids[:, 0]] = True
+        metadata = AttentionMetadata.build(self.cache, slots, positions, host_slots, max(host_positions) + 1)
+        return self._forward(input_ids, positions, metadata)[:, -1]
+
+    def prefill(self, chunk: PrefillChunk) -> torch.Tensor:
+        """One forward over a chunk of one prompt; returns the hidden state of its last token [1, hidden_size]."""
+        slot, num_tokens = chunk.seq.slot, len(chunk.token_ids)
+        input_ids = torch.tensor([chunk.token_ids], dtype=torch.int64).to(self.device, non_blocking=True)
+        positions = torch.arange(chunk.start, chunk.start + num_tokens, device=self.device)[None]  # [1, n]
+        slots = torch.tensor([slot], dtype=torch.int64).to(self.device, non_blocking=True)
+        if chunk.start == 0:
+            self.seen[slot] = False  # a new request in a reused slot
+        self.seen[slot, input_ids[0]] = True
+        metadata = AttentionMetadata.build(self.cache, slots, positions, [slot], chunk.start + num_tokens)
+        return self._forward(input_ids, positions, metadata)[:, -1]
+
+    def _forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        # input_ids, positions: [B, S] -> hidden states [B, S, hidden_size]
+        output = self.decoder(input_ids=input_ids, position_ids=positions, use_cache=False, attn_metadata=metadata)
+        return output.last_hidden_state
+
+    def _sample(self, hidden: torch.Tensor, output: RunnerOutput) -> None:
+        """LM head on the producing rows only, then one batched sampling call and one host copy of the ids."""
+        # hidden: [N, hidden_size] -> logits: [N, V]
+        logits = self.lm_head(hidden).float()
+        rows = output.rows
+        sampling_rows = [SamplingRow(seq.sampling, len(seq.output_ids), seq.masked_token_ids()) for seq in rows]
+        tensors = SamplingTensors.from_rows(sampling_rows, self.device)
+        seen = None
+        if tensors.has_penalty:
+            slots = torch.tensor([seq.slot for seq in rows], dtype=torch.int64).to(self.device, non_blocking=True)
+            seen = self.seen.index_select(0, slots)  # [N, V]
+        token_ids = sample(logits, tensors, seen)  # [N]
+        output.token_ids = token_ids.tolist()
+        if any(seq.return_logprobs for seq in rows):
+            output.logprobs = _logprobs(logits, token_ids, output.token_ids, rows)
+        else:
+            output.logprobs = [None] * len(rows)
+
+
+def _logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, host_ids: list[int], rows: list[Sequence]
+) -> list[TokenLogprob | None]:
+    """Log-probabilities for the rows that asked, with one host copy for values and one for ids."""
+    num_top = max(seq.top_logprobs for seq in rows if seq.return_logprobs)
+    chosen, top_values, top_ids = compute_logprobs(logits, token_ids, num_top)
+    values = torch.cat([chosen[:, None], top_values], dim=1).tolist()  # [N, 1 + num_top]
+    alternatives = top_ids.tolist()
+    result: list[TokenLogprob | None] = []
+    for i, seq in enumerate(rows):
+        if not seq.return_logprobs:
+            result.append(None)
+            continue
+        num = seq.top_logprobs
+        top = tuple(zip(alternatives[i][:num], values[i][1 : 1 + num], strict=True))
+        result.append(TokenLogprob(token_id=host_ids[i], logprob=values[i][0], top=top))
+    return result

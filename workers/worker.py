@@ -1,0 +1,125 @@
+"""The worker process's loop: load the model, report Ready, then serve the pipe step by step.
+
+Idle, the loop blocks until the gateway sends something. Busy, it takes every message that has arrived without
+waiting, runs one engine step and sends that step's `StepOutput` (one message per step, whatever the number of
+requests in it). `Shutdown` or the pipe closing (the gateway is gone) ends the loop normally; an exception
+that escapes the engine is fatal: the worker sends `WorkerFailed` and exits non-zero.
+
+A reader thread moves messages from the pipe into a queue as soon as they arrive, so the gateway's sends never
+wait on a long step: a pipe's kernel buffer is small (64 KiB on Linux) and a burst of long prompts would
+otherwise fill it and block the gateway's sender until the step ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from multiprocessing.connection import Connection
+
+import torch
+
+from workers.engine import Engine
+from workers.loader import load_model
+from workers.protocol import (
+    Cancel,
+    GatewayMessage,
+    LoadProgress,
+    Ready,
+    Shutdown,
+    Submit,
+    WorkerConfig,
+    WorkerFailed,
+)
+
+logger = logging.getLogger(__name__)
+
+_PIPE_CLOSED = object()  # put on the inbox by the reader thread when the gateway's end closes
+
+
+def run_worker(conn: Connection, config: WorkerConfig) -> int:
+    """Load, report Ready and serve until Shutdown or EOF; returns the process exit code (0 or 1)."""
+    try:
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        engine = _start_engine(conn, config)
+        _serve(conn, engine)
+        logger.info("worker %s stops", config.worker_id)
+        return 0
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        logger.info("the gateway closed the pipe; worker %s stops", config.worker_id)
+        return 0
+    except Exception as exc:
+        logger.exception("worker %s failed", config.worker_id)
+        # If the gateway is gone too, the exit code tells the rest.
+        with contextlib.suppress(OSError):
+            conn.send(WorkerFailed(worker_id=config.worker_id, message=f"{type(exc).__name__}: {exc}"))
+        return 1
+
+
+def _start_engine(conn: Connection, config: WorkerConfig) -> Engine:
+    def on_progress(stage: str, fraction: float) -> None:
+        conn.send(LoadProgress(worker_id=config.worker_id, stage=stage, fraction=fraction))
+
+    loaded = load_model(config, on_progress)
+    engine = Engine.from_loaded(loaded, config)
+    on_progress("warming up", 0.95)
+    engine.warm_up()
+    conn.send(Ready(worker_id=config.worker_id, model=loaded.info))
+    logger.info("worker %s ready: %s", config.worker_id, loaded.info)
+    return engine
+
+
+def _serve(conn: Connection, engine: Engine) -> None:
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_read_pipe, args=(conn, inbox), name="pipe-reader", daemon=True).start()
+    while True:
+        # Block only when there is nothing to run; otherwise take what has arrived and step.
+        message = inbox.get() if not engine.has_work() else _get_nowait(inbox)
+        while message is not None:
+            if message is _PIPE_CLOSED:
+                raise EOFError("pipe closed")
+            if not _handle(message, engine):
+                return
+            message = _get_nowait(inbox)
+        _send_all(conn, engine.pop_failures())
+        if engine.has_work():
+            output = engine.step()
+            if output.deltas:
+                conn.send(output)
+            _send_all(conn, engine.pop_failures())
+
+
+def _handle(message: GatewayMessage, engine: Engine) -> bool:
+    """Apply one gateway message; False means stop serving."""
+    match message:
+        case Submit():
+            engine.add(message)
+        case Cancel(request_ids=request_ids):
+            engine.cancel(request_ids)
+        case Shutdown():
+            return False
+        case _:
+            logger.warning("ignoring an unexpected message: %r", type(message).__name__)
+    return True
+
+
+def _read_pipe(conn: Connection, inbox: queue.SimpleQueue) -> None:
+    try:
+        while True:
+            inbox.put(conn.recv())
+    except (EOFError, OSError):
+        inbox.put(_PIPE_CLOSED)
+
+
+def _get_nowait(inbox: queue.SimpleQueue):
+    try:
+        return inbox.get_nowait()
+    except queue.Empty:
+        return None
+
+
+def _send_all(conn: Connection, messages: list) -> None:
+    for message in messages:
+        conn.send(message)
