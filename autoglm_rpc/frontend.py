@@ -15,6 +15,8 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import grpc
+
 from autoglm_rpc import errors
 from autoglm_rpc.pool.pool import InFlight, WorkerPool
 from autoglm_rpc.requests import (
@@ -45,10 +47,20 @@ from workers.protocol import (
 
 logger = logging.getLogger(__name__)
 
-_FAILURES: dict[FailureReason, type[errors.ServiceError] | None] = {
-    FailureReason.GPU_OUT_OF_MEMORY: errors.OutOfMemory,
-    FailureReason.PROMPT_TOO_LONG: errors.PromptTooLong,
-}
+
+def _worker_failure(request_id: str, reason: FailureReason, message: str) -> errors.ServiceError:
+    """The status a caller sees for a request its worker refused or could not run."""
+    match reason:
+        case FailureReason.GPU_OUT_OF_MEMORY:
+            return errors.OutOfMemory(message)
+        case FailureReason.PROMPT_TOO_LONG:
+            return errors.PromptTooLong(message)
+        case FailureReason.INVALID_PARAMETER:
+            return errors.ServiceError(message, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETER")
+        case FailureReason.DUPLICATE_REQUEST_ID:
+            return errors.DuplicateRequestId(request_id)
+    logger.error("request %s failed in its worker: %s", request_id, message)
+    return errors.InternalError(request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +105,9 @@ class Frontend:
                 except ChatTemplateMissing:
                     raise errors.ChatTemplateMissing(self.model.model_id) from None
                 except ChatTemplateError as exc:
-                    raise errors.InvalidParameter("chat.messages", f"the chat template refused them: {exc}") from None
+                    raise errors.InvalidParameter(
+                        "chat.messages", f"the chat template refused them: {exc}"
+                    ) from None
             case str():
                 return self.model.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
@@ -195,6 +209,7 @@ class _Run:
         self.submit = submit
         self.flight = flight
         self.arrival = arrival
+        self.submitted_at = time.monotonic()
         self.text = text
         self.logprobs: list[TokenLogprob] = []
         self.first_token_at: float | None = None
@@ -207,11 +222,7 @@ class _Run:
             case errors.ServiceError():
                 raise event
             case RequestFailed(reason=reason, message=message):
-                error_class = _FAILURES.get(reason)
-                if error_class is None:
-                    logger.error("request %s failed in its worker: %s", self.submit.request_id, message)
-                    raise errors.InternalError(self.submit.request_id)
-                raise error_class(message)
+                raise _worker_failure(self.submit.request_id, reason, message)
             case RequestDelta():
                 return self._on_delta(event)
         raise TypeError(f"unexpected worker event {event!r}")
@@ -242,7 +253,8 @@ class _Run:
         self.is_done = True
         now = time.monotonic()
         first = self.first_token_at or now
-        worker_queue_time = finish.queue_time if finish else 0.0
+        # Queue time: the gateway's share (tokenizing, admission) plus the wait in the worker.
+        worker_queue_time = (self.submitted_at - self.arrival) + (finish.queue_time if finish else 0.0)
         return Completed(
             finish_reason=reason,
             text=self.text.text,

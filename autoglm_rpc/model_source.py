@@ -27,7 +27,9 @@ def resolve_model_source(model: str, allow_download: bool = False) -> Path:
         snapshot = snapshot_download(model, local_files_only=not allow_download)
     except Exception as exc:
         hint = "" if allow_download else " (downloads are off: set allow_download, or pass a local directory)"
-        raise ValueError(f"model {model!r} is not a directory and not in the local Hugging Face cache{hint}: {exc}")
+        raise ValueError(
+            f"model {model!r} is not a directory and not in the local Hugging Face cache{hint}: {exc}"
+        ) from None
     logger.info("model %s resolved to %s", model, snapshot)
     return Path(snapshot)
 

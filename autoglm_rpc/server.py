@@ -196,4 +196,3 @@ async def run(settings: Settings) -> int:
 
 def serve(settings: Settings) -> int:
     return asyncio.run(run(settings))
-

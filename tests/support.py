@@ -64,7 +64,7 @@ class ServerThread:
             raise RuntimeError("the test server failed to start") from self._error
         return self
 
-    def call(self, function, *args):  # noqa: ANN001, ANN201 - run a callable on the server's loop
+    def call(self, function, *args):
         """Run a plain function on the server's event loop thread and return its result."""
         assert self._loop is not None
         future = asyncio.run_coroutine_threadsafe(_invoke(function, *args), self._loop)
@@ -94,5 +94,5 @@ class ServerThread:
         await self.app.stop(grace=1.0)
 
 
-async def _invoke(function, *args):  # noqa: ANN001, ANN202
+async def _invoke(function, *args):
     return function(*args)

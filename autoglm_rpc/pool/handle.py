@@ -8,6 +8,7 @@ The pipe's end-of-file is how the gateway learns, at once, that the process is g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import multiprocessing
@@ -89,7 +90,7 @@ class WorkerHandle:
         self._outbox.put(message)
 
     async def stop(self, timeout: float) -> int | None:
-        """Ask the worker to shut down; terminate it if it has not exited within `timeout`. Returns its exit code."""
+        """Ask the worker to shut down, terminating it if it has not exited in `timeout`; return its exit code."""
         process = self._process
         if process is None:
             return None
@@ -136,7 +137,6 @@ class WorkerHandle:
                 return  # the reader sees the same broken pipe and reports the exit
 
     def _call_in_loop(self, callback: Callable[..., None], *args: object) -> None:
-        try:
+        # A closed loop means the gateway is gone and nobody is listening.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:
-            pass  # the loop is closed: the gateway is gone and nobody is listening

@@ -16,7 +16,7 @@ class CheckpointFileError(TextError):
     """A checkpoint file the gateway needs is missing, unreadable or malformed; the message says which and why."""
 
 
-class ChatTemplateMissing(TextError):  # noqa: N818 - the name the error map and the contract use
+class ChatTemplateMissing(TextError):
     """Chat input was given but the checkpoint has no chat template."""
 
 

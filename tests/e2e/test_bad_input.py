@@ -43,7 +43,7 @@ CASES = [
 ]  # fmt: skip
 
 
-def _expect_error(call, code: grpc.StatusCode, reason: str, text: str) -> AutoglmError:  # noqa: ANN001
+def _expect_error(call, code: grpc.StatusCode, reason: str, text: str) -> AutoglmError:
     with pytest.raises(AutoglmError) as caught:
         call()
     error = caught.value
@@ -53,7 +53,7 @@ def _expect_error(call, code: grpc.StatusCode, reason: str, text: str) -> Autogl
 
 
 @pytest.mark.parametrize(("fields", "code", "reason", "text"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_request_gets_its_status(glm_server: ServerThread, fields: dict, code, reason: str, text: str) -> None:  # noqa: ANN001
+def test_bad_request_gets_its_status(glm_server: ServerThread, fields: dict, code, reason: str, text: str) -> None:
     with glm_server.client() as client:
         _expect_error(lambda: client.generate(**fields), code, reason, text)
         # The stream gets the same status and no message at all.

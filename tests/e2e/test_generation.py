@@ -26,7 +26,7 @@ PROMPTS = [
 
 
 @cache
-def _hf(checkpoint: Path):  # noqa: ANN202 - (tokenizer, model) loaded once per checkpoint
+def _hf(checkpoint: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoTokenizer.from_pretrained(checkpoint), AutoModelForCausalLM.from_pretrained(checkpoint).eval()

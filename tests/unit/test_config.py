@@ -45,7 +45,10 @@ def test_seed_aliases() -> None:
         ({"AUTOGLM_QUANTIZATION": "int4"}, "quantization must be one of"),
         ({"AUTOGLM_MAX_BATCH_SIZE": "0"}, "max_batch_size must be at least 1"),
         ({"AUTOGLM_REFLECTION": "maybe"}, "reflection must be a bool"),
-        ({"AUTOGLM_MAX_BATCH_SIZE": "64", "AUTOGLM_MAX_NUM_BATCHED_TOKENS": "32"}, "must be at least max_batch_size"),
+        (
+            {"AUTOGLM_MAX_BATCH_SIZE": "64", "AUTOGLM_MAX_NUM_BATCHED_TOKENS": "32"},
+            "must be at least max_batch_size",
+        ),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:

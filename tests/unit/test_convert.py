@@ -60,7 +60,7 @@ def test_token_prompt_and_unset_fields() -> None:
         (lambda m: setattr(m, "request_id", "naïve"), "request_id"),
     ],
 )  # fmt: skip
-def test_invalid_fields_are_named(setup, field: str) -> None:  # noqa: ANN001
+def test_invalid_fields_are_named(setup, field: str) -> None:
     message = generation_pb2.GenerateRequest(prompt="hello")
     setup(message)
     with pytest.raises(InvalidParameter) as caught:

@@ -24,7 +24,10 @@ def test_visible_gpus_from_environment_and_driver(tmp_path: Path) -> None:
 
 def test_one_pinned_worker_per_gpu() -> None:
     configs = plan_workers(Settings(device="auto"), SERVED, gpus=["0", "1"])  # type: ignore[arg-type]
-    assert [(c.device, c.cuda_visible_devices, c.worker_id) for c in configs] == [("cuda", "0", 0), ("cuda", "1", 1)]
+    assert [(c.device, c.cuda_visible_devices, c.worker_id) for c in configs] == [
+        ("cuda", "0", 0),
+        ("cuda", "1", 1),
+    ]
     assert all(c.max_seq_len == 4096 and c.model_path == "/models/glm" for c in configs)
 
 

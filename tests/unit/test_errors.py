@@ -25,7 +25,7 @@ from autoglm_rpc import errors
         (errors.InternalError("r9"), grpc.StatusCode.INTERNAL, "INTERNAL_ERROR"),
     ],
 )
-def test_status_carries_code_reason_and_details(error: errors.ServiceError, code, reason: str) -> None:  # noqa: ANN001
+def test_status_carries_code_reason_and_details(error: errors.ServiceError, code, reason: str) -> None:
     status = errors.to_rpc_status(error)
     assert status.code == code
     assert status.details == error.message

@@ -13,7 +13,10 @@ def test_generated_code_is_not_stale(tmp_path: Path) -> None:
     protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "proto").rglob("*.proto"))
     outputs = [f"--{kind}_out={tmp_path}" for kind in ("python", "grpc_python", "pyi")]
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-Iproto", *outputs, *protos], cwd=ROOT, check=True, timeout=120
+        [sys.executable, "-m", "grpc_tools.protoc", "-Iproto", *outputs, *protos],
+        cwd=ROOT,
+        check=True,
+        timeout=120,
     )
     generated = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     committed = {

@@ -7,8 +7,6 @@ the other families real causal LMs use, so the detokenizer is tested on every de
 - a WordPiece with "##" continuations and the space clean-up on.
 """
 
-# ruff: noqa: RUF001 - full-width punctuation is deliberate: multi-byte test text
-
 from __future__ import annotations
 
 import json

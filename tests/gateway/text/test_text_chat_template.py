@@ -1,7 +1,5 @@
 """Chat rendering equals transformers' apply_chat_template, for the checkpoint's template and real-world shapes."""
 
-# ruff: noqa: RUF001 - full-width punctuation is deliberate: multi-byte test text
-
 from __future__ import annotations
 
 from collections.abc import Callable

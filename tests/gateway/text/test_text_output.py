@@ -1,7 +1,5 @@
 """TextStream: detokenizer and stop matcher together, with the token count pinned to the stop."""
 
-# ruff: noqa: RUF001 - full-width punctuation is deliberate: multi-byte test text
-
 from __future__ import annotations
 
 import random

@@ -1,7 +1,5 @@
 """StopSequenceMatcher: matches across deltas, holds back only what could still become a stop."""
 
-# ruff: noqa: RUF001 - full-width punctuation is deliberate: multi-byte test text
-
 from __future__ import annotations
 
 import random

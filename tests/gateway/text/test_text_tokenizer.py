@@ -1,7 +1,5 @@
 """TextTokenizer gives the ids and text transformers' AutoTokenizer gives for the same checkpoint directory."""
 
-# ruff: noqa: RUF001 - full-width punctuation is deliberate: multi-byte test text
-
 from __future__ import annotations
 
 import random

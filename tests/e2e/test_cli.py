@@ -1,0 +1,91 @@
+"""The command line as an operator uses it: `autoglm-rpc serve` in one process, `generate` in another."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "autoglm_rpc.cli"]
+
+
+def _lines(stream, into: queue.Queue[str]) -> None:  # noqa: ANN001 - a text pipe
+    for line in stream:
+        into.put(line)
+
+
+def _wait_for(lines: queue.Queue[str], pattern: str, seen: list[str], timeout: float) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+
+
+def test_serve_then_generate_streams_text_and_sigterm_exits_cleanly(glm_checkpoint: Path) -> None:
+    # The model comes through the seed document's alias, the batch size through AUTOGLM_*.
+    environ = os.environ | {"MODEL_PATH": str(glm_checkpoint), "AUTOGLM_MAX_BATCH_SIZE": "4"}
+    serve = subprocess.Popen(
+        [*CLI, "serve", "--port", "0", "--device", "cpu", "--workers", "1", "--worker-threads", "1"],
+        cwd=ROOT,
+        env=environ,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+    threading.Thread(target=_lines, args=(serve.stderr, lines), daemon=True).start()
+    try:
+        port = _wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", seen, 60).group(1)
+        _wait_for(lines, r"loading weights", seen, 60)  # load progress is shown
+        generate = subprocess.run(
+            [*CLI, "generate", "Hello", "--target", f"127.0.0.1:{port}", "--max-new-tokens", "12"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert generate.returncode == 0, generate.stderr
+        assert generate.stdout.strip(), "no text was streamed"
+        assert re.search(r"\[\w+: \d+ tokens", generate.stderr)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0
+        _wait_for(lines, r"shutting down", seen, 5)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(10)
+
+
+def test_bad_settings_exit_with_a_message() -> None:
+    result = subprocess.run(
+        [*CLI, "serve", "--model", "/nonexistent/model", "--port", "0", "--device", "tpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "invalid choice: 'tpu'" in result.stderr
+    result = subprocess.run(
+        [*CLI, "serve", "--model", "/nonexistent/model", "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no such directory" in result.stderr
