@@ -28,6 +28,25 @@ def test_reflection_lists_the_services(glm_server: ServerThread) -> None:
     assert {"autoglm.v1.GenerationService", "autoglm.v1.ModelService", "grpc.health.v1.Health"} <= names
 
 
+def test_reflection_describes_the_contract_with_its_dependencies(glm_server: ServerThread) -> None:
+    """What `grpcurl describe` needs: the service's file and every file it imports, by symbol."""
+    from google.protobuf import descriptor_pb2
+
+    with glm_server.channel() as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="autoglm.v1.GenerationService")
+        (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(data)
+        for data in response.file_descriptor_response.file_descriptor_proto
+    ]
+    names = {f.name for f in files}
+    assert {"autoglm/v1/generation.proto", "autoglm/v1/types.proto", "google/protobuf/duration.proto"} <= names
+    generation = next(f for f in files if f.name == "autoglm/v1/generation.proto")
+    methods = {m.name for m in generation.service[0].method}
+    assert methods == {"Generate", "GenerateStream", "CancelGeneration", "Tokenize"}
+
+
 def test_list_models_and_server_info(glm_server: ServerThread, glm_checkpoint: Path) -> None:
     with glm_server.client() as client:
         (model,) = client.list_models().models
