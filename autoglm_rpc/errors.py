@@ -108,6 +108,11 @@ class WorkerCrashed(ServiceError):
         )
 
 
+class DeadlineExceeded(ServiceError):
+    def __init__(self) -> None:
+        super().__init__("the call's deadline passed; the request was stopped", grpc.StatusCode.DEADLINE_EXCEEDED, "")
+
+
 class InternalError(ServiceError):
     def __init__(self, request_id: str = "") -> None:
         suffix = f" (request_id {request_id})" if request_id else ""
@@ -116,9 +121,11 @@ class InternalError(ServiceError):
 
 def to_rpc_status(error: ServiceError) -> grpc.Status:
     """Build the call status for `error`: code, message, and ErrorInfo (+ RetryInfo) details."""
-    info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(domain=ERROR_DOMAIN, reason=error.reason))
-    details = [info]
+    details = []
+    if error.reason:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(domain=ERROR_DOMAIN, reason=error.reason))
+        details.append(info)
     if error.retry_after is not None:
         retry = any_pb2.Any()
         delay = duration_pb2.Duration()

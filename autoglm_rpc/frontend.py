@@ -243,6 +243,10 @@ class _Run:
                 events.append(self._complete(FinishReason.STOP_SEQUENCE, None))
                 return events
         if delta.finish is not None:
+            if delta.finish.reason is FinishReason.CANCELLED and not self.flight.is_cancelling:
+                # Nobody asked for it: the worker dropped the request because the call's deadline passed.
+                self.is_done = True
+                raise errors.DeadlineExceeded()
             tail = self.text.flush()
             if tail:
                 events.append(TextDelta(tail))

@@ -42,3 +42,10 @@ def test_status_carries_code_reason_and_details(error: errors.ServiceError, code
 def test_internal_error_hides_details() -> None:
     assert "Traceback" not in errors.InternalError("r1").message
     assert "r1" in errors.InternalError("r1").message
+
+
+def test_deadline_exceeded_has_no_reason_detail() -> None:
+    status = errors.to_rpc_status(errors.DeadlineExceeded())
+    assert status.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    (_, value), *_ = status.trailing_metadata
+    assert not status_pb2.Status.FromString(value).details
