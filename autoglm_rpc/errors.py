@@ -110,7 +110,9 @@ class WorkerCrashed(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     def __init__(self) -> None:
-        super().__init__("the call's deadline passed; the request was stopped", grpc.StatusCode.DEADLINE_EXCEEDED, "")
+        super().__init__(
+            "the call's deadline passed; the request was stopped", grpc.StatusCode.DEADLINE_EXCEEDED, ""
+        )
 
 
 class InternalError(ServiceError):
