@@ -42,7 +42,8 @@ test: $(STAMP)
 # checkpoint, built once into $(DEMO_MODEL)/.
 run: $(STAMP)
 	@if [ -z "$(MODEL)" ]; then $(VENV)/bin/autoglm-rpc demo-model --output $(DEMO_MODEL) --if-missing; fi
-	$(VENV)/bin/autoglm-rpc serve --model "$(if $(MODEL),$(MODEL),$(DEMO_MODEL))" --host $(HOST) --port $(PORT)
+	$(VENV)/bin/autoglm-rpc serve --host $(HOST) --port $(PORT) \
+		$(if $(MODEL),--model "$(MODEL)",--model $(DEMO_MODEL) --model-id autoglm-demo)
 
 demo-model: $(STAMP)
 	$(VENV)/bin/autoglm-rpc demo-model --output $(DEMO_MODEL)

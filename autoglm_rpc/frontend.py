@@ -8,6 +8,7 @@ matches, or the caller goes away, the worker is told to stop that request at its
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -46,6 +47,8 @@ from workers.protocol import (
 )
 
 logger = logging.getLogger(__name__)
+
+_LONG_PROMPT_CHARS = 8192
 
 
 def _worker_failure(request_id: str, reason: FailureReason, message: str) -> errors.ServiceError:
@@ -182,7 +185,11 @@ class Frontend:
         Closing the iterator early (the caller cancelled or its deadline passed) cancels the work in the worker.
         """
         arrival = time.monotonic()
-        submit = self.resolve(request, deadline, carrier or {})
+        if _is_long(request.prompt):
+            # Tokenizing a long prompt takes milliseconds; the tokenizer releases the GIL, so run it off the loop.
+            submit = await asyncio.to_thread(self.resolve, request, deadline, carrier or {})
+        else:
+            submit = self.resolve(request, deadline, carrier or {})
         flight = self.pool.submit(submit)
         text = TextStream(
             self.model.tokenizer,
@@ -200,6 +207,15 @@ class Frontend:
             if not run.is_done or run.must_cancel:
                 self.pool.cancel(submit.request_id)
             self.pool.detach(submit.request_id)
+
+
+def _is_long(prompt: Prompt) -> bool:
+    match prompt:
+        case str():
+            return len(prompt) > _LONG_PROMPT_CHARS
+        case ChatPrompt(messages=messages):
+            return sum(len(m.content) for m in messages) > _LONG_PROMPT_CHARS
+    return False
 
 
 class _Run:

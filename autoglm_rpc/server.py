@@ -28,6 +28,7 @@ from autoglm_rpc.servicers.generation import Checked, GenerationServicer
 from autoglm_rpc.servicers.model import ModelServicer
 from autoglm_rpc.text.checkpoint import read_checkpoint_facts
 from autoglm_rpc.text.tokenizer import TextTokenizer
+from workers.protocol import RANDOM_WEIGHTS_MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ def load_served_model(settings: Settings) -> ServedModel:
     if not settings.model:
         raise ValueError("model: no model configured (pass --model PATH or set AUTOGLM_MODEL)")
     source = resolve_model_source(settings.model, settings.allow_download)
+    if (source / RANDOM_WEIGHTS_MARKER).exists():
+        logger.warning("%s holds random weights (a demo or test checkpoint): its text is noise", source)
     facts = read_checkpoint_facts(source)
     max_context = facts.max_position_embeddings or settings.max_seq_len
     if max_context is None:

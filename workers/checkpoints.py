@@ -15,6 +15,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.protocol import RANDOM_WEIGHTS_MARKER
+
 logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("glm", "llama", "qwen2")
@@ -142,7 +144,7 @@ def build_checkpoint(path: str | Path, spec: TinyModelSpec = TinyModelSpec()) ->
         eos_token_id=eos_token_id, pad_token_id=eos_token_id, do_sample=False, max_new_tokens=64
     )
     model.save_pretrained(path, safe_serialization=True)
-    (path / "autoglm_demo.json").write_text(json.dumps({"random_weights": True, "spec": spec.architecture}))
+    (path / RANDOM_WEIGHTS_MARKER).write_text(json.dumps({"random_weights": True, "spec": spec.architecture}))
     logger.info("built a random-weight %s checkpoint at %s", spec.architecture, path)
     return path
 

@@ -16,6 +16,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+# A file in every checkpoint that `workers.checkpoints` builds (random weights), so the gateway can warn that
+# the text it serves is noise.
+RANDOM_WEIGHTS_MARKER = "autoglm_demo.json"
+
 
 class FinishReason(enum.Enum):
     """Why a request stopped producing tokens (mirrors `autoglm.v1.FinishReason`)."""

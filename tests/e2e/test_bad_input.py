@@ -36,6 +36,7 @@ CASES = [
     ("unknown priority", {"prompt": "hi", "priority": 42}, INVALID, "INVALID_PARAMETER", "priority"),
     ("bad request id", {"prompt": "hi", "request_id": "x" * 200}, INVALID, "INVALID_PARAMETER", "request_id"),
     ("prompt over context", {"token_ids": [5] * 600}, INVALID, "PROMPT_TOO_LONG", "context"),
+    ("long text over context", {"prompt": "hello world " * 1000}, INVALID, "PROMPT_TOO_LONG", "context"),
     ("prompt plus output over context", {"prompt": "hi", "stopping": {"max_new_tokens": 100_000}}, INVALID,
      "PROMPT_TOO_LONG", "max_new_tokens"),
     ("unknown model", {"prompt": "hi", "model": "gpt-17"}, grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND",

@@ -1,4 +1,4 @@
-"""The two worlds meet only in workers/protocol.py: the gateway never imports torch, workers never grpc."""
+"""The two worlds meet in workers/protocol.py: the gateway never imports torch, the workers never grpc."""
 
 from __future__ import annotations
 
@@ -39,3 +39,22 @@ def test_workers_do_not_import_grpc() -> None:
 def test_protocol_uses_the_standard_library_only() -> None:
     loaded = _modules_after_import(["workers.protocol"])
     assert not {name for name in loaded if name.split(".")[0] in {"torch", "grpc", "numpy", "google"}}
+
+
+def test_gateway_reaches_workers_only_through_the_protocol() -> None:
+    """Besides protocol.py, the gateway names only the spawn trampoline (entry.py, standard library only);
+    the CLI's `demo-model` command builds a checkpoint, lazily, in its own process."""
+    import ast
+
+    allowed = {"workers.protocol", "workers.entry"}
+    found = set()
+    for path in (ROOT / "autoglm_rpc").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "workers":
+                names = {node.module} if node.module != "workers" else {f"workers.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                names = {a.name for a in node.names if a.name.split(".")[0] == "workers"}
+            else:
+                continue
+            found |= {(path.name, name) for name in names - allowed}
+    assert found == {("cli.py", "workers.checkpoints")}
