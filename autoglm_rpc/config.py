@@ -8,7 +8,6 @@ values with a `ValueError` that names the setting; environment is read in `from_
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -106,11 +105,6 @@ class Settings:
             raise ValueError(f"max_queue_depth must be 0 or more, got {self.max_queue_depth}")
         if self.worker_start_timeout <= 0 or self.grace_period < 0:
             raise ValueError("worker_start_timeout must be positive and grace_period not negative")
-
-    def replace(self, **changes: Any) -> Settings:
-        settings = dataclasses.replace(self, **changes)
-        settings.validate()
-        return settings
 
 
 def _field_names() -> list[str]:
