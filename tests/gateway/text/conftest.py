@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from workers.checkpoints import TinyModelSpec, build_checkpoint
-
 # Mixed scripts so that characters of two, three and four bytes occur and get split across tokens.
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Isn't it nice? We're here, you've seen it!",
@@ -70,16 +68,15 @@ def hf_tokenizer() -> Callable[[Path], Any]:
 
 
 @pytest.fixture(scope="session")
-def glm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def glm_dir(glm_checkpoint: Path) -> Path:
     """The tiny GLM checkpoint: byte-level BPE, a GLM-4-style chat template."""
-    return build_checkpoint(tmp_path_factory.mktemp("glm"), TinyModelSpec(architecture="glm"))
+    return glm_checkpoint
 
 
 @pytest.fixture(scope="session")
-def no_template_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def no_template_dir(llama_checkpoint: Path) -> Path:
     """A tiny Llama checkpoint without a chat template."""
-    spec = TinyModelSpec(architecture="llama", has_chat_template=False)
-    return build_checkpoint(tmp_path_factory.mktemp("llama_plain"), spec)
+    return llama_checkpoint
 
 
 @pytest.fixture(scope="session")
