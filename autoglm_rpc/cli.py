@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoglm_rpc.config import DEVICES, DTYPES, QUANTIZATIONS, Settings
+from workers.protocol import DECODE_MODES
 
 logger = logging.getLogger("autoglm_rpc")
 
@@ -34,6 +35,10 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue-depth", type=int, help="waiting requests before QUEUE_FULL (default 256)")
     serve.add_argument("--default-max-new-tokens", type=int, help="when a request sets none (default 256)")
     serve.add_argument("--worker-threads", type=int, help="torch threads per CPU worker")
+    serve.add_argument(
+        "--kv-cache-memory-fraction", type=float, help="share of free memory after the weights for the KV cache"
+    )
+    serve.add_argument("--decode-mode", choices=DECODE_MODES, help="default auto: cuda_graphs on GPU, else eager")
     serve.add_argument(
         "--no-reflection", dest="reflection", action="store_const", const=False, help="turn server reflection off"
     )

@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from workers.protocol import DECODE_MODES
+
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "nf4")
@@ -46,6 +48,8 @@ class Settings:
     max_seq_len: int | None = None  # context limit; default: the checkpoint's
     max_num_batched_tokens: int = 512  # per-step token budget of chunked prefill
     max_queue_depth: int = 256  # requests waiting beyond the running batches before QUEUE_FULL
+    kv_cache_memory_fraction: float = 0.9  # share of the memory free after the weights load for the KV cache
+    decode_mode: str = "auto"  # eager | static | cuda_graphs; auto: cuda_graphs on GPU, eager on CPU
     default_max_new_tokens: int = 256  # when neither the request nor generation_config sets one
     max_message_bytes: int = 16 * 1024 * 1024
     reflection: bool = True
@@ -87,6 +91,9 @@ class Settings:
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("quantization", self.quantization, QUANTIZATIONS)
         _check_choice("log_level", self.log_level, LOG_LEVELS)
+        _check_choice("decode_mode", self.decode_mode, DECODE_MODES)
+        if not 0 < self.kv_cache_memory_fraction <= 1:
+            raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {self.kv_cache_memory_fraction}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         for name in ("max_batch_size", "max_num_batched_tokens", "default_max_new_tokens", "max_message_bytes"):
@@ -143,7 +150,7 @@ def _coerce(name: str, value: Any) -> Any:
         raise ValueError(f"{name} must be a {kind.split(' ')[0]}, got {value!r}") from None
     if name == "device":
         return {"gpu": "cuda"}.get(text.lower(), text.lower())
-    if name in ("dtype", "quantization"):
+    if name in ("dtype", "quantization", "decode_mode"):
         return text.lower()
     if name == "log_level":
         return text.upper()

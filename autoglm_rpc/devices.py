@@ -42,6 +42,8 @@ def plan_workers(settings: Settings, served: ServedModel, gpus: list[str] | None
         device = "cuda" if gpus else "cpu"
     if device == "cuda" and not gpus:
         raise ValueError("device: cuda was asked for, but no NVIDIA GPU is visible (check the driver)")
+    if settings.decode_mode == "cuda_graphs" and device != "cuda":
+        raise ValueError("decode_mode: cuda_graphs needs device cuda")
     if device == "cuda":
         count = settings.workers or len(gpus)
         if count > len(gpus):
@@ -59,6 +61,8 @@ def plan_workers(settings: Settings, served: ServedModel, gpus: list[str] | None
             max_batch_size=settings.max_batch_size,
             max_seq_len=served.max_context_tokens,
             max_num_batched_tokens=settings.max_num_batched_tokens,
+            kv_cache_memory_fraction=settings.kv_cache_memory_fraction,
+            decode_mode=settings.decode_mode,
             trust_remote_code=settings.trust_remote_code,
             allow_download=settings.allow_download,
             num_threads=settings.worker_threads,

@@ -26,6 +26,7 @@ from workers.protocol import (
     WorkerConfig,
 )
 from workers.scheduler import ScheduledBatch, Scheduler, Sequence
+from workers.static_decode import resolve_decode_mode
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,14 @@ class Engine:
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, config: WorkerConfig) -> Engine:
+        # The cache may hold fewer requests than asked for (see `plan_cache`): it decides the running batch.
         scheduler = Scheduler(
-            max_batch_size=config.max_batch_size,
+            max_batch_size=loaded.cache.spec.num_slots,
             max_seq_len=loaded.info.max_context_tokens,
             max_num_batched_tokens=config.max_num_batched_tokens,
         )
-        return cls(ModelRunner(loaded.model, loaded.cache), scheduler)
+        decode_mode = resolve_decode_mode(config.decode_mode, loaded.cache.spec.device)
+        return cls(ModelRunner(loaded.model, loaded.cache, decode_mode), scheduler)
 
     def add(self, submit: Submit) -> None:
         """Queue a request; an invalid one becomes a `RequestFailed` (see `pop_failures`) and is not queued."""
@@ -92,6 +95,8 @@ class Engine:
         failures = self.pop_failures()
         if failures:
             raise RuntimeError(f"warm-up request failed: {failures[0].message}")
+        if self.runner.static_decoder is not None:
+            self.runner.static_decoder.capture_all()
 
     def _collect(self, batch: ScheduledBatch, output: RunnerOutput) -> StepOutput:
         deltas = [

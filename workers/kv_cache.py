@@ -1,9 +1,11 @@
 """The engine's KV cache: one slot per running request, laid out for batched decode.
 
-Per layer, K and V are each one tensor [num_slots, max_seq_len, num_kv_heads, head_dim], allocated once at
+Per layer, K and V are each one tensor [num_slots, max_seq_len + 1, num_kv_heads, head_dim], allocated once at
 start. A request owns slot `s` from admission to finish and its token at absolute position `p` lives at
-`[s, p]`. This is the layout of flash-attention's `flash_attn_with_kvcache` (with `cache_batch_idx` = slots),
-so a GPU kernel can later attend over it in place; the portable path below uses SDPA on views or gathers.
+`[s, p]`. The extra position `max_seq_len` is scratch: static-shape decode (CUDA graphs) runs every slot of its
+bucket, and the rows with no decoding request write their throwaway K/V there, where no query ever looks.
+This is the layout of flash-attention's `flash_attn_with_kvcache` (with `cache_batch_idx` = slots), so a GPU
+kernel can attend over it in place; the portable path uses SDPA on views or gathers.
 """
 
 from __future__ import annotations
@@ -46,9 +48,26 @@ class CacheSpec:
         )
 
     @property
-    def num_bytes(self) -> int:
-        elements = self.num_slots * self.max_seq_len * self.num_kv_heads * self.head_dim
+    def scratch_position(self) -> int:
+        """The position padded decode rows write to; never attended (queries see positions < max_seq_len)."""
+        return self.max_seq_len
+
+    @property
+    def bytes_per_slot(self) -> int:
+        elements = (self.max_seq_len + 1) * self.num_kv_heads * self.head_dim
         return 2 * self.num_layers * elements * torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def num_bytes(self) -> int:
+        return self.num_slots * self.bytes_per_slot
+
+
+def slots_that_fit(bytes_per_slot: int, free_bytes: int, memory_fraction: float, max_slots: int) -> int:
+    """How many slots the cache gets: as many as `memory_fraction` of the free memory holds, at most `max_slots`.
+
+    Zero means not even one request of the full context fits; the caller refuses to start.
+    """
+    return max(0, min(max_slots, int(free_bytes * memory_fraction) // bytes_per_slot))
 
 
 class SlottedKVCache:
@@ -56,7 +75,7 @@ class SlottedKVCache:
 
     def __init__(self, spec: CacheSpec) -> None:
         self.spec = spec
-        shape = (spec.num_slots, spec.max_seq_len, spec.num_kv_heads, spec.head_dim)
+        shape = (spec.num_slots, spec.max_seq_len + 1, spec.num_kv_heads, spec.head_dim)
         self.keys = [torch.zeros(shape, dtype=spec.dtype, device=spec.device) for _ in range(spec.num_layers)]
         self.values = [torch.zeros(shape, dtype=spec.dtype, device=spec.device) for _ in range(spec.num_layers)]
         logger.info(

@@ -8,6 +8,7 @@ that names the option, before the worker reports Ready.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from workers.attention import ATTENTION_NAME, register_attention
-from workers.kv_cache import CacheSpec, SlottedKVCache
+from workers.kv_cache import CacheSpec, SlottedKVCache, slots_that_fit
 from workers.protocol import ModelInfo, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ ProgressCallback = Callable[[str, float], None]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _QUANTIZATIONS = ("none", "int8", "nf4")
-# The share of free memory the KV cache may take; the rest stays for activations and the allocator.
-_CACHE_MEMORY_FRACTION = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +96,7 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
     on_progress("allocating KV cache", 0.8)
     # The cache holds K/V in the dtype the layers compute in, which is the embeddings' dtype even when quantized.
     cache_dtype = model.get_input_embeddings().weight.dtype
-    spec = CacheSpec.for_model(model.config, config.max_batch_size, max_seq_len, cache_dtype, device)
-    _check_cache_fits(spec)
+    spec = plan_cache(model.config, config, max_seq_len, cache_dtype, device)
     cache = SlottedKVCache(spec)
     info = ModelInfo(
         model_id=config.model_id,
@@ -108,7 +106,7 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
         quantization=config.quantization,
         device=str(device),
         max_context_tokens=max_seq_len,
-        max_batch_size=config.max_batch_size,
+        max_batch_size=spec.num_slots,
         vocab_size=model.get_output_embeddings().weight.shape[0],
     )
     on_progress("model loaded", 0.9)
@@ -178,16 +176,31 @@ def resolve_max_seq_len(requested: int | None, model_config) -> int:
     return requested
 
 
-def _check_cache_fits(spec: CacheSpec) -> None:
-    if spec.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(spec.device)
+def plan_cache(model_config, config: WorkerConfig, max_seq_len: int, dtype: torch.dtype, device) -> CacheSpec:
+    """Size the cache from the memory free now (after the weights loaded): `kv_cache_memory_fraction` of it.
+
+    The cache gets `max_batch_size` slots when they fit and fewer (with a warning) when they do not; the worker
+    reports the number it got, and the gateway admits against that. Raises ValueError when not one slot fits.
+    """
+    one_slot = CacheSpec.for_model(model_config, 1, max_seq_len, dtype, device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
         where = "GPU memory"
     else:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         where = "host memory"
-    if spec.num_bytes > _CACHE_MEMORY_FRACTION * free:
+    fraction = config.kv_cache_memory_fraction
+    num_slots = slots_that_fit(one_slot.bytes_per_slot, free, fraction, config.max_batch_size)
+    per_slot_gib = one_slot.bytes_per_slot / 2**30
+    if num_slots == 0:
         raise ValueError(
-            f"the KV cache needs {spec.num_bytes / 2**30:.1f} GiB (max_batch_size {spec.num_slots} x max_seq_len "
-            f"{spec.max_seq_len}) but only {free / 2**30:.1f} GiB of {where} is free; lower max_batch_size or "
-            f"max_seq_len"
+            f"the KV cache needs {per_slot_gib:.2f} GiB per request of max_seq_len {max_seq_len} tokens, but "
+            f"{fraction:.0%} of the {free / 2**30:.1f} GiB of free {where} is less; lower max_seq_len"
         )
+    if num_slots < config.max_batch_size:
+        logger.warning(
+            "the KV cache holds %d requests of max_seq_len %d, not max_batch_size %d (%.2f GiB each, %.0f%% of "
+            "%.1f GiB free %s); lower max_seq_len or raise kv_cache_memory_fraction to run more at once",
+            num_slots, max_seq_len, config.max_batch_size, per_slot_gib, 100 * fraction, free / 2**30, where,
+        )  # fmt: skip
+    return dataclasses.replace(one_slot, num_slots=num_slots)

@@ -7,8 +7,8 @@ only on the hidden states that produce a token (every decode row, and the last p
 its prompt), and one batched sampling call picks all of the step's tokens. The host waits on the device once
 per step, to read the sampled ids (twice when log-probabilities were asked for).
 
-`decode` and `prefill` are separate small functions with fixed-rank inputs so that a GPU build can capture
-`decode` in CUDA graphs over batch-size buckets without touching the rest.
+`decode` and `prefill` are separate small functions with fixed-rank inputs. With a `StaticDecoder`, decode runs
+at bucketed static shapes instead, replayed from CUDA graphs on a GPU (see `workers.static_decode`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from workers.kv_cache import SlottedKVCache
 from workers.protocol import TokenLogprob
 from workers.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
 from workers.scheduler import PrefillChunk, ScheduledBatch, Sequence
+from workers.static_decode import StaticDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class RunnerOutput:
 class ModelRunner:
     """Owns the model's forward passes, the KV cache and the per-slot token history for repetition penalties."""
 
-    def __init__(self, model: torch.nn.Module, cache: SlottedKVCache) -> None:
+    def __init__(self, model: torch.nn.Module, cache: SlottedKVCache, decode_mode: str = "eager") -> None:
+        """`decode_mode` is a resolved mode: "eager", "static" or "cuda_graphs" (see `resolve_decode_mode`)."""
         self.model = model
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
@@ -50,6 +52,9 @@ class ModelRunner:
         # seen[s, t]: token t occurs in slot s's prompt or output (every token is fed in once, so marking the
         # inputs of each forward tracks prompt + output exactly by the time the next token is sampled).
         self.seen = torch.zeros(cache.spec.num_slots, self.vocab_size, dtype=torch.bool, device=self.device)
+        self.static_decoder = None
+        if decode_mode != "eager":
+            self.static_decoder = StaticDecoder(self.decoder, cache, use_graphs=decode_mode == "cuda_graphs")
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> RunnerOutput:
@@ -88,6 +93,8 @@ class ModelRunner:
         ).to(self.device, non_blocking=True)
         slots, positions, input_ids = inputs[0], inputs[1][:, None], inputs[2][:, None]  # [B], [B, 1], [B, 1]
         self.seen[slots, input_ids[:, 0]] = True
+        if self.static_decoder is not None:
+            return self.static_decoder.run(inputs, max(host_slots), max(host_positions) + 1)
         metadata = AttentionMetadata.build(self.cache, slots, positions, host_slots, max(host_positions) + 1)
         return self._forward(input_ids, positions, metadata)[:, -1]
 

@@ -40,6 +40,10 @@ class Priority(enum.IntEnum):
     HIGH = 3
 
 
+# How a worker runs decode; see WorkerConfig.decode_mode.
+DECODE_MODES = ("auto", "eager", "static", "cuda_graphs")
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     """Everything a worker process needs to start; built by the gateway, validated there, sent at spawn.
@@ -47,6 +51,9 @@ class WorkerConfig:
     cuda_visible_devices: set in the child before torch is imported (one GPU per worker); None leaves it alone.
     max_seq_len: the context limit in tokens (prompt + output); None means the checkpoint's own limit.
     max_num_batched_tokens: the per-step token budget that chunked prefill works within.
+    kv_cache_memory_fraction: the share of the memory free after the weights load that the KV cache may take.
+    decode_mode: "eager" runs decode at each step's exact shape; "static" at bucketed shapes (rows = cache
+        slots); "cuda_graphs" replays those buckets as CUDA graphs; "auto" is cuda_graphs on CUDA, else eager.
     """
 
     worker_id: int
@@ -58,6 +65,8 @@ class WorkerConfig:
     max_batch_size: int = 16
     max_seq_len: int | None = None
     max_num_batched_tokens: int = 512
+    kv_cache_memory_fraction: float = 0.9
+    decode_mode: str = "auto"
     trust_remote_code: bool = False
     allow_download: bool = False
     num_threads: int | None = None

@@ -125,7 +125,8 @@ class WorkerPool:
         ready = [w for w in self._workers if w.is_ready]
         if not ready:
             raise NoReadyWorker()
-        capacity = sum(w.config.max_batch_size for w in ready) + self._max_queue_depth
+        # A worker's batch is the number of KV-cache slots it got, which can be under max_batch_size.
+        capacity = sum(w.model.max_batch_size for w in ready if w.model) + self._max_queue_depth
         if len(self._in_flight) >= capacity:
             raise QueueFull(len(self._in_flight), capacity)
         worker = min(ready, key=lambda w: w.num_in_flight)

@@ -45,6 +45,9 @@ def test_seed_aliases() -> None:
         ({"AUTOGLM_QUANTIZATION": "int4"}, "quantization must be one of"),
         ({"AUTOGLM_MAX_BATCH_SIZE": "0"}, "max_batch_size must be at least 1"),
         ({"AUTOGLM_REFLECTION": "maybe"}, "reflection must be a bool"),
+        ({"AUTOGLM_DECODE_MODE": "turbo"}, "decode_mode must be one of"),
+        ({"AUTOGLM_KV_CACHE_MEMORY_FRACTION": "1.5"}, r"kv_cache_memory_fraction must be in \(0, 1\]"),
+        ({"AUTOGLM_KV_CACHE_MEMORY_FRACTION": "0"}, "kv_cache_memory_fraction must be in"),
         (
             {"AUTOGLM_MAX_BATCH_SIZE": "64", "AUTOGLM_MAX_NUM_BATCHED_TOKENS": "32"},
             "must be at least max_batch_size",

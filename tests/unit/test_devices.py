@@ -29,6 +29,9 @@ def test_one_pinned_worker_per_gpu() -> None:
         ("cuda", "1", 1),
     ]
     assert all(c.max_seq_len == 4096 and c.model_path == "/models/glm" for c in configs)
+    tuned = Settings(device="auto", decode_mode="static", kv_cache_memory_fraction=0.5)
+    (config,) = plan_workers(tuned, SERVED, gpus=["0"])  # type: ignore[arg-type]
+    assert (config.decode_mode, config.kv_cache_memory_fraction) == ("static", 0.5)
 
 
 def test_cpu_workers_and_errors() -> None:
@@ -38,3 +41,5 @@ def test_cpu_workers_and_errors() -> None:
         plan_workers(Settings(device="cuda"), SERVED, gpus=[])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="only 1 GPU"):
         plan_workers(Settings(device="cuda", workers=2), SERVED, gpus=["0"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cuda_graphs needs device cuda"):
+        plan_workers(Settings(decode_mode="cuda_graphs"), SERVED, gpus=[])  # type: ignore[arg-type]

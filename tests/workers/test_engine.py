@@ -15,9 +15,16 @@ PROMPT_LENGTHS = (3, 40, 7, 23, 16, 1, 33, 9)  # several exceed the 16-token bud
 ARRIVAL_STEPS = (0, 0, 0, 1, 2, 4, 6, 9)  # most arrive while others decode
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_greedy_equals_generate_under_continuous_batching(architecture, make_engine, reference_model, submit):
-    engine = make_engine(architecture, max_batch_size=4, max_num_batched_tokens=16)
+@pytest.mark.parametrize(
+    ("architecture", "decode_mode"),
+    [(architecture, "eager") for architecture in ARCHITECTURES] + [("glm", "static"), ("llama", "static")],
+)
+def test_greedy_equals_generate_under_continuous_batching(
+    architecture, decode_mode, make_engine, reference_model, submit
+):
+    """Also at static decode shapes (the CUDA-graph path run eagerly): padded rows and scratch writes must not
+    change a token."""
+    engine = make_engine(architecture, max_batch_size=4, max_num_batched_tokens=16, decode_mode=decode_mode)
     model = reference_model(architecture)
     requests = {}
     arrivals: dict[int, list] = {}

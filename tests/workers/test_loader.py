@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from tests.workers.factories import make_submit, random_prompt, reference, run_to_end, tokens_of
 from workers.engine import Engine
+from workers.kv_cache import CacheSpec, slots_that_fit
 from workers.loader import (
     _check_supported,
     load_model,
@@ -83,13 +86,51 @@ def test_model_info_and_progress(worker_config) -> None:
         "cpu",
     )
     assert (info.max_context_tokens, info.max_batch_size, info.vocab_size) == (128, 4, 640)
-    assert loaded.cache.keys[0].shape == (4, 128, 2, 16)
+    assert loaded.cache.keys[0].shape == (4, 128 + 1, 2, 16)  # positions, then the scratch position
     assert [s for s, _ in stages][:2] == ["loading weights", "allocating KV cache"]
 
 
-def test_a_kv_cache_that_cannot_fit_is_refused_before_allocation(worker_config) -> None:
-    with pytest.raises(ValueError, match="lower max_batch_size or max_seq_len"):
-        load_model(worker_config("glm", max_batch_size=2**22, max_num_batched_tokens=2**22), no_progress)
+def test_slots_that_fit_is_bounded_by_memory_and_by_the_batch() -> None:
+    assert slots_that_fit(bytes_per_slot=100, free_bytes=10_000, memory_fraction=0.5, max_slots=32) == 32
+    assert slots_that_fit(bytes_per_slot=1_000, free_bytes=10_000, memory_fraction=0.5, max_slots=32) == 5
+    assert slots_that_fit(bytes_per_slot=6_000, free_bytes=10_000, memory_fraction=0.5, max_slots=32) == 0
+
+
+def test_cache_spec_counts_the_scratch_position() -> None:
+    spec = CacheSpec(
+        num_layers=2, num_slots=3, max_seq_len=7, num_kv_heads=2, head_dim=4, dtype=torch.float32,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    assert spec.scratch_position == 7
+    assert spec.bytes_per_slot == 2 * 2 * (7 + 1) * 2 * 4 * 4  # K and V, layers, positions + scratch, heads, dim
+    assert spec.num_bytes == 3 * spec.bytes_per_slot
+
+
+def _free_host_bytes() -> int:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _bytes_per_slot(config) -> int:
+    probe = load_model(config, lambda stage, fraction: None)
+    return probe.cache.spec.bytes_per_slot
+
+
+def test_a_cache_smaller_than_the_batch_shrinks_the_batch(worker_config, caplog) -> None:
+    per_slot = _bytes_per_slot(worker_config("glm", max_batch_size=1))
+    # Room for two and a half requests: the worker runs two at a time and says so.
+    config = worker_config("glm", max_batch_size=8, kv_cache_memory_fraction=2.5 * per_slot / _free_host_bytes())
+    with caplog.at_level(logging.WARNING, logger="workers.loader"):
+        loaded = load_model(config, lambda stage, fraction: None)
+    assert loaded.cache.spec.num_slots == 2
+    assert loaded.info.max_batch_size == 2
+    assert "holds 2 requests" in caplog.text and "not max_batch_size 8" in caplog.text
+    assert Engine.from_loaded(loaded, config).scheduler.max_batch_size == 2
+
+
+def test_a_cache_without_room_for_one_request_refuses_to_load(worker_config) -> None:
+    config = worker_config("glm", kv_cache_memory_fraction=1e-12)
+    with pytest.raises(ValueError, match=r"per request of max_seq_len .* lower max_seq_len"):
+        load_model(config, lambda stage, fraction: None)
 
 
 def greedy_parity(engine, model, num_requests: int = 3, max_new_tokens: int = 8) -> None:
