@@ -1,8 +1,9 @@
 """Runs one scheduled batch through the model and samples: all tensor work of a step happens here.
 
-A step is at most one decode forward over every decoding request ([B, 1] tokens) plus one forward per prefill
-chunk ([1, n] tokens), so no row is ever padded. Each forward calls the Hugging Face decoder with explicit
-`position_ids`, no HF cache, and the attention metadata for the engine's slotted cache. The LM head then runs
+A step is at most one decode forward over every decoding request ([B, 1] tokens) plus a few prefill forwards
+([G, n] tokens: the step's prompt chunks grouped by length, each row padded to its group's longest). Each
+forward calls the Hugging Face decoder with explicit `position_ids`, no HF cache, and the attention metadata for
+the engine's slotted cache. The LM head then runs
 only on the hidden states that produce a token (every decode row, and the last position of a chunk that ends
 its prompt), and one batched sampling call picks all of the step's tokens. The host waits on the device once
 per step, to read the sampled ids (twice when log-probabilities were asked for).
@@ -60,8 +61,9 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> RunnerOutput:
         """Run every forward of the batch, then sample once for all rows that produce a token.
 
-        Out-of-memory in one request's prefill fails that request alone; in the decode forward it fails the
-        requests of that forward. Any other exception propagates (the engine is then considered broken).
+        Out-of-memory in a prefill forward retries its chunks one by one, so it fails only the request whose own
+        chunk does not fit; in the decode forward it fails the requests of that forward. Any other exception
+        propagates (the engine is then considered broken).
         """
         output = RunnerOutput()
         hidden: list[torch.Tensor] = []  # each [rows, hidden_size]
@@ -71,15 +73,8 @@ class ModelRunner:
                 output.rows.extend(batch.decodes)
             except torch.OutOfMemoryError as exc:
                 output.failed.extend((seq, exc) for seq in batch.decodes)
-        for chunk in batch.prefills:
-            try:
-                last_hidden = self.prefill(chunk)
-            except torch.OutOfMemoryError as exc:
-                output.failed.append((chunk.seq, exc))
-                continue
-            if chunk.is_last:
-                hidden.append(last_hidden)
-                output.rows.append(chunk.seq)
+        for group in group_chunks(batch.prefills):
+            self._prefill_group(group, output, hidden)
         if output.rows:
             self._sample(torch.cat(hidden), output)
         return output
@@ -98,17 +93,48 @@ class ModelRunner:
         metadata = AttentionMetadata.build(self.cache, slots, positions, host_slots, max(host_positions) + 1)
         return self._forward(input_ids, positions, metadata)[:, -1]
 
-    def prefill(self, chunk: PrefillChunk) -> torch.Tensor:
-        """One forward over a chunk of one prompt; returns the hidden state of its last token [1, hidden_size]."""
-        slot, num_tokens = chunk.seq.slot, len(chunk.token_ids)
-        input_ids = torch.tensor([chunk.token_ids], dtype=torch.int64).to(self.device, non_blocking=True)
-        positions = torch.arange(chunk.start, chunk.start + num_tokens, device=self.device)[None]  # [1, n]
-        slots = torch.tensor([slot], dtype=torch.int64).to(self.device, non_blocking=True)
-        if chunk.start == 0:
-            self.seen[slot] = False  # a new request in a reused slot
-        self.seen[slot, input_ids[0]] = True
-        metadata = AttentionMetadata.build(self.cache, slots, positions, [slot], chunk.start + num_tokens)
-        return self._forward(input_ids, positions, metadata)[:, -1]
+    def prefill(self, chunks: list[PrefillChunk]) -> torch.Tensor:
+        """One forward over prompt chunks of several requests, each a row padded to the longest; returns the
+        hidden state at each chunk's last token [len(chunks), hidden_size].
+
+        Padding tokens sit at the cache's scratch position: their K/V land there, and no real query sees them.
+        """
+        scratch = self.cache.spec.scratch_position
+        length = max(len(chunk.token_ids) for chunk in chunks)
+        ids, positions, marks = [], [], ([], [])
+        for chunk in chunks:
+            num_tokens, padding = len(chunk.token_ids), length - len(chunk.token_ids)
+            ids.append([*chunk.token_ids, *[0] * padding])
+            positions.append([*range(chunk.start, chunk.start + num_tokens), *[scratch] * padding])
+            marks[0].extend([chunk.seq.slot] * num_tokens)
+            marks[1].extend(chunk.token_ids)
+        host_slots = [chunk.seq.slot for chunk in chunks]
+        inputs = torch.tensor([ids, positions], dtype=torch.int64).to(self.device, non_blocking=True)  # [2, G, L]
+        slots = torch.tensor(host_slots, dtype=torch.int64).to(self.device, non_blocking=True)  # [G]
+        fresh = [chunk.seq.slot for chunk in chunks if chunk.start == 0]
+        if fresh:
+            self.seen[fresh] = False  # new requests in reused slots
+        self.seen[marks] = True
+        kv_len = max(chunk.start + len(chunk.token_ids) for chunk in chunks)
+        metadata = AttentionMetadata.build(self.cache, slots, inputs[1], host_slots, kv_len)
+        states = self._forward(inputs[0], inputs[1], metadata)  # [G, L, hidden_size]
+        last = [len(chunk.token_ids) - 1 for chunk in chunks]
+        return states[range(len(chunks)), last]
+
+    def _prefill_group(self, group: list[PrefillChunk], output: RunnerOutput, hidden: list[torch.Tensor]) -> None:
+        try:
+            states = self.prefill(group)  # [G, hidden_size]
+        except torch.OutOfMemoryError as exc:
+            if len(group) == 1:
+                output.failed.append((group[0].seq, exc))
+                return
+            for chunk in group:
+                self._prefill_group([chunk], output, hidden)
+            return
+        ending = [i for i, chunk in enumerate(group) if chunk.is_last]
+        if ending:
+            hidden.append(states[ending])
+            output.rows.extend(group[i].seq for i in ending)
 
     def _forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata
@@ -153,3 +179,27 @@ def _logprobs(
         top = tuple(zip(alternatives[i][:num], values[i][1 : 1 + num], strict=True))
         result.append(TokenLogprob(token_id=host_ids[i], logprob=values[i][0], top=top))
     return result
+
+
+# A group of prefill chunks runs as one forward padded to its longest chunk; padding may add at most this share of
+# the group's real tokens. One forward instead of one per chunk saves a pass over the weights and a launch per
+# operator per chunk; unbounded padding would spend that saving on tokens that are thrown away.
+MAX_PADDING_SHARE = 0.25
+
+
+def group_chunks(chunks: list[PrefillChunk]) -> list[list[PrefillChunk]]:
+    """Split a step's prefill chunks into forwards: longest first, each group padded by at most
+    MAX_PADDING_SHARE of its real tokens."""
+    groups: list[list[PrefillChunk]] = []
+    real = 0
+    for chunk in sorted(chunks, key=lambda c: len(c.token_ids), reverse=True):
+        size = len(chunk.token_ids)
+        if groups:
+            longest = len(groups[-1][0].token_ids)
+            if longest * (len(groups[-1]) + 1) <= (1 + MAX_PADDING_SHARE) * (real + size):
+                groups[-1].append(chunk)
+                real += size
+                continue
+        groups.append([chunk])
+        real = size
+    return groups

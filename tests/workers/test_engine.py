@@ -106,10 +106,10 @@ def test_failures_are_per_request(make_engine, submit, monkeypatch):
     }
     real_prefill = engine.runner.prefill
 
-    def prefill_or_oom(chunk):
-        if chunk.seq.request_id == "oom":
+    def prefill_or_oom(chunks):
+        if any(chunk.seq.request_id == "oom" for chunk in chunks):
             raise torch.OutOfMemoryError("simulated")
-        return real_prefill(chunk)
+        return real_prefill(chunks)
 
     monkeypatch.setattr(engine.runner, "prefill", prefill_or_oom)
     engine.add(submit("oom", random_prompt(5, seed=2), 4))
@@ -162,3 +162,36 @@ def test_transformers_builds_no_mask_for_the_engine_attention(make_engine, submi
     finally:
         AttentionInterface.register(ATTENTION_NAME, slotted_attention)
     assert masks and all(mask is None for mask in masks)
+
+
+def test_prompt_chunks_of_one_step_share_a_padded_forward(make_engine, reference_model, submit, monkeypatch):
+    """A continuing chunk (7 tokens from position 16) and a new prompt (9 tokens) run as one forward, the shorter
+    row padded; the padding's K/V must land where no query looks, or the continuing request's output changes."""
+    from workers import model_runner
+
+    groups, group_chunks = [], model_runner.group_chunks
+
+    def recording_group_chunks(chunks):
+        result = group_chunks(chunks)
+        groups.extend([(chunk.start, len(chunk.token_ids)) for chunk in group] for group in result)
+        return result
+
+    monkeypatch.setattr(model_runner, "group_chunks", recording_group_chunks)
+    engine = make_engine("glm", max_batch_size=4, max_num_batched_tokens=16)
+    first, second = submit("first", random_prompt(23, seed=21), 5), submit("second", random_prompt(9, seed=22), 5)
+    deltas = run_to_end(engine, {0: [first], 1: [second]})
+    assert [(0, 9), (16, 7)] in groups
+    for request in (first, second):
+        expected = reference(reference_model("glm"), request.prompt_ids, 5)
+        assert tokens_of(deltas[request.request_id]) == expected, request.request_id
+
+
+def test_chunks_are_grouped_longest_first_with_bounded_padding():
+    from types import SimpleNamespace
+
+    from workers.model_runner import group_chunks
+
+    chunks = [SimpleNamespace(token_ids=(0,) * n) for n in (3, 100, 90, 8, 97, 10)]
+    groups = [[len(chunk.token_ids) for chunk in group] for group in group_chunks(chunks)]
+    assert groups == [[100, 97, 90], [10, 8], [3]]
+    assert group_chunks([]) == []
