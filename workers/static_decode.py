@@ -84,7 +84,9 @@ class StaticDecoder:
         self.positions.fill_(self._scratch)
         for rows in reversed(self.buckets.row_buckets):
             for kv in reversed(self.buckets.kv_buckets):
-                self._capture(rows, kv)
+                self._replay(rows, kv)
+                if not self.use_graphs:
+                    return
         logger.info("captured %d decode CUDA graphs", len(self._graphs))
 
     def _forward(self, rows: int, kv_len: int) -> torch.Tensor:
@@ -97,7 +99,18 @@ class StaticDecoder:
         return output.last_hidden_state[:, -1]
 
     def _replay(self, rows: int, kv_len: int) -> torch.Tensor:
-        graph, output = self._graphs.get((rows, kv_len)) or self._capture(rows, kv_len)
+        captured = self._graphs.get((rows, kv_len))
+        if captured is None:
+            try:
+                captured = self._capture(rows, kv_len)
+            except RuntimeError as exc:
+                # A model whose forward syncs with the host or branches on tensor values cannot be captured.
+                # It still runs, at static shapes without graphs, rather than failing every request.
+                logger.warning("CUDA graph capture failed; decode continues without graphs: %s", exc)
+                self.use_graphs = False
+                torch.cuda.synchronize(self.device)
+                return self._forward(rows, kv_len)
+        graph, output = captured
         graph.replay()
         return output
 
