@@ -147,7 +147,7 @@ class _Call:
         span.end()
         if self.method in GENERATION_METHODS:
             self.interceptor._metrics.record_request(code.name, duration)
-        _access_log(record, code, duration, context)
+        _access_log(record, code, duration, context, span.get_span_context())
 
 
 def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
@@ -179,7 +179,11 @@ def _details(context: grpc.aio.ServicerContext) -> str:
 
 
 def _access_log(
-    record: CallRecord, code: grpc.StatusCode, duration: float, context: grpc.aio.ServicerContext
+    record: CallRecord,
+    code: grpc.StatusCode,
+    duration: float,
+    context: grpc.aio.ServicerContext,
+    span_context: trace.SpanContext,
 ) -> None:
     if not access_logger.isEnabledFor(logging.INFO):
         return
@@ -195,8 +199,19 @@ def _access_log(
         "finish_reason": record.finish_reason,
         "peer": context.peer(),
     }
+    if span_context.is_valid:  # the call's own span, which has ended by now
+        fields["trace_id"] = format(span_context.trace_id, "032x")
+        fields["span_id"] = format(span_context.span_id, "016x")
     if record.prompt is not None:
         fields["prompt"] = record.prompt
     fields = {key: value for key, value in fields.items() if value is not None}
-    text = " ".join(f"{key}={value}" for key, value in fields.items() if key not in ("method", "code", "prompt"))
+    shown = (
+        "request_id",
+        "prompt_tokens",
+        "completion_tokens",
+        "duration_ms",
+        "time_to_first_token_ms",
+        "finish_reason",
+    )
+    text = " ".join(f"{key}={fields[key]}" for key in shown if key in fields)
     access_logger.info("%s %s %s", record.method, code.name, text, extra=fields)

@@ -56,8 +56,9 @@ class ProfiledEvent:
 class KernelSummary:
     """What one profiled step ran. `entries` are the kernels (or CPU operators), longest first.
 
-    top: (name, count, total ns) of the names with the most total time. launch_ns: a kernel's launch→start
-    latency by its correlation id (kernels on CUDA only).
+    top: (name, count, total ns) of the names with the most total time. launch_start_ns: when the runtime
+    call with that correlation id began (CUDA only); the latency percentiles are per launch, to its first
+    kernel (a graph launch is one launch, however many kernels it runs).
     """
 
     device: str
@@ -65,7 +66,7 @@ class KernelSummary:
     busy_ns: int
     top: tuple[tuple[str, int, int], ...]
     entries: tuple[ProfiledEvent, ...]
-    launch_ns: dict[int, int]
+    launch_start_ns: dict[int, int]
     launch_p50_ns: int | None
     launch_p99_ns: int | None
     graph_launches: int
@@ -100,19 +101,20 @@ def summarize(events: Iterable[ProfiledEvent], num_top: int = 5) -> KernelSummar
     device = "cuda" if kernels else "cpu"
     entries = kernels if kernels else _top_level([e for e in events if e.kind == CPU_OP])
     launches = {e.correlation_id: e for e in events if e.kind in RUNTIME_KINDS and e.name in LAUNCH_CALLS}
-    launch_ns = {
-        k.correlation_id: k.start_ns - launches[k.correlation_id].start_ns
-        for k in kernels
-        if k.correlation_id in launches
-    }
-    latencies = sorted(launch_ns.values())
+    first_start: dict[int, int] = {}
+    for kernel in kernels:
+        if kernel.correlation_id in launches:
+            first_start[kernel.correlation_id] = min(
+                first_start.get(kernel.correlation_id, kernel.start_ns), kernel.start_ns
+            )
+    latencies = sorted(start - launches[correlation].start_ns for correlation, start in first_start.items())
     return KernelSummary(
         device=device,
         count=len(entries),
         busy_ns=_union_ns(entries),
         top=_top_names(entries, num_top),
         entries=tuple(sorted(entries, key=lambda e: e.duration_ns, reverse=True)),
-        launch_ns=launch_ns,
+        launch_start_ns={correlation: launches[correlation].start_ns for correlation in first_start},
         launch_p50_ns=_percentile(latencies, 0.50),
         launch_p99_ns=_percentile(latencies, 0.99),
         graph_launches=sum(1 for e in launches.values() if e.name == GRAPH_LAUNCH),

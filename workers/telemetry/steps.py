@@ -142,9 +142,9 @@ class StepTracer:
         kernel_parent = trace.set_span_in_context(span)
         for entry in entries[: self._config.kernel_capture_top_k]:
             entry_attributes: dict[str, Any] = {names.KERNEL_DURATION: entry.duration_ns / 1e3}
-            latency = summary.launch_ns.get(entry.correlation_id) if entry.kind == kernels.KERNEL else None
-            if latency is not None:
-                entry_attributes[names.KERNEL_LAUNCH_LATENCY] = latency / 1e3
+            launched = summary.launch_start_ns.get(entry.correlation_id) if entry.kind == kernels.KERNEL else None
+            if launched is not None:
+                entry_attributes[names.KERNEL_LAUNCH_LATENCY] = (entry.start_ns - launched) / 1e3
             child = self._tracer.start_span(
                 kernels.short_name(entry.name), context=kernel_parent, start_time=entry.start_ns,
                 attributes=entry_attributes,
