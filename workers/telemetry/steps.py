@@ -28,12 +28,13 @@ NUM_TOP_KERNELS = 5
 
 
 class _RecordingProbe(StepProbe):
-    __slots__ = ("batch", "executed_ns", "scheduled_ns")
+    __slots__ = ("batch", "executed_ns", "returned_ns", "scheduled_ns")
 
     def __init__(self) -> None:
         self.batch: Any = None
         self.scheduled_ns = 0
         self.executed_ns = 0
+        self.returned_ns = 0
 
     def scheduled(self, batch: Any) -> None:
         self.batch = batch
@@ -88,13 +89,19 @@ class StepTracer:
         engine.probe = probe
         start_ns = time.time_ns()
         events: list[kernels.ProfiledEvent] = []
+
+        def step() -> StepOutput:
+            output = engine.step()
+            probe.returned_ns = time.time_ns()  # before the profiler, if any, stops and collects
+            return output
+
         try:
             if gpu_timer is not None:
                 gpu_timer.start()
             if capture:
-                output, events = kernels.profile(engine.step, use_cuda=gpu_timer is not None)
+                output, events = kernels.profile(step, use_cuda=gpu_timer is not None)
             else:
-                output = engine.step()
+                output = step()
             gpu_ms = gpu_timer.stop() if gpu_timer is not None else None
         finally:
             engine.probe = NULL_PROBE
@@ -112,7 +119,7 @@ class StepTracer:
         executed_ns = probe.executed_ns or scheduled_ns
         self._phase(names.SCHEDULE, parent, start_ns, scheduled_ns)
         self._phase(names.FORWARD, parent, scheduled_ns, executed_ns)
-        self._phase(names.EMIT, parent, executed_ns, end_ns)
+        self._phase(names.EMIT, parent, executed_ns, probe.returned_ns or end_ns)
         if capture:
             self._last_capture = time.monotonic()
             self._capture_for.difference_update(served)
