@@ -13,7 +13,7 @@ MODEL ?=
 DEMO_MODEL := .demo-model
 PROTOS := $(wildcard proto/autoglm/v1/*.proto)
 
-.PHONY: install proto lint format test run demo-model clean
+.PHONY: install proto lint format test run demo-model clean bench-tracing
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ run: $(STAMP)
 	@if [ -z "$(MODEL)" ]; then $(VENV)/bin/autoglm-rpc demo-model --output $(DEMO_MODEL) --if-missing; fi
 	$(VENV)/bin/autoglm-rpc serve --host $(HOST) --port $(PORT) \
 		$(if $(MODEL),--model "$(MODEL)",--model $(DEMO_MODEL) --model-id autoglm-demo)
+
+# A/B: throughput and TTFT with tracing off vs 10 % request sampling exported to an in-process OTLP sink.
+# `make bench` / `make bench-gpu` call this too; BENCH_TRACING_ARGS passes options (e.g. --device cuda --model DIR).
+BENCH_TRACING_ARGS ?=
+bench-tracing: $(STAMP)
+	$(PY) bench/tracing_overhead.py $(BENCH_TRACING_ARGS)
 
 demo-model: $(STAMP)
 	$(VENV)/bin/autoglm-rpc demo-model --output $(DEMO_MODEL)

@@ -12,7 +12,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoglm_rpc.config import DEVICES, DTYPES, QUANTIZATIONS, Settings
+from autoglm_rpc.config import (
+    DEVICES,
+    DTYPES,
+    KERNEL_CAPTURE,
+    LOG_FORMATS,
+    OTLP_PROTOCOLS,
+    QUANTIZATIONS,
+    Settings,
+)
+from autoglm_rpc.telemetry.logs import setup_logging
 from workers.protocol import DECODE_MODES
 
 logger = logging.getLogger("autoglm_rpc")
@@ -45,6 +54,30 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--trust-remote-code", action="store_const", const=True, help="run a checkpoint's own code")
     serve.add_argument("--allow-download", action="store_const", const=True, help="let a hub id be downloaded")
     serve.add_argument("--log-level", type=str.upper, help="DEBUG, INFO (default), WARNING or ERROR")
+    _observability_flags(serve)
+
+
+def _observability_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS, help="json lines (default) or text")
+    serve.add_argument(
+        "--log-prompts",
+        action="store_const",
+        const=True,
+        help="put prompt text in the access log (off by default)",
+    )
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at /metrics on this port")
+    serve.add_argument("--metrics-host", help="address of the metrics endpoint (default 127.0.0.1)")
+    serve.add_argument("--otlp-endpoint", help="OTLP collector, e.g. http://127.0.0.1:4317; turns tracing on")
+    serve.add_argument(
+        "--otlp-protocol", choices=OTLP_PROTOCOLS, help="default grpc (or OTEL_EXPORTER_OTLP_PROTOCOL)"
+    )
+    serve.add_argument("--trace-sample-ratio", type=float, help="fraction of requests traced (default 0.1)")
+    serve.add_argument(
+        "--trace-step-sample-ratio", type=float, help="fraction of engine steps traced (default 0.01)"
+    )
+    serve.add_argument("--kernel-capture", choices=KERNEL_CAPTURE, help="when to profile a step (default request)")
+    serve.add_argument("--kernel-capture-interval", type=float, help="seconds between profiled steps (default 10)")
+    serve.add_argument("--kernel-capture-top-k", type=int, help="spans for the K longest kernels (default 0)")
 
 
 def _generate_parser(commands: argparse._SubParsersAction) -> None:
@@ -73,10 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+def _setup_logging(level: str = "INFO", log_format: str = "text") -> None:
+    setup_logging(level, log_format)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -87,7 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
         _setup_logging()
         logger.error("invalid settings: %s", exc)
         return 2
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     from autoglm_rpc.server import serve
 
     try:

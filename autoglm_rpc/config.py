@@ -21,6 +21,9 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "nf4")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "text")
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+KERNEL_CAPTURE = ("off", "request", "always")
 
 # Seed-document names accepted as aliases of our settings (value converters for the odd ones).
 ALIASES: dict[str, str] = {
@@ -59,6 +62,19 @@ class Settings:
     worker_start_timeout: float = 600.0
     grace_period: float = 10.0  # seconds in-flight requests get on shutdown
     log_level: str = "INFO"
+    # Observability (see README "Observability"). Tracing is on only when an OTLP endpoint is configured here or
+    # through OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, and OTEL_SDK_DISABLED=true turns it off.
+    log_format: str = "json"  # JSON lines with trace_id / span_id / request_id, or "text"
+    log_prompts: bool = False  # put prompt text in the access log (never in spans)
+    metrics_port: int | None = None  # Prometheus text at http://metrics_host:metrics_port/metrics; off when unset
+    metrics_host: str = "127.0.0.1"
+    otlp_endpoint: str | None = None  # collector base address, e.g. http://collector:4317
+    otlp_protocol: str | None = None  # grpc or http/protobuf; default OTEL_EXPORTER_OTLP_PROTOCOL, else grpc
+    trace_sample_ratio: float | None = None  # root requests traced; default OTEL_TRACES_SAMPLER, else 0.1
+    trace_step_sample_ratio: float = 0.01  # engine steps traced (root spans in the workers)
+    kernel_capture: str = "request"  # off, request (x-autoglm-profile: kernels), always (rate-limited)
+    kernel_capture_interval: float = 10.0  # at least this many seconds between profiled steps, per worker
+    kernel_capture_top_k: int = 0  # spans for the K longest kernels (or CPU operators) of a profiled step
 
     @classmethod
     def from_sources(
@@ -94,6 +110,7 @@ class Settings:
         _check_choice("decode_mode", self.decode_mode, DECODE_MODES)
         if not 0 < self.kv_cache_memory_fraction <= 1:
             raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {self.kv_cache_memory_fraction}")
+        self._validate_observability()
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         for name in ("max_batch_size", "max_num_batched_tokens", "default_max_new_tokens", "max_message_bytes"):
@@ -112,6 +129,22 @@ class Settings:
             raise ValueError(f"max_queue_depth must be 0 or more, got {self.max_queue_depth}")
         if self.worker_start_timeout <= 0 or self.grace_period < 0:
             raise ValueError("worker_start_timeout must be positive and grace_period not negative")
+
+    def _validate_observability(self) -> None:
+        _check_choice("log_format", self.log_format, LOG_FORMATS)
+        _check_choice("kernel_capture", self.kernel_capture, KERNEL_CAPTURE)
+        if self.otlp_protocol is not None:
+            _check_choice("otlp_protocol", self.otlp_protocol, OTLP_PROTOCOLS)
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+        for name in ("trace_sample_ratio", "trace_step_sample_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.kernel_capture_interval < 0:
+            raise ValueError(f"kernel_capture_interval must be 0 or more, got {self.kernel_capture_interval}")
+        if not 0 <= self.kernel_capture_top_k <= 1000:
+            raise ValueError(f"kernel_capture_top_k must be in 0..1000, got {self.kernel_capture_top_k}")
 
 
 def _field_names() -> list[str]:
@@ -144,14 +177,14 @@ def _coerce(name: str, value: Any) -> Any:
             return text.lower() in ("1", "true", "yes", "on")
         if kind in ("int", "int | None"):
             return None if text == "" and "None" in kind else int(text)
-        if kind == "float":
-            return float(text)
+        if kind in ("float", "float | None"):
+            return None if text == "" and "None" in kind else float(text)
     except ValueError:
         raise ValueError(f"{name} must be a {kind.split(' ')[0]}, got {value!r}") from None
     if name == "device":
         return {"gpu": "cuda"}.get(text.lower(), text.lower())
-    if name in ("dtype", "quantization", "decode_mode"):
-        return text.lower()
+    if name in ("dtype", "quantization", "log_format", "kernel_capture", "otlp_protocol", "decode_mode"):
+        text = text.lower()
     if name == "log_level":
         return text.upper()
     return text or None if "None" in kind else text

@@ -9,6 +9,7 @@ worker is ready and the server is not draining).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from autoglm_rpc.model_source import default_model_id, resolve_model_source
 from autoglm_rpc.pool.pool import WorkerPool
 from autoglm_rpc.servicers.generation import Checked, GenerationServicer
 from autoglm_rpc.servicers.model import ModelServicer
+from autoglm_rpc.telemetry import Telemetry
 from autoglm_rpc.text.checkpoint import read_checkpoint_facts
 from autoglm_rpc.text.tokenizer import TextTokenizer
 from workers.protocol import RANDOM_WEIGHTS_MARKER
@@ -62,6 +64,7 @@ class App:
     pool: WorkerPool
     frontend: Frontend
     health: health.aio.HealthServicer
+    telemetry: Telemetry
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
@@ -69,6 +72,7 @@ class App:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(GENERATION_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.pool.add_listener(self._on_pool_change)
+        self.telemetry.start()
         await self.server.start()
         self.pool.start()
 
@@ -83,6 +87,7 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_period if grace is None else grace)
         await self.pool.stop()
+        self.telemetry.shutdown()
 
     def _on_pool_change(self) -> None:
         status = health_pb2.HealthCheckResponse
@@ -123,10 +128,16 @@ def load_served_model(settings: Settings) -> ServedModel:
 def build_app(settings: Settings) -> App:
     """Build the server bound to settings.host:settings.port (port 0: any free port); nothing runs yet."""
     served = load_served_model(settings)
-    pool = WorkerPool(plan_workers(settings, served), settings.max_queue_depth)
+    telemetry = Telemetry.from_settings(settings, served.model_id)
+    worker_telemetry = telemetry.worker_config()
+    configs = [dataclasses.replace(c, telemetry=worker_telemetry) for c in plan_workers(settings, served)]
+    pool = WorkerPool(configs, settings.max_queue_depth)
+    pool.observer = telemetry.pool_observer(pool)
     frontend = Frontend(served, pool)
-    server = grpc.aio.server(options=server_options(settings))
-    server.add_generic_rpc_handlers((_generation_handlers(GenerationServicer(frontend)),))
+    interceptor = telemetry.interceptor(frozenset({GENERATION_SERVICE, MODEL_SERVICE}))
+    server = grpc.aio.server(options=server_options(settings), interceptors=(interceptor,))
+    servicer = GenerationServicer(frontend, telemetry.generation())
+    server.add_generic_rpc_handlers((_generation_handlers(servicer),))
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(frontend, settings.reflection), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -136,7 +147,7 @@ def build_app(settings: Settings) -> App:
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
-    return App(settings, server, port, pool, frontend, health_servicer)
+    return App(settings, server, port, pool, frontend, health_servicer, telemetry)
 
 
 def _generation_handlers(servicer: GenerationServicer) -> grpc.GenericRpcHandler:

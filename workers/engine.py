@@ -27,6 +27,7 @@ from workers.protocol import (
 )
 from workers.scheduler import ScheduledBatch, Scheduler, Sequence
 from workers.static_decode import resolve_decode_mode
+from workers.telemetry.probe import NULL_PROBE, StepProbe
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class Engine:
         self.scheduler = scheduler
         self.vocab_size = runner.vocab_size
         self._failures: list[RequestFailed] = []
+        # Sees the phases of a step; a no-op except on the steps that `workers.telemetry` traces.
+        self.probe: StepProbe = NULL_PROBE
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, config: WorkerConfig) -> Engine:
@@ -75,7 +78,9 @@ class Engine:
     def step(self) -> StepOutput:
         """Schedule, run the model, sample, finish what must stop, and return every request's new tokens."""
         batch = self.scheduler.schedule(time.monotonic())
+        self.probe.scheduled(batch)
         output = self.runner.execute(batch) if batch.has_model_work else RunnerOutput()
+        self.probe.executed()
         self._fail_requests(output.failed)
         self.scheduler.postprocess(batch, zip(output.rows, output.token_ids, strict=True), time.monotonic())
         return self._collect(batch, output)
@@ -110,8 +115,17 @@ class Engine:
         ]
         deltas.extend(RequestDelta(seq.request_id, token_ids=(), finish=seq.finish) for seq in batch.retired)
         return StepOutput(
-            deltas=tuple(deltas), num_running=self.scheduler.num_running, num_waiting=self.scheduler.num_waiting
+            deltas=tuple(deltas),
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            kv_cache_usage=self.kv_cache_usage(),
         )
+
+    def kv_cache_usage(self) -> float:
+        """The fraction of the cache's token capacity that the running requests' tokens fill."""
+        scheduler = self.scheduler
+        num_cached = sum(seq.num_computed_tokens for seq in scheduler.running)
+        return num_cached / (scheduler.max_batch_size * scheduler.max_seq_len)
 
     def _fail_requests(self, failed: list[tuple[Sequence, BaseException]]) -> None:
         for seq, exc in failed:

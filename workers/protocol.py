@@ -45,6 +45,25 @@ DECODE_MODES = ("auto", "eager", "static", "cuda_graphs")
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """How a worker logs and traces; resolved by the gateway from its settings and the OTEL_* environment.
+
+    otlp_endpoint: the full OTLP traces endpoint (for http/protobuf including `/v1/traces`); None turns tracing
+    off in the worker. step_sample_ratio: the fraction of engine steps traced. kernel_capture: "off", "request"
+    (steps serving a request that asked for it) or "always"; at most one profiled step per
+    `kernel_capture_interval` seconds, with spans for its `kernel_capture_top_k` longest kernels.
+    """
+
+    log_format: str = "text"
+    otlp_endpoint: str | None = None
+    otlp_protocol: str = "grpc"
+    step_sample_ratio: float = 0.01
+    kernel_capture: str = "request"
+    kernel_capture_interval: float = 10.0
+    kernel_capture_top_k: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerConfig:
     """Everything a worker process needs to start; built by the gateway, validated there, sent at spawn.
 
@@ -72,6 +91,7 @@ class WorkerConfig:
     num_threads: int | None = None
     cuda_visible_devices: str | None = None
     log_level: str = "INFO"
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,6 +148,7 @@ class Submit:
     priority: Priority = Priority.NORMAL
     deadline: float | None = None
     trace_carrier: dict[str, str] = field(default_factory=dict)
+    capture_kernels: bool = False  # profile a step that serves this request (x-autoglm-profile: kernels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +232,15 @@ class RequestDelta:
 
 @dataclass(frozen=True, slots=True)
 class StepOutput:
-    """Everything one engine step produced, plus the worker's load after the step."""
+    """Everything one engine step produced, plus the worker's load after the step (the gateway's gauges).
+
+    kv_cache_usage: the fraction of the KV cache's token capacity that running requests hold, in [0, 1].
+    """
 
     deltas: tuple[RequestDelta, ...]
     num_running: int = 0
     num_waiting: int = 0
+    kv_cache_usage: float = 0.0
 
 
 class FailureReason(enum.Enum):

@@ -32,19 +32,20 @@ from workers.protocol import (
     WorkerConfig,
     WorkerFailed,
 )
+from workers.telemetry.setup import WorkerTelemetry
 
 logger = logging.getLogger(__name__)
 
 _PIPE_CLOSED = object()  # put on the inbox by the reader thread when the gateway's end closes
 
 
-def run_worker(conn: Connection, config: WorkerConfig) -> int:
+def run_worker(conn: Connection, config: WorkerConfig, telemetry: WorkerTelemetry | None = None) -> int:
     """Load, report Ready and serve until Shutdown or EOF; returns the process exit code (0 or 1)."""
     try:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         engine = _start_engine(conn, config)
-        _serve(conn, engine)
+        _serve(conn, engine, telemetry or WorkerTelemetry())
         logger.info("worker %s stops", config.worker_id)
         return 0
     except (BrokenPipeError, EOFError, ConnectionResetError):
@@ -71,7 +72,7 @@ def _start_engine(conn: Connection, config: WorkerConfig) -> Engine:
     return engine
 
 
-def _serve(conn: Connection, engine: Engine) -> None:
+def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry) -> None:
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_read_pipe, args=(conn, inbox), name="pipe-reader", daemon=True).start()
     while True:
@@ -80,15 +81,17 @@ def _serve(conn: Connection, engine: Engine) -> None:
         while message is not None:
             if message is _PIPE_CLOSED:
                 raise EOFError("pipe closed")
+            if isinstance(message, Submit):
+                telemetry.on_submit(message)
             if not _handle(message, engine):
                 return
             message = _get_nowait(inbox)
-        _send_all(conn, engine.pop_failures())
+        _send_all(conn, telemetry.on_failures(engine.pop_failures()))
         if engine.has_work():
-            output = engine.step()
+            output = telemetry.run_step(engine)
             if output.deltas:
                 conn.send(output)
-            _send_all(conn, engine.pop_failures())
+            _send_all(conn, telemetry.on_failures(engine.pop_failures()))
 
 
 def _handle(message: GatewayMessage, engine: Engine) -> bool:

@@ -14,6 +14,7 @@ import collections
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from autoglm_rpc.errors import DuplicateRequestId, NoReadyWorker, QueueFull, ServiceError, WorkerCrashed
 from autoglm_rpc.pool.handle import WorkerHandle, WorkerState
@@ -36,6 +37,14 @@ logger = logging.getLogger(__name__)
 WorkerEvent = RequestDelta | RequestFailed | ServiceError
 # How many finished request ids are remembered, so CancelGeneration can say ALREADY_FINISHED.
 _FINISHED_MEMORY = 10_000
+
+
+class PoolObserver(Protocol):
+    """Telemetry's view of the pool: `routed` may return the Submit with trace context to send instead."""
+
+    def routed(self, submit: Submit, worker: WorkerHandle) -> Submit: ...
+
+    def stepped(self, worker: WorkerHandle, output: StepOutput) -> None: ...
 
 
 @dataclass(eq=False)
@@ -63,6 +72,7 @@ class WorkerPool:
         self._state_changed = asyncio.Event()
         self._listeners: list[Callable[[], None]] = []
         self._is_stopping = False
+        self.observer: PoolObserver | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -134,6 +144,8 @@ class WorkerPool:
         self._in_flight[submit.request_id] = flight
         self._finished.pop(submit.request_id, None)
         worker.num_in_flight += 1
+        if self.observer is not None:
+            submit = self.observer.routed(submit, worker)
         worker.send(submit)
         return flight
 
@@ -165,6 +177,8 @@ class WorkerPool:
     def _on_message(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         match message:
             case StepOutput(deltas=deltas):
+                if self.observer is not None:
+                    self.observer.stepped(worker, message)
                 for delta in deltas:
                     self._deliver(delta.request_id, delta, is_last=delta.finish is not None)
             case RequestFailed(request_id=request_id):

@@ -16,6 +16,7 @@ from autoglm_rpc.errors import InvalidParameter
 from autoglm_rpc.frontend import Frontend
 from autoglm_rpc.requests import Admitted, Completed, GenerationRequest, TextDelta
 from autoglm_rpc.servicers import errors
+from autoglm_rpc.telemetry.generation import GenerationTelemetry
 from workers.protocol import TokenLogprob
 
 Message = TypeVar("Message")
@@ -42,8 +43,9 @@ def _call_facts(context: grpc.aio.ServicerContext) -> tuple[float | None, dict[s
 
 
 class GenerationServicer:
-    def __init__(self, frontend: Frontend) -> None:
+    def __init__(self, frontend: Frontend, telemetry: GenerationTelemetry) -> None:
         self._frontend = frontend
+        self._telemetry = telemetry
 
     @errors.unary
     async def Generate(
@@ -52,7 +54,8 @@ class GenerationServicer:
         parsed = convert.generation_request(request.message, request.num_inputs)
         deadline, carrier = _call_facts(context)
         request_id = ""
-        async with aclosing(self._frontend.generate(parsed, deadline, carrier)) as events:
+        events = self._telemetry.generate(self._frontend, parsed, deadline, carrier, stream=False)
+        async with aclosing(events):
             async for event in events:
                 match event:
                     case Admitted(request_id=request_id):
@@ -70,7 +73,8 @@ class GenerationServicer:
         parsed = convert.generation_request(request.message, request.num_inputs)
         deadline, carrier = _call_facts(context)
         batcher = _DeltaBatcher(parsed)
-        async with aclosing(self._frontend.generate(parsed, deadline, carrier)) as events:
+        events = self._telemetry.generate(self._frontend, parsed, deadline, carrier, stream=True)
+        async with aclosing(events):
             async for event in events:
                 match event:
                     case Admitted(request_id=request_id, prompt_tokens=prompt_tokens):

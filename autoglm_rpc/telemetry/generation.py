@@ -1,0 +1,199 @@
+"""The `generate`, `route` and `pipe.send` spans, and the request metrics, around the front end's event stream.
+
+`GenerationTelemetry.generate` wraps `Frontend.generate`: it opens `generate <model>` (current for the whole
+request, so it is the parent of what follows), watches the events for the request id, the first token, the usage
+and the finish reason, and records the metrics and the call record that the access log reads. `PoolObserver` is
+the pool's hook: when a request is routed it writes `route` and `pipe.send worker-<i>` (PRODUCER) and injects the
+W3C carrier of `pipe.send` into the `Submit`, so the worker's `request` span continues this trace; it also keeps
+the workers' reported load for the gauges. Prompt and output text never go into a span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from autoglm_rpc.errors import ServiceError
+from autoglm_rpc.requests import Admitted, ChatPrompt, Completed, GenerationEvent, GenerationRequest, TextDelta
+from autoglm_rpc.telemetry import semconv
+from autoglm_rpc.telemetry.calls import CallRecord, current_call
+from autoglm_rpc.telemetry.logs import current_request_id
+from autoglm_rpc.telemetry.metrics import GatewayMetrics
+from workers.protocol import StepOutput, Submit
+
+if TYPE_CHECKING:
+    from autoglm_rpc.frontend import Frontend
+    from autoglm_rpc.pool.handle import WorkerHandle
+    from autoglm_rpc.pool.pool import WorkerPool
+
+# Statuses that are the server's fault; the others (a bad request, a cancel) leave the span status unset.
+SERVER_FAULT_CODES = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+
+
+class GenerationTelemetry:
+    def __init__(self, tracer: trace.Tracer, metrics: GatewayMetrics, model_id: str, log_prompts: bool) -> None:
+        self._tracer = tracer
+        self._metrics = metrics
+        self._model_id = model_id
+        self._log_prompts = log_prompts
+
+    async def generate(
+        self,
+        frontend: Frontend,
+        request: GenerationRequest,
+        deadline: float | None,
+        carrier: dict[str, str],
+        stream: bool,
+    ) -> AsyncIterator[GenerationEvent]:
+        """`frontend.generate(...)`'s events, unchanged, inside a `generate <model>` span."""
+        call = current_call.get() or CallRecord(method="")
+        if self._log_prompts:
+            call.prompt = _prompt_text(request)
+        span = self._tracer.start_span(
+            f"{semconv.GENERATE} {self._model_id}", attributes=_request_attributes(request, self._model_id, stream)
+        )
+        watcher = _Watcher(span, self._metrics, call)
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                async with aclosing(frontend.generate(request, deadline, carrier)) as events:
+                    async for event in events:
+                        watcher.observe(event)
+                        yield event
+        except (GeneratorExit, asyncio.CancelledError):
+            span.add_event(semconv.EVENT_CANCELLED)
+            raise
+        except ServiceError as error:
+            span.set_attribute(semconv.ERROR_TYPE, error.reason)
+            if error.code.name in SERVER_FAULT_CODES:
+                span.set_status(Status(StatusCode.ERROR, error.reason))
+            raise
+        except Exception as error:
+            span.set_attribute(semconv.ERROR_TYPE, type(error).__qualname__)
+            span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
+            raise
+        finally:
+            span.end()
+
+
+class _Watcher:
+    """Reads a request's events once, for the span, the metrics and the call record."""
+
+    def __init__(self, span: trace.Span, metrics: GatewayMetrics, call: CallRecord) -> None:
+        self.span = span
+        self.metrics = metrics
+        self.call = call
+        self.started = time.monotonic()
+        self.has_first_token = False
+
+    def observe(self, event: GenerationEvent) -> None:
+        match event:
+            case TextDelta(token_ids=token_ids) if token_ids:
+                if not self.has_first_token:
+                    self.has_first_token = True
+                    self.span.add_event(semconv.EVENT_FIRST_TOKEN)
+                self.call.completion_tokens += len(token_ids)
+                self.metrics.output_tokens.inc(len(token_ids))
+            case Admitted(request_id=request_id, prompt_tokens=prompt_tokens):
+                current_request_id.set(request_id)
+                self.call.request_id, self.call.prompt_tokens = request_id, prompt_tokens
+                self.span.set_attributes(
+                    {
+                        semconv.GEN_AI_RESPONSE_ID: request_id,
+                        semconv.REQUEST_ID: request_id,
+                        semconv.GEN_AI_USAGE_INPUT_TOKENS: prompt_tokens,
+                        semconv.GEN_AI_REQUEST_SEED: event.seed,
+                    }
+                )
+                self.metrics.prompt_tokens.inc(prompt_tokens)
+            case Completed():
+                self._complete(event)
+
+    def _complete(self, done: Completed) -> None:
+        timings, num_tokens = done.timings, len(done.token_ids)
+        self.call.finish_reason = done.finish_reason.value
+        self.call.time_to_first_token = timings.time_to_first_token
+        self.span.set_attributes(
+            {
+                semconv.GEN_AI_RESPONSE_MODEL: self.metrics.model_id,
+                semconv.GEN_AI_RESPONSE_FINISH_REASONS: [done.finish_reason.value],
+                semconv.GEN_AI_USAGE_OUTPUT_TOKENS: num_tokens,
+                semconv.TIME_TO_FIRST_TOKEN: 1e3 * timings.time_to_first_token,
+                semconv.QUEUE_TIME: 1e3 * timings.queue_time,
+            }
+        )
+        if num_tokens:
+            self.metrics.time_to_first_token.observe(timings.time_to_first_token)
+        if num_tokens > 1:
+            self.metrics.time_per_output_token.observe(timings.decode_time / (num_tokens - 1))
+
+
+class PoolObserver:
+    """The pool's hook (`WorkerPool.observer`): spans at routing, worker load for the gauges."""
+
+    def __init__(self, tracer: trace.Tracer | None, metrics: GatewayMetrics, pool: WorkerPool) -> None:
+        self._tracer = tracer
+        self._metrics = metrics
+        self._pool = pool
+
+    def routed(self, submit: Submit, worker: WorkerHandle) -> Submit:
+        """`submit` as it goes down the pipe: with this trace's carrier when the gateway traces."""
+        if self._tracer is None:
+            return submit
+        tracer = self._tracer
+        tracer.start_span(
+            semconv.ROUTE,
+            attributes={
+                semconv.WORKER_ID: worker.worker_id,
+                semconv.ROUTE_IN_FLIGHT: worker.num_in_flight,
+                semconv.ROUTE_CANDIDATES: self._pool.num_ready,
+            },
+        ).end()
+        send = tracer.start_span(f"{semconv.PIPE_SEND} worker-{worker.worker_id}", kind=SpanKind.PRODUCER)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(send))
+        call = current_call.get()
+        capture = call is not None and call.capture_kernels
+        if capture:
+            send.set_attribute(semconv.KERNEL_CAPTURE, True)
+        send.end()
+        return dataclasses.replace(submit, trace_carrier=carrier or submit.trace_carrier, capture_kernels=capture)
+
+    def stepped(self, worker: WorkerHandle, output: StepOutput) -> None:
+        self._metrics.record_load(worker.worker_id, output.num_running, output.num_waiting, output.kv_cache_usage)
+
+
+def _request_attributes(request: GenerationRequest, model_id: str, stream: bool) -> dict[str, object]:
+    is_chat = isinstance(request.prompt, ChatPrompt)
+    attributes: dict[str, object] = {
+        semconv.GEN_AI_OPERATION_NAME: semconv.OPERATION_CHAT if is_chat else semconv.OPERATION_TEXT_COMPLETION,
+        semconv.GEN_AI_PROVIDER_NAME: semconv.PROVIDER,
+        semconv.GEN_AI_REQUEST_MODEL: request.model or model_id,
+        semconv.GEN_AI_REQUEST_STREAM: stream,
+    }
+    sampling, stopping = request.sampling, request.stopping
+    optional = {
+        semconv.GEN_AI_REQUEST_MAX_TOKENS: stopping.max_new_tokens,
+        semconv.GEN_AI_REQUEST_TEMPERATURE: sampling.temperature,
+        semconv.GEN_AI_REQUEST_TOP_P: sampling.top_p,
+        semconv.GEN_AI_REQUEST_TOP_K: sampling.top_k,
+    }
+    attributes.update({key: value for key, value in optional.items() if value is not None})
+    return attributes
+
+
+def _prompt_text(request: GenerationRequest) -> str:
+    match request.prompt:
+        case str():
+            return request.prompt
+        case ChatPrompt(messages=messages):
+            return "\n".join(f"{m.role}: {m.content}" for m in messages)
+    return f"<{len(getattr(request.prompt, 'ids', ()))} token ids>"

@@ -1,0 +1,145 @@
+"""The gateway's Prometheus metrics: request latencies and token counts it sees itself, worker gauges it is told.
+
+The gateway sees every token, so it measures the request metrics; the workers report their load (running and
+waiting requests, KV-cache use) on every `StepOutput`, and the gauges are read from those reports when Prometheus
+scrapes (`--metrics-port`, text format at `/metrics`; OpenMetrics when the scraper asks for it). Labels are
+bounded: `model` (the one served model), `worker` (0..N-1) and `code` (a gRPC status name).
+
+Histogram buckets are the OpenTelemetry GenAI semantic conventions' (v1.37.0) for the three `gen_ai_server_*`
+metrics.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from autoglm_rpc.pool.pool import WorkerPool
+
+logger = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLoad:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+
+
+class GatewayMetrics:
+    """Every metric of one gateway, in its own registry (so several servers can live in one test process).
+
+    Recording methods run on the event loop; `collect` runs on the HTTP server's thread and only reads.
+    """
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.registry = CollectorRegistry()
+        registry, model = self.registry, ["model"]
+        self.request_duration = Histogram(
+            "gen_ai_server_request_duration_seconds", "Generation request duration, to the last output token.",
+            model, unit="seconds", buckets=DURATION_BUCKETS, registry=registry,
+        ).labels(model_id)  # fmt: skip
+        self.time_to_first_token = Histogram(
+            "gen_ai_server_time_to_first_token_seconds", "Time to the first output token of successful requests.",
+            model, unit="seconds", buckets=TTFT_BUCKETS, registry=registry,
+        ).labels(model_id)  # fmt: skip
+        self.time_per_output_token = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Time per output token after the first, of successful requests.",
+            model, unit="seconds", buckets=TPOT_BUCKETS, registry=registry,
+        ).labels(model_id)  # fmt: skip
+        self.prompt_tokens = Counter(
+            "autoglm_prompt_tokens_total", "Prompt tokens of admitted requests.", model, unit="tokens",
+            registry=registry,
+        ).labels(model_id)  # fmt: skip
+        self.output_tokens = Counter(
+            "autoglm_output_tokens_total", "Output tokens streamed to callers.", model, unit="tokens",
+            registry=registry,
+        ).labels(model_id)  # fmt: skip
+        self._requests = Counter(
+            "autoglm_requests_total", "Generate and GenerateStream calls by final gRPC status.", ["model", "code"],
+            registry=registry,
+        )  # fmt: skip
+        self._loads: dict[int, WorkerLoad] = {}
+        self._restarts: collections.Counter[int] = collections.Counter()
+        self._pool: WorkerPool | None = None
+        self._server: Any = None
+
+    # -- recording (event loop) ---------------------------------------------------------------------------------
+
+    def record_request(self, code: str, duration: float) -> None:
+        self._requests.labels(self.model_id, code).inc()
+        self.request_duration.observe(duration)
+
+    def record_load(self, worker_id: int, num_running: int, num_waiting: int, kv_cache_usage: float) -> None:
+        self._loads[worker_id] = WorkerLoad(num_running, num_waiting, kv_cache_usage)
+
+    def record_worker_restart(self, worker_id: int) -> None:
+        """For the worker supervisor: a worker process was started again."""
+        self._restarts[worker_id] += 1
+
+    def watch(self, pool: WorkerPool) -> None:
+        """Report the gauges of this pool's workers."""
+        self._pool = pool
+        self.registry.register(_PoolCollector(self))
+
+    # -- exposition ---------------------------------------------------------------------------------------------
+
+    def start_server(self, host: str, port: int) -> int:
+        """Serve `/metrics` on a daemon thread; return the bound port (port 0 picks a free one)."""
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        bound = self._server.server_address[1]
+        logger.info("metrics at http://%s:%d/metrics", host, bound)
+        return bound
+
+    def stop_server(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def collect_workers(self) -> Iterator[Metric]:
+        labels = ["model", "worker"]
+        up = GaugeMetricFamily("autoglm_worker_up", "1 while the worker is ready to serve, else 0.", labels=labels)
+        running = GaugeMetricFamily("autoglm_running_requests", "Requests in the worker's batch.", labels=labels)
+        queued = GaugeMetricFamily(
+            "autoglm_queue_depth", "Requests admitted to the worker, waiting for a batch slot.", labels=labels
+        )
+        kv_cache = GaugeMetricFamily(
+            "autoglm_kv_cache_usage_ratio", "Fraction of the worker's KV-cache token capacity in use.",
+            labels=labels, unit="ratio",
+        )  # fmt: skip
+        restarts = CounterMetricFamily(
+            "autoglm_worker_restarts", "Times the worker process was restarted.", labels=labels
+        )
+        for worker in self._pool.workers if self._pool is not None else ():
+            values = [self.model_id, str(worker.worker_id)]
+            # A worker that is not ready serves nothing, whatever it last reported.
+            load = self._loads.get(worker.worker_id) if worker.is_ready else None
+            load = load or WorkerLoad(0, 0, 0.0)
+            up.add_metric(values, 1.0 if worker.is_ready else 0.0)
+            running.add_metric(values, load.num_running)
+            queued.add_metric(values, load.num_waiting)
+            kv_cache.add_metric(values, load.kv_cache_usage)
+            restarts.add_metric(values, self._restarts[worker.worker_id])
+        yield from (up, running, queued, kv_cache, restarts)
+
+
+class _PoolCollector:
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.collect_workers()
