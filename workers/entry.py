@@ -14,6 +14,7 @@ import signal
 import sys
 from multiprocessing.connection import Connection
 
+from workers.faults import Faults
 from workers.protocol import WorkerConfig
 
 
@@ -29,10 +30,11 @@ def main(conn: Connection, config: WorkerConfig) -> None:
     # pipe), so an interrupt must not kill a worker mid-step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _configure_logging(config)
+    faults = Faults.from_environ(config.worker_id)  # test-only; see workers/faults.py
 
     from workers.worker import run_worker
 
-    exit_code = run_worker(conn, config)
+    exit_code = run_worker(conn, config, faults)
     if exit_code != 0:
         sys.exit(exit_code)
 
