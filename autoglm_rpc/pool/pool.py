@@ -96,6 +96,7 @@ class WorkerPool:
         self._is_draining = False
         self._is_stopping = False
         self.num_retried = 0  # requests moved to another worker after theirs died before any token
+        self.num_merged = 0  # deltas merged into a pending one because their stream was not being read
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -272,6 +273,7 @@ class WorkerPool:
     def _forget(self, flight: InFlight) -> None:
         del self._in_flight[flight.request_id]
         flight.worker.num_in_flight -= 1
+        self.num_merged += flight.events.num_merged
         self._finished[flight.request_id] = None
         if len(self._finished) > _FINISHED_MEMORY:
             self._finished.popitem(last=False)
