@@ -13,7 +13,7 @@ MODEL ?=
 DEMO_MODEL := .demo-model
 PROTOS := $(wildcard proto/autoglm/v1/*.proto)
 
-.PHONY: install proto lint format test run demo-model clean bench-tracing
+.PHONY: install proto lint format test soak run demo-model clean bench-tracing
 
 install: $(STAMP)
 
@@ -37,6 +37,13 @@ format: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Minutes of load against CPU workers while a worker is killed and restarted (the suite runs a short version).
+SOAK_SECONDS ?= 180
+SOAK_STREAMS ?= 64
+soak: $(STAMP)
+	@mkdir -p bench-results
+	$(PY) -m tests.load.soak --duration $(SOAK_SECONDS) --streams $(SOAK_STREAMS) --json bench-results/soak.json
 
 # Serves MODEL (a checkpoint directory or a hub id in the local cache); without one, the random-weight demo
 # checkpoint, built once into $(DEMO_MODEL)/.

@@ -44,6 +44,15 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue-depth", type=int, help="waiting requests before QUEUE_FULL (default 256)")
     serve.add_argument("--default-max-new-tokens", type=int, help="when a request sets none (default 256)")
     serve.add_argument("--worker-threads", type=int, help="torch threads per CPU worker")
+    serve.add_argument("--restart-backoff-initial", type=float, help="seconds before a dead worker restarts (1)")
+    serve.add_argument("--restart-backoff-max", type=float, help="the restart backoff doubles up to this (30)")
+    serve.add_argument(
+        "--max-restarts-per-window", type=int, help="deaths within the window before a crash loop (5; 0: never)"
+    )
+    serve.add_argument("--restart-window", type=float, help="seconds over which worker deaths count (300)")
+    serve.add_argument(
+        "--stream-buffer-messages", type=int, help="pending messages of an unread stream before merging (64)"
+    )
     serve.add_argument(
         "--kv-cache-memory-fraction", type=float, help="share of free memory after the weights for the KV cache"
     )

@@ -60,7 +60,16 @@ class Settings:
     allow_download: bool = False
     worker_threads: int | None = None  # torch threads per CPU worker
     worker_start_timeout: float = 600.0
-    grace_period: float = 10.0  # seconds in-flight requests get on shutdown
+    grace_period: float = 10.0  # seconds in-flight requests get on shutdown (the drain after SIGTERM)
+    # Worker supervision (see autoglm_rpc/pool/supervisor.py): a dead worker restarts after a backoff that doubles
+    # from restart_backoff_initial up to restart_backoff_max; more than max_restarts_per_window deaths within
+    # restart_window seconds is a crash loop, and the worker is not restarted again (0: never restart).
+    restart_backoff_initial: float = 1.0
+    restart_backoff_max: float = 30.0
+    max_restarts_per_window: int = 5
+    restart_window: float = 300.0
+    # Worker messages a stream that is not being read may hold; past it new tokens merge into the last one.
+    stream_buffer_messages: int = 64
     log_level: str = "INFO"
     # Observability (see README "Observability"). Tracing is on only when an OTLP endpoint is configured here or
     # through OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, and OTEL_SDK_DISABLED=true turns it off.
@@ -129,6 +138,21 @@ class Settings:
             raise ValueError(f"max_queue_depth must be 0 or more, got {self.max_queue_depth}")
         if self.worker_start_timeout <= 0 or self.grace_period < 0:
             raise ValueError("worker_start_timeout must be positive and grace_period not negative")
+        self._validate_supervision()
+
+    def _validate_supervision(self) -> None:
+        for name in ("restart_backoff_initial", "restart_backoff_max", "restart_window"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.restart_backoff_max < self.restart_backoff_initial:
+            raise ValueError(
+                f"restart_backoff_max ({self.restart_backoff_max}) must be at least restart_backoff_initial "
+                f"({self.restart_backoff_initial})"
+            )
+        if self.max_restarts_per_window < 0:
+            raise ValueError(f"max_restarts_per_window must be 0 or more, got {self.max_restarts_per_window}")
+        if self.stream_buffer_messages < 1:
+            raise ValueError(f"stream_buffer_messages must be at least 1, got {self.stream_buffer_messages}")
 
     def _validate_observability(self) -> None:
         _check_choice("log_format", self.log_format, LOG_FORMATS)

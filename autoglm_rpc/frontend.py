@@ -84,6 +84,13 @@ class Frontend:
     def __init__(self, model: ServedModel, pool: WorkerPool) -> None:
         self.model = model
         self.pool = pool
+        self.num_active = 0  # admitted calls whose caller has not had its last event yet
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_until_idle(self) -> None:
+        """Return once every admitted call has ended (its last message written, or its caller gone)."""
+        await self._idle.wait()
 
     # -- resolving ----------------------------------------------------------------------------------------------
 
@@ -185,19 +192,23 @@ class Frontend:
         Closing the iterator early (the caller cancelled or its deadline passed) cancels the work in the worker.
         """
         arrival = time.monotonic()
+        # Refuse before tokenizing when the answer is already no (draining, no worker, over capacity).
+        self.pool.check_admission()
         if _is_long(request.prompt):
             # Tokenizing a long prompt takes milliseconds; the tokenizer releases the GIL, so run it off the loop.
             submit = await asyncio.to_thread(self.resolve, request, deadline, carrier or {})
         else:
             submit = self.resolve(request, deadline, carrier or {})
-        flight = self.pool.submit(submit)
         text = TextStream(
             self.model.tokenizer,
             request.stopping.stop_sequences,
             include_stop_sequence=request.stopping.include_stop_sequence,
             skip_special_tokens=request.output.skip_special_tokens,
         )
+        flight = self.pool.submit(submit)
         run = _Run(submit, flight, arrival, text)
+        self.num_active += 1
+        self._idle.clear()
         try:
             yield Admitted(submit.request_id, self.model.model_id, len(submit.prompt_ids), submit.sampling.seed)
             while not run.is_done:
@@ -207,6 +218,9 @@ class Frontend:
             if not run.is_done or run.must_cancel:
                 self.pool.cancel(submit.request_id)
             self.pool.detach(submit.request_id)
+            self.num_active -= 1
+            if not self.num_active:
+                self._idle.set()
 
 
 def _is_long(prompt: Prompt) -> bool:

@@ -4,6 +4,11 @@
 starts the server and spawns the workers; `serve(settings)` runs it until SIGINT/SIGTERM. Health: service "" is
 liveness (SERVING while the process runs); `autoglm.v1.GenerationService` is readiness (SERVING while at least one
 worker is ready and the server is not draining).
+
+Shutdown is a drain (`App.stop`): readiness turns NOT_SERVING first, new generation calls get UNAVAILABLE /
+SERVER_DRAINING, the requests in flight get `grace_period` seconds to finish (those still running then end
+with SERVER_DRAINING), then the gRPC server stops and the workers shut down. A second SIGINT/SIGTERM cuts the
+grace short.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from autoglm.v1 import generation_pb2, model_pb2, model_pb2_grpc
 from autoglm_rpc import convert
 from autoglm_rpc.config import Settings
 from autoglm_rpc.devices import plan_workers
+from autoglm_rpc.errors import ServerDraining
 from autoglm_rpc.frontend import Frontend, ServedModel
 from autoglm_rpc.model_source import default_model_id, resolve_model_source
 from autoglm_rpc.pool.pool import WorkerPool
+from autoglm_rpc.pool.supervisor import RestartPolicy
 from autoglm_rpc.servicers.generation import Checked, GenerationServicer
 from autoglm_rpc.servicers.model import ModelServicer
 from autoglm_rpc.telemetry import Telemetry
@@ -66,6 +73,7 @@ class App:
     health: health.aio.HealthServicer
     telemetry: Telemetry
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _cut_drain: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         """Start serving and spawn the workers; readiness turns SERVING when the first worker is ready."""
@@ -83,15 +91,44 @@ class App:
             raise RuntimeError("no worker could load the model; the log above says why")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: readiness NOT_SERVING, in-flight calls get `grace` seconds, then the workers stop."""
+        """Drain (see `drain`), then stop the gRPC server and shut the workers down."""
+        grace = self.settings.grace_period if grace is None else grace
+        await self.drain(grace)
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.grace_period if grace is None else grace)
+        # What is left are calls writing their last message, and health watchers: a second is plenty.
+        await self.server.stop(min(1.0, grace))
         await self.pool.stop()
         self.telemetry.shutdown()
 
+    async def drain(self, grace: float) -> None:
+        """Readiness NOT_SERVING, new generations refused; wait up to `grace` s for those in flight to end."""
+        self.pool.start_draining()
+        await self.health.set(GENERATION_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.frontend.num_active:
+            logger.info("draining: %d call(s) in flight, grace %.1fs", self.frontend.num_active, grace)
+        idle = asyncio.ensure_future(self.frontend.wait_until_idle())
+        cut = asyncio.ensure_future(self._cut_drain.wait())
+        try:
+            await asyncio.wait({idle, cut}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+            cut.cancel()
+        if self.frontend.num_active:
+            num_failed = self.pool.fail_all(ServerDraining())
+            logger.warning(
+                "drain grace over: %d call(s) still open; %d request(s) in the workers end with SERVER_DRAINING",
+                self.frontend.num_active, num_failed,
+            )  # fmt: skip
+
+    def cut_drain(self) -> None:
+        """End a drain in progress now (a second SIGTERM)."""
+        self._cut_drain.set()
+
     def _on_pool_change(self) -> None:
         status = health_pb2.HealthCheckResponse
-        serving = status.SERVING if self.pool.num_ready else status.NOT_SERVING
+        if self.pool.is_draining:
+            return  # readiness stays NOT_SERVING; drain() set it
+        serving = status.SERVING if self.pool.is_serving else status.NOT_SERVING
         task = asyncio.get_running_loop().create_task(self.health.set(GENERATION_SERVICE, serving))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -131,7 +168,13 @@ def build_app(settings: Settings) -> App:
     telemetry = Telemetry.from_settings(settings, served.model_id)
     worker_telemetry = telemetry.worker_config()
     configs = [dataclasses.replace(c, telemetry=worker_telemetry) for c in plan_workers(settings, served)]
-    pool = WorkerPool(configs, settings.max_queue_depth)
+    policy = RestartPolicy(
+        backoff_initial=settings.restart_backoff_initial,
+        backoff_max=settings.restart_backoff_max,
+        max_restarts=settings.max_restarts_per_window,
+        window=settings.restart_window,
+    )
+    pool = WorkerPool(configs, settings.max_queue_depth, policy, settings.stream_buffer_messages)
     pool.observer = telemetry.pool_observer(pool)
     frontend = Frontend(served, pool)
     interceptor = telemetry.interceptor(frozenset({GENERATION_SERVICE, MODEL_SERVICE}))
@@ -188,9 +231,16 @@ async def run(settings: Settings) -> int:
         settings.host, app.port, app.frontend.model.model_id, app.frontend.model.source, app.pool.num_workers,
     )  # fmt: skip
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            logger.warning("second signal: ending the drain now")
+            app.cut_drain()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     try:
         ready = asyncio.create_task(app.wait_until_ready())
         stopped = asyncio.create_task(stop.wait())

@@ -1,8 +1,12 @@
-"""One worker process as the gateway sees it: the process, its pipe, and two small threads that move messages.
+"""One worker slot as the gateway sees it: its current process, that process's pipe, and its state.
 
-A reader thread blocks on the pipe and hands every message to the event loop (`call_soon_threadsafe`), so the loop
-never blocks on a read; a writer thread drains an outbox, so a large `Submit` never blocks the loop on a full pipe.
-The pipe's end-of-file is how the gateway learns, at once, that the process is gone.
+Each process the slot runs (the first, then one per restart) is a `_Process`: the spawned process, its end of the
+pipe, an outbox, and two threads. The watcher thread waits on the pipe *and* on the process sentinel
+(`multiprocessing.connection.wait`, no polling): messages go to the event loop as they arrive
+(`call_soon_threadsafe`), and when the sentinel fires the watcher first delivers whatever the process wrote
+before it died, then reaps it and reports the exit, so the loop learns of a death at once and after that
+process's last message. The writer thread drains the outbox, so a large `Submit` never blocks the loop on a full
+pipe. A restart is a new `_Process`; nothing of the old one (outbox, threads, descriptors) is reused.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import contextlib
 import enum
 import logging
 import multiprocessing
+import os
 import queue
+import signal
 import threading
 from collections.abc import Callable
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 
 from workers import entry
 from workers.protocol import GatewayMessage, ModelInfo, Shutdown, WorkerConfig, WorkerMessage
@@ -23,17 +29,112 @@ from workers.protocol import GatewayMessage, ModelInfo, Shutdown, WorkerConfig, 
 logger = logging.getLogger(__name__)
 
 _STOP_WRITER = object()
+# How long a process that closed its pipe may take to exit before it is killed (it has nothing left to do).
+_EXIT_AFTER_EOF = 5.0
 
 
 class WorkerState(enum.Enum):
+    """STARTING: spawned, loading the model. READY: takes requests. RESTARTING: died, a restart is scheduled.
+    CRASH_LOOP: died too often within the restart window, not restarted. STOPPED: shut down by the gateway."""
+
     STARTING = "starting"
     READY = "ready"
-    FAILED = "failed"
+    RESTARTING = "restarting"
+    CRASH_LOOP = "crash_loop"
     STOPPED = "stopped"
 
 
+def describe_exit(exit_code: int | None) -> str:
+    """How a process ended, in words: "exit code 1", "killed by signal SIGKILL"."""
+    if exit_code is None:
+        return "exit status unknown"
+    if exit_code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-exit_code).name}"
+        except ValueError:
+            return f"killed by signal {-exit_code}"
+    return "exited normally" if exit_code == 0 else f"exit code {exit_code}"
+
+
+class _Process:
+    """One spawned worker process with its pipe, outbox and threads; lives from spawn to reaping."""
+
+    def __init__(self, handle: WorkerHandle) -> None:
+        context = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = context.Pipe(duplex=True)
+        self.process = context.Process(
+            target=entry.main,
+            args=(child_conn, handle.config),
+            name=f"autoglm-worker-{handle.worker_id}",
+            daemon=True,
+        )
+        self.process.start()
+        # Our copy of the child's end must go, or we would never see end-of-file when the child dies.
+        child_conn.close()
+        self.pid: int = self.process.pid  # type: ignore[assignment]  # set by start()
+        self.conn: Connection = parent_conn
+        self.outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.exit_code: int | None = None
+        self.is_reaped = threading.Event()  # set by the watcher once the process is joined
+        self.exited = asyncio.Event()  # set on the loop once the exit has been reported
+        name = f"worker-{handle.worker_id}"
+        self._writer = threading.Thread(target=self._write_loop, name=f"{name}-writer", daemon=True)
+        self._writer.start()
+        threading.Thread(target=self._watch, args=(handle,), name=f"{name}-watcher", daemon=True).start()
+
+    def kill(self) -> None:
+        """SIGKILL the process unless it has already been reaped (its pid could then be someone else's)."""
+        if not self.is_reaped.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def _watch(self, handle: WorkerHandle) -> None:
+        sentinel = self.process.sentinel
+        while True:
+            ready = wait([self.conn, sentinel])
+            if self.conn in ready:
+                if not self._receive(handle):
+                    break
+            elif sentinel in ready:
+                # Dead: what it wrote before dying is still in the pipe; deliver it before reporting the exit.
+                while self.conn.poll(0) and self._receive(handle):
+                    pass
+                break
+        if not wait([sentinel], _EXIT_AFTER_EOF):
+            logger.warning("worker %d closed its pipe but did not exit; killing it", handle.worker_id)
+            self.kill()
+        self.process.join()
+        self.exit_code = self.process.exitcode
+        self.is_reaped.set()
+        self.process.close()
+        self.outbox.put(_STOP_WRITER)
+        self._writer.join(_EXIT_AFTER_EOF)
+        self.conn.close()
+        handle.call_in_loop(handle.handle_exit, self)
+
+    def _receive(self, handle: WorkerHandle) -> bool:
+        """Pass one message to the loop; False at end-of-file or on an unreadable message."""
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            return False
+        except Exception:  # an unpicklable message is a bug in the worker: treat the pipe as broken
+            logger.exception("worker %d sent a message the gateway cannot read", handle.worker_id)
+            self.kill()
+            return False
+        handle.call_in_loop(handle.deliver, self, message)
+        return True
+
+    def _write_loop(self) -> None:
+        while (message := self.outbox.get()) is not _STOP_WRITER:
+            try:
+                self.conn.send(message)
+            except (OSError, ValueError):
+                return  # the process is gone; the watcher reports it
+
+
 class WorkerHandle:
-    """Starts and talks to one worker process. Callbacks run on the event loop thread."""
+    """Starts, restarts, stops and talks to one worker slot. Callbacks and methods run on the event loop."""
 
     def __init__(
         self,
@@ -46,13 +147,13 @@ class WorkerHandle:
         self.state = WorkerState.STARTING
         self.model: ModelInfo | None = None
         self.num_in_flight = 0  # requests routed here and not yet finished by the worker
+        self.num_restarts = 0  # processes started after the first one
+        self.last_exit = ""  # how the previous process ended, for operators ("killed by signal SIGKILL")
+        self.failure = ""  # what the current process reported in WorkerFailed, if anything
         self._loop = loop
         self._on_message = on_message
         self._on_exit = on_exit
-        self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._process: multiprocessing.process.BaseProcess | None = None
-        self._conn: Connection | None = None
-        self._exited = asyncio.Event()
+        self._current: _Process | None = None
 
     @property
     def worker_id(self) -> int:
@@ -64,79 +165,68 @@ class WorkerHandle:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        """The running process's id; None between a death and the restart."""
+        return self._current.pid if self._current else None
 
     def start(self) -> None:
-        """Spawn the process (fresh interpreter: no CUDA or thread state inherited) and the pipe threads."""
-        context = multiprocessing.get_context("spawn")
-        parent_conn, child_conn = context.Pipe(duplex=True)
-        self._process = context.Process(
-            target=entry.main,
-            args=(child_conn, self.config),
-            name=f"autoglm-worker-{self.worker_id}",
-            daemon=True,
-        )
-        self._process.start()
-        # Our copy of the child's end must go, or the reader would never see end-of-file when the child dies.
-        child_conn.close()
-        self._conn = parent_conn
-        name = f"worker-{self.worker_id}"
-        threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True).start()
-        threading.Thread(target=self._write_loop, name=f"{name}-writer", daemon=True).start()
-        logger.info("worker %d started (pid %d)", self.worker_id, self._process.pid)
+        """Spawn a process (fresh interpreter: no CUDA or thread state inherited); the state becomes STARTING."""
+        if self._current is not None:
+            raise RuntimeError(f"worker {self.worker_id} already has a running process")
+        self.state = WorkerState.STARTING
+        self.model = None
+        self.failure = ""
+        self._current = _Process(self)
+        logger.info("worker %d started (pid %d)", self.worker_id, self._current.pid)
 
     def send(self, message: GatewayMessage) -> None:
-        """Queue a message for the worker; never blocks. Messages are delivered in order."""
-        self._outbox.put(message)
+        """Queue a message for the running process; never blocks. Dropped when no process runs."""
+        if self._current is not None:
+            self._current.outbox.put(message)
+
+    def kill(self) -> None:
+        """SIGKILL the running process (its exit is then reported like any other death)."""
+        if self._current is not None:
+            self._current.kill()
 
     async def stop(self, timeout: float) -> int | None:
-        """Ask the worker to shut down, terminating it if it has not exited in `timeout`; return its exit code."""
-        process = self._process
-        if process is None:
+        """Ask the process to shut down, killing it if it has not exited in `timeout`; return its exit code.
+
+        A process still loading the model is killed at once: it reads the pipe only once loaded, and has no work
+        to finish.
+        """
+        current = self._current
+        if current is None:
             return None
-        if process.is_alive():
-            self.send(Shutdown())
+        if self.state is WorkerState.STARTING:
+            current.kill()
+        else:
+            current.outbox.put(Shutdown())
         try:
-            await asyncio.wait_for(self._exited.wait(), timeout)
+            await asyncio.wait_for(current.exited.wait(), timeout)
         except TimeoutError:
-            logger.warning("worker %d did not exit within %.1fs; terminating it", self.worker_id, timeout)
-            process.terminate()
-        await asyncio.to_thread(process.join, 5.0)
-        if process.is_alive():
-            process.kill()
-            await asyncio.to_thread(process.join, 5.0)
-        self._outbox.put(_STOP_WRITER)
-        return process.exitcode
+            logger.warning("worker %d did not exit within %.1fs; killing it", self.worker_id, timeout)
+            current.kill()
+            await current.exited.wait()  # SIGKILL cannot be ignored: the sentinel fires
+        return current.exit_code
 
-    def _read_loop(self) -> None:
-        conn = self._conn
-        assert conn is not None  # set before the thread starts
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                break
-            except Exception:  # an unpicklable message is a bug in the worker, not a reason to hang
-                logger.exception("worker %d sent a message the gateway cannot read", self.worker_id)
-                break
-            self._call_in_loop(self._on_message, self, message)
-        self._call_in_loop(self._handle_exit)
+    # -- called on the loop by the watcher thread ---------------------------------------------------------------
 
-    def _handle_exit(self) -> None:
-        self._exited.set()
-        self._outbox.put(_STOP_WRITER)
-        self._on_exit(self)
-
-    def _write_loop(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        while (message := self._outbox.get()) is not _STOP_WRITER:
-            try:
-                conn.send(message)
-            except (OSError, ValueError):
-                return  # the reader sees the same broken pipe and reports the exit
-
-    def _call_in_loop(self, callback: Callable[..., None], *args: object) -> None:
+    def call_in_loop(self, callback: Callable[..., None], *args: object) -> None:
         # A closed loop means the gateway is gone and nobody is listening.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
+
+    def deliver(self, process: _Process, message: WorkerMessage) -> None:
+        if process is self._current:
+            self._on_message(self, message)
+
+    def handle_exit(self, process: _Process) -> None:
+        if process is not self._current:
+            return
+        self._current = None
+        self.model = None
+        self.last_exit = describe_exit(process.exit_code)
+        if self.failure:
+            self.last_exit += f" ({self.failure})"
+        process.exited.set()
+        self._on_exit(self)

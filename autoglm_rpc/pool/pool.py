@@ -1,10 +1,18 @@
-"""The worker pool: starts the workers, admits and routes requests, and fans worker output out per request.
+"""The worker pool: starts and supervises the workers, admits and routes requests, fans worker output out.
 
-Admission: a request is refused with QUEUE_FULL when the requests in flight reach the capacity, which is the
-running batches of the ready workers (`max_batch_size` each) plus `max_queue_depth` waiting requests. Routing:
-the ready worker with the fewest requests in flight. Each admitted request gets an `asyncio.Queue` that receives
-its `RequestDelta`s, a `RequestFailed`, or a `ServiceError` (its worker died). A request stays counted against
-its worker until the worker reports it finished, even if its caller has gone, so the accounting stays true.
+Admission: a request is refused with QUEUE_FULL (and a RetryInfo) when the requests in flight reach the capacity,
+which is the running batches of the ready workers (`max_batch_size` each) plus `max_queue_depth` waiting
+requests; with SERVER_DRAINING once draining has begun; with NO_READY_WORKER while no worker is ready. Routing:
+the ready worker with the fewest requests in flight. Each admitted request gets an `EventBuffer` (bounded, see
+`buffer.py`) that receives its `RequestDelta`s, a `RequestFailed`, or a `ServiceError`. A request stays counted
+against its worker until the worker reports it finished, even if its caller has gone, so the accounting stays true.
+
+When a worker process dies (see `handle.py` for how that is seen at once) its requests end, on the spot, with
+UNAVAILABLE / WORKER_CRASHED, except a request that has received no token from the dying worker yet: its caller
+has seen at most the stream's first message (request id and prompt size, which a second worker reproduces
+exactly, since the `Submit` carries the resolved seed), so it is sent, once, to the least-loaded other ready
+worker. A request is retried at most once, and not when its caller has gone or cancelled it, or when the pool
+is stopping. The dead worker is restarted by the `Supervisor` (backoff, crash-loop detection).
 """
 
 from __future__ import annotations
@@ -16,8 +24,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from autoglm_rpc.errors import DuplicateRequestId, NoReadyWorker, QueueFull, ServiceError, WorkerCrashed
+from autoglm_rpc.errors import (
+    DuplicateRequestId,
+    NoReadyWorker,
+    QueueFull,
+    ServerDraining,
+    ServiceError,
+    WorkerCrashed,
+)
+from autoglm_rpc.pool.buffer import EventBuffer, WorkerEvent
 from autoglm_rpc.pool.handle import WorkerHandle, WorkerState
+from autoglm_rpc.pool.supervisor import RestartPolicy, Supervisor
 from workers.protocol import (
     Cancel,
     LoadProgress,
@@ -34,9 +51,9 @@ from workers.protocol import (
 
 logger = logging.getLogger(__name__)
 
-WorkerEvent = RequestDelta | RequestFailed | ServiceError
 # How many finished request ids are remembered, so CancelGeneration can say ALREADY_FINISHED.
 _FINISHED_MEMORY = 10_000
+DEFAULT_STREAM_BUFFER = 64
 
 
 class PoolObserver(Protocol):
@@ -46,33 +63,52 @@ class PoolObserver(Protocol):
 
     def stepped(self, worker: WorkerHandle, output: StepOutput) -> None: ...
 
+    def restarted(self, worker: WorkerHandle) -> None: ...
+
 
 @dataclass(eq=False)
 class InFlight:
     """A request routed to a worker and not yet reported finished by it."""
 
-    request_id: str
+    submit: Submit
     worker: WorkerHandle
-    events: asyncio.Queue[WorkerEvent] = field(default_factory=asyncio.Queue)
+    events: EventBuffer = field(default_factory=lambda: EventBuffer(DEFAULT_STREAM_BUFFER))
     is_listening: bool = True  # False once the caller has its answer (or has gone): events are dropped
     is_cancelling: bool = False
+    has_output: bool = False  # a token has arrived for it: a crash can no longer be hidden by a retry
+    was_retried: bool = False
+
+    @property
+    def request_id(self) -> str:
+        return self.submit.request_id
 
 
 class WorkerPool:
     """Owns the worker processes. All methods run on the event loop thread."""
 
-    def __init__(self, configs: list[WorkerConfig], max_queue_depth: int) -> None:
+    def __init__(
+        self,
+        configs: list[WorkerConfig],
+        max_queue_depth: int,
+        restart_policy: RestartPolicy | None = None,
+        stream_buffer_messages: int = DEFAULT_STREAM_BUFFER,
+    ) -> None:
         if not configs:
             raise ValueError("workers: at least one worker is needed")
         self._configs = configs
         self._max_queue_depth = max_queue_depth
+        self._stream_buffer = stream_buffer_messages
+        self._supervisor = Supervisor(restart_policy or RestartPolicy(), self._restart)
         self._workers: list[WorkerHandle] = []
         self._in_flight: dict[str, InFlight] = {}
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._state_changed = asyncio.Event()
         self._listeners: list[Callable[[], None]] = []
+        self._is_draining = False
         self._is_stopping = False
         self.observer: PoolObserver | None = None
+        self.num_retried = 0  # requests moved to another worker after theirs died before any token
+        self.num_merged = 0  # deltas merged into a pending one because their stream was not being read
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -85,18 +121,35 @@ class WorkerPool:
 
     async def wait_until_settled(self, timeout: float) -> None:
         """Wait until at least one worker is ready or none can become so; raise TimeoutError past `timeout`."""
+        coming = (WorkerState.STARTING, WorkerState.RESTARTING)
         async with asyncio.timeout(timeout):
-            while not self.num_ready and any(w.state is WorkerState.STARTING for w in self._workers):
+            while not self.num_ready and any(w.state in coming for w in self._workers):
                 self._state_changed.clear()
                 await self._state_changed.wait()
 
+    def start_draining(self) -> None:
+        """Refuse new requests with SERVER_DRAINING from now on; those in flight carry on."""
+        self._is_draining = True
+        self._notify()
+
+    def fail_all(self, error: ServiceError) -> int:
+        """End every request in flight with `error` and cancel it in its worker; return how many there were."""
+        flights = list(self._in_flight.values())
+        for flight in flights:
+            flight.worker.send(Cancel((flight.request_id,)))
+            self._deliver(flight.request_id, error, is_last=True)
+        return len(flights)
+
     async def stop(self, timeout: float = 10.0) -> None:
-        """Shut every worker down (terminating any that do not exit in time); in-flight requests fail."""
+        """Shut every worker down (killing any that do not exit in time); requests still in flight fail."""
         self._is_stopping = True
+        self._supervisor.cancel()
         await asyncio.gather(*(w.stop(timeout) for w in self._workers))
+        for worker in self._workers:
+            worker.state = WorkerState.STOPPED
 
     def add_listener(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (on the loop) whenever a worker becomes ready or goes away."""
+        """Call `callback` (on the loop) whenever a worker becomes ready or goes away, or draining begins."""
         self._listeners.append(callback)
 
     # -- facts --------------------------------------------------------------------------------------------------
@@ -118,6 +171,15 @@ class WorkerPool:
         return self._max_queue_depth
 
     @property
+    def is_draining(self) -> bool:
+        return self._is_draining
+
+    @property
+    def is_serving(self) -> bool:
+        """Readiness: a worker is ready and the pool is not draining."""
+        return bool(self.num_ready) and not self._is_draining
+
+    @property
     def model(self) -> ModelInfo | None:
         """The model facts reported by a ready worker (every worker serves the same model)."""
         return next((w.model for w in self._workers if w.is_ready), None)
@@ -128,10 +190,13 @@ class WorkerPool:
 
     # -- requests -----------------------------------------------------------------------------------------------
 
-    def submit(self, submit: Submit) -> InFlight:
-        """Admit and route one request; raise NoReadyWorker, QueueFull or DuplicateRequestId."""
-        if submit.request_id in self._in_flight:
-            raise DuplicateRequestId(submit.request_id)
+    def check_admission(self) -> list[WorkerHandle]:
+        """The ready workers, if a new request could be admitted now; else raise why not.
+
+        Cheap, so the front end calls it before tokenizing: a flood past capacity costs no tokenizer work.
+        """
+        if self._is_draining or self._is_stopping:
+            raise ServerDraining()
         ready = [w for w in self._workers if w.is_ready]
         if not ready:
             raise NoReadyWorker()
@@ -139,14 +204,21 @@ class WorkerPool:
         capacity = sum(w.model.max_batch_size for w in ready if w.model) + self._max_queue_depth
         if len(self._in_flight) >= capacity:
             raise QueueFull(len(self._in_flight), capacity)
-        worker = min(ready, key=lambda w: w.num_in_flight)
-        flight = InFlight(submit.request_id, worker)
+        return ready
+
+    def submit(self, submit: Submit) -> InFlight:
+        """Admit and route one request; raise ServerDraining, NoReadyWorker, QueueFull or DuplicateRequestId."""
+        if submit.request_id in self._in_flight:
+            raise DuplicateRequestId(submit.request_id)
+        ready = self.check_admission()
+        flight = InFlight(submit, self._least_loaded(ready), EventBuffer(self._stream_buffer))
         self._in_flight[submit.request_id] = flight
         self._finished.pop(submit.request_id, None)
-        worker.num_in_flight += 1
+        flight.worker.num_in_flight += 1
         if self.observer is not None:
-            submit = self.observer.routed(submit, worker)
-        worker.send(submit)
+            # Stored as sent, so a retry on another worker carries the same trace context.
+            flight.submit = self.observer.routed(submit, flight.worker)
+        flight.worker.send(flight.submit)
         return flight
 
     def cancel(self, request_id: str) -> bool:
@@ -172,6 +244,10 @@ class WorkerPool:
     def was_finished(self, request_id: str) -> bool:
         return request_id in self._finished or request_id in self._in_flight
 
+    @staticmethod
+    def _least_loaded(workers: list[WorkerHandle]) -> WorkerHandle:
+        return min(workers, key=lambda w: w.num_in_flight)
+
     # -- messages from workers (loop thread) --------------------------------------------------------------------
 
     def _on_message(self, worker: WorkerHandle, message: WorkerMessage) -> None:
@@ -195,9 +271,9 @@ class WorkerPool:
                 )  # fmt: skip
                 self._notify()
             case WorkerFailed(message=text):
+                # The process exits right after this; its exit decides what happens next.
                 logger.error("worker %d failed: %s", worker.worker_id, text)
-                worker.state = WorkerState.FAILED
-                self._notify()
+                worker.failure = text
             case _:
                 logger.error("worker %d sent an unknown message %r", worker.worker_id, type(message))
 
@@ -205,27 +281,64 @@ class WorkerPool:
         flight = self._in_flight.get(request_id)
         if flight is None:
             return
+        if isinstance(event, RequestDelta) and event.token_ids:
+            flight.has_output = True
         if flight.is_listening:
-            flight.events.put_nowait(event)
+            flight.events.put(event)
         if is_last:
             self._forget(flight)
 
     def _forget(self, flight: InFlight) -> None:
         del self._in_flight[flight.request_id]
         flight.worker.num_in_flight -= 1
+        self.num_merged += flight.events.num_merged
         self._finished[flight.request_id] = None
         if len(self._finished) > _FINISHED_MEMORY:
             self._finished.popitem(last=False)
 
+    # -- supervision --------------------------------------------------------------------------------------------
+
     def _on_exit(self, worker: WorkerHandle) -> None:
         if self._is_stopping:
             worker.state = WorkerState.STOPPED
-        elif worker.state in (WorkerState.STARTING, WorkerState.READY):
-            logger.error("worker %d exited unexpectedly", worker.worker_id)
-            worker.state = WorkerState.FAILED
+        else:
+            logger.error("worker %d died: %s", worker.worker_id, worker.last_exit)
+            self._supervisor.worker_died(worker)  # RESTARTING or CRASH_LOOP: no longer routed to
         for flight in [f for f in self._in_flight.values() if f.worker is worker]:
-            self._deliver(flight.request_id, WorkerCrashed(worker.worker_id), is_last=True)
+            if not self._retry(flight):
+                error = ServerDraining() if self._is_stopping else WorkerCrashed(worker.worker_id)
+                self._deliver(flight.request_id, error, is_last=True)
         self._notify()
+
+    def _retry(self, flight: InFlight) -> bool:
+        """Move a request that got no token from its dead worker to another ready worker, once."""
+        if flight.has_output or flight.was_retried or not flight.is_listening or flight.is_cancelling:
+            return False
+        ready = [w for w in self._workers if w.is_ready]
+        if self._is_stopping or not ready:
+            return False
+        dead = flight.worker
+        flight.worker = self._least_loaded(ready)
+        flight.was_retried = True
+        dead.num_in_flight -= 1
+        flight.worker.num_in_flight += 1
+        flight.worker.send(flight.submit)
+        self.num_retried += 1
+        logger.warning(
+            "request %s: worker %d died before its first token; retrying it on worker %d",
+            flight.request_id, dead.worker_id, flight.worker.worker_id,
+        )  # fmt: skip
+        return True
+
+    def _restart(self, worker: WorkerHandle) -> None:
+        if self.observer is not None:
+            self.observer.restarted(worker)
+        try:
+            worker.start()
+        except OSError as exc:  # out of file descriptors or processes: count it as one more crash
+            worker.last_exit = f"could not start a process: {exc}"
+            self._supervisor.worker_died(worker)
+            self._notify()
 
     def _notify(self) -> None:
         self._state_changed.set()

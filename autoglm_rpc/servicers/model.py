@@ -7,6 +7,7 @@ import grpc
 from autoglm.v1 import model_pb2, types_pb2
 from autoglm_rpc import __version__
 from autoglm_rpc.frontend import Frontend
+from autoglm_rpc.pool.handle import WorkerHandle, WorkerState
 from autoglm_rpc.servicers import errors
 
 API_VERSION = "autoglm.v1"
@@ -56,4 +57,29 @@ class ModelServicer:
             total_workers=pool.num_workers,
             max_queue_depth=pool.max_queue_depth,
             reflection_enabled=self._reflection_enabled,
+            workers=[_worker_info(worker) for worker in pool.workers],
+            draining=pool.is_draining,
         )
+
+
+_STATES = {
+    WorkerState.STARTING: model_pb2.WORKER_STATE_STARTING,
+    WorkerState.READY: model_pb2.WORKER_STATE_READY,
+    WorkerState.RESTARTING: model_pb2.WORKER_STATE_RESTARTING,
+    WorkerState.CRASH_LOOP: model_pb2.WORKER_STATE_CRASH_LOOP,
+    WorkerState.STOPPED: model_pb2.WORKER_STATE_STOPPED,
+}
+
+
+def _worker_info(worker: WorkerHandle) -> model_pb2.WorkerInfo:
+    config = worker.config
+    gpu = config.cuda_visible_devices
+    return model_pb2.WorkerInfo(
+        worker_id=worker.worker_id,
+        state=_STATES[worker.state],
+        pid=worker.pid or 0,
+        restarts=worker.num_restarts,
+        in_flight_requests=worker.num_in_flight,
+        last_exit=worker.last_exit,
+        device=f"{config.device}:{gpu}" if gpu is not None else config.device,
+    )

@@ -167,6 +167,9 @@ class PoolObserver:
         send.end()
         return dataclasses.replace(submit, trace_carrier=carrier or submit.trace_carrier, capture_kernels=capture)
 
+    def restarted(self, worker: WorkerHandle) -> None:
+        self._metrics.record_worker_restart(worker.worker_id)
+
     def stepped(self, worker: WorkerHandle, output: StepOutput) -> None:
         self._metrics.record_load(worker.worker_id, output.num_running, output.num_waiting, output.kv_cache_usage)
 

@@ -64,3 +64,18 @@ def test_unknown_file_keys_are_refused(tmp_path: Path) -> None:
     config.write_text("batch = 3\n")
     with pytest.raises(ValueError, match="unknown settings batch"):
         Settings.from_sources({}, environ={}, config_file=config)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"AUTOGLM_RESTART_BACKOFF_INITIAL": "0"}, "restart_backoff_initial must be positive"),
+        ({"AUTOGLM_RESTART_BACKOFF_MAX": "0.5"}, "must be at least restart_backoff_initial"),
+        ({"AUTOGLM_MAX_RESTARTS_PER_WINDOW": "-1"}, "max_restarts_per_window must be 0 or more"),
+        ({"AUTOGLM_RESTART_WINDOW": "-3"}, "restart_window must be positive"),
+        ({"AUTOGLM_STREAM_BUFFER_MESSAGES": "0"}, "stream_buffer_messages must be at least 1"),
+    ],
+)
+def test_supervision_and_buffer_settings_are_checked(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings.from_sources({}, environ=environ)
