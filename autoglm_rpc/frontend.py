@@ -76,6 +76,12 @@ class ServedModel:
     facts: CheckpointFacts
     max_context_tokens: int
     default_max_new_tokens: int
+    max_prompt_chars: int = 0  # 0: PROMPT_CHARS_PER_TOKEN per token of the context
+
+
+# A prompt's characters per context token beyond which it is refused before tokenizing (tokenizing costs time;
+# such a prompt would almost surely be over the context anyway). `max_prompt_chars` overrides it.
+PROMPT_CHARS_PER_TOKEN = 16
 
 
 class Frontend:
@@ -91,11 +97,38 @@ class Frontend:
         if name and name != self.model.model_id:
             raise errors.ModelNotFound(name, self.model.model_id)
 
-    def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of a prompt, as the model will see them."""
+    @property
+    def vocab_size(self) -> int:
+        """Token ids below this are valid: the tokenizer's vocabulary, capped by the model's embedding rows."""
+        size = self.model.tokenizer.vocab_size
+        loaded = self.pool.model
+        return min(size, loaded.vocab_size) if loaded else size
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.model.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * self.model.max_context_tokens
+
+    def check_prompt_size(self, prompt: Prompt) -> None:
+        """Refuse a prompt that is clearly too long before any tokenizing: its characters, or its token ids."""
         match prompt:
             case TokenPrompt(ids=ids):
-                vocab_size = self.model.tokenizer.vocab_size
+                size, unit, limit = len(ids), "token ids", self.model.max_context_tokens - 1
+            case ChatPrompt(messages=messages):
+                size, unit, limit = sum(len(m.content) for m in messages), "characters", self.max_prompt_chars
+            case str():
+                size, unit, limit = len(prompt), "characters", self.max_prompt_chars
+        if size > limit:
+            raise errors.PromptTooLong(
+                f"the prompt has {size} {unit}; at most {limit} are accepted "
+                f"(the context limit is {self.model.max_context_tokens} tokens)"
+            )
+
+    def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a prompt, as the model will see them."""
+        self.check_prompt_size(prompt)
+        match prompt:
+            case TokenPrompt(ids=ids):
+                vocab_size = self.vocab_size
                 bad = next((i for i in ids if i >= vocab_size), None)
                 if bad is not None:
                     raise errors.InvalidParameter(
@@ -121,10 +154,12 @@ class Frontend:
         if not prompt_ids:
             raise errors.InvalidParameter("prompt", "the prompt has no tokens")
         max_new_tokens = self._max_new_tokens(len(prompt_ids), request.stopping.max_new_tokens)
-        vocab_size = self.model.tokenizer.vocab_size
+        vocab_size = self.vocab_size
         bad_stop = next((i for i in request.stopping.stop_token_ids if i >= vocab_size), None)
         if bad_stop is not None:
             raise errors.InvalidParameter("stopping.stop_token_ids", f"{bad_stop} is outside the vocabulary")
+        if request.output.top_logprobs > vocab_size:
+            raise errors.InvalidParameter("output.top_logprobs", f"must not exceed the vocabulary ({vocab_size})")
         stop = request.stopping
         return Submit(
             request_id=request.request_id or uuid.uuid4().hex,

@@ -24,7 +24,9 @@ from autoglm_rpc.devices import plan_workers
 from autoglm_rpc.frontend import Frontend, ServedModel
 from autoglm_rpc.model_source import default_model_id, resolve_model_source
 from autoglm_rpc.pool.pool import WorkerPool
+from autoglm_rpc.requests import RequestLimits
 from autoglm_rpc.servicers.generation import Checked, GenerationServicer
+from autoglm_rpc.servicers.malformed import MalformedRequestInterceptor
 from autoglm_rpc.servicers.model import ModelServicer
 from autoglm_rpc.text.checkpoint import read_checkpoint_facts
 from autoglm_rpc.text.tokenizer import TextTokenizer
@@ -117,6 +119,7 @@ def load_served_model(settings: Settings) -> ServedModel:
         facts=facts,
         max_context_tokens=max_context,
         default_max_new_tokens=settings.default_max_new_tokens,
+        max_prompt_chars=settings.max_prompt_chars or 0,
     )
 
 
@@ -125,8 +128,12 @@ def build_app(settings: Settings) -> App:
     served = load_served_model(settings)
     pool = WorkerPool(plan_workers(settings, served), settings.max_queue_depth)
     frontend = Frontend(served, pool)
-    server = grpc.aio.server(options=server_options(settings))
-    server.add_generic_rpc_handlers((_generation_handlers(GenerationServicer(frontend)),))
+    interceptors = [MalformedRequestInterceptor()]
+    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
+    limits = RequestLimits(
+        settings.max_stop_sequences, settings.max_stop_sequence_chars, settings.max_top_logprobs
+    )
+    server.add_generic_rpc_handlers((_generation_handlers(GenerationServicer(frontend, limits)),))
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(frontend, settings.reflection), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

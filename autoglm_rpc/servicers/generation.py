@@ -14,7 +14,7 @@ from autoglm.v1 import generation_pb2, types_pb2
 from autoglm_rpc import convert
 from autoglm_rpc.errors import InvalidParameter
 from autoglm_rpc.frontend import Frontend
-from autoglm_rpc.requests import Admitted, Completed, GenerationRequest, TextDelta
+from autoglm_rpc.requests import Admitted, Completed, GenerationRequest, RequestLimits, TextDelta
 from autoglm_rpc.servicers import errors
 from workers.protocol import TokenLogprob
 
@@ -42,14 +42,15 @@ def _call_facts(context: grpc.aio.ServicerContext) -> tuple[float | None, dict[s
 
 
 class GenerationServicer:
-    def __init__(self, frontend: Frontend) -> None:
+    def __init__(self, frontend: Frontend, limits: RequestLimits = convert.DEFAULT_LIMITS) -> None:
         self._frontend = frontend
+        self._limits = limits
 
     @errors.unary
     async def Generate(
         self, request: Checked[generation_pb2.GenerateRequest], context: grpc.aio.ServicerContext
     ) -> generation_pb2.GenerateResponse:
-        parsed = convert.generation_request(request.message, request.num_inputs)
+        parsed = convert.generation_request(request.message, request.num_inputs, self._limits)
         deadline, carrier = _call_facts(context)
         request_id = ""
         async with aclosing(self._frontend.generate(parsed, deadline, carrier)) as events:
@@ -67,7 +68,7 @@ class GenerationServicer:
     async def GenerateStream(
         self, request: Checked[generation_pb2.GenerateStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
-        parsed = convert.generation_request(request.message, request.num_inputs)
+        parsed = convert.generation_request(request.message, request.num_inputs, self._limits)
         deadline, carrier = _call_facts(context)
         batcher = _DeltaBatcher(parsed)
         async with aclosing(self._frontend.generate(parsed, deadline, carrier)) as events:
@@ -115,7 +116,7 @@ class GenerationServicer:
     async def Tokenize(
         self, request: generation_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.TokenizeResponse:
-        self._frontend.check_model(request.model)
+        self._frontend.check_model(convert.model_name(request.model))
         add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True
         match request.WhichOneof("input"):
             case "text":
