@@ -31,6 +31,7 @@ from autoglm_rpc.requests import (
     Timings,
     TokenPrompt,
 )
+from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.text.checkpoint import CheckpointFacts
 from autoglm_rpc.text.output import TextStream
 from autoglm_rpc.text.tokenizer import ChatTemplateError, ChatTemplateMissing, TextTokenizer
@@ -87,9 +88,15 @@ PROMPT_CHARS_PER_TOKEN = 16
 class Frontend:
     """Runs requests against one served model through a `WorkerPool`. Lives on the event loop."""
 
-    def __init__(self, model: ServedModel, pool: WorkerPool) -> None:
+    def __init__(self, model: ServedModel, pool: WorkerPool, limiter: RateLimiter | None = None) -> None:
         self.model = model
         self.pool = pool
+        self.limiter = limiter or RateLimiter()
+        self._owners: dict[str, str] = {}  # request id -> API key owner, while its caller is attached
+
+    def owner_of(self, request_id: str) -> str | None:
+        """The API key owner of an in-flight request (None without authentication, or when not in flight)."""
+        return self._owners.get(request_id)
 
     # -- resolving ----------------------------------------------------------------------------------------------
 
@@ -213,11 +220,16 @@ class Frontend:
     # -- running ------------------------------------------------------------------------------------------------
 
     async def generate(
-        self, request: GenerationRequest, deadline: float | None = None, carrier: dict[str, str] | None = None
+        self,
+        request: GenerationRequest,
+        deadline: float | None = None,
+        carrier: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> AsyncIterator[GenerationEvent]:
         """Yield `Admitted`, then `TextDelta`s, then one `Completed`; raise `ServiceError` on failure.
 
         Closing the iterator early (the caller cancelled or its deadline passed) cancels the work in the worker.
+        `owner` (the API key's owner) is charged the tokens (rate limits) and may cancel the request.
         """
         arrival = time.monotonic()
         if _is_long(request.prompt):
@@ -225,7 +237,7 @@ class Frontend:
             submit = await asyncio.to_thread(self.resolve, request, deadline, carrier or {})
         else:
             submit = self.resolve(request, deadline, carrier or {})
-        flight = self.pool.submit(submit)
+        flight = self._admit(submit, owner)
         text = TextStream(
             self.model.tokenizer,
             request.stopping.stop_sequences,
@@ -242,6 +254,22 @@ class Frontend:
             if not run.is_done or run.must_cancel:
                 self.pool.cancel(submit.request_id)
             self.pool.detach(submit.request_id)
+            self._owners.pop(submit.request_id, None)
+            self.limiter.refund_tokens(owner, submit.stopping.max_new_tokens - len(text.token_ids))
+
+    def _admit(self, submit: Submit, owner: str | None) -> InFlight:
+        """Charge the owner's token budget (prompt + max_new_tokens, the unused part refunded at the end), then
+        hand the request to the pool."""
+        cost = len(submit.prompt_ids) + submit.stopping.max_new_tokens
+        self.limiter.reserve_tokens(owner, cost)
+        try:
+            flight = self.pool.submit(submit)
+        except BaseException:
+            self.limiter.refund_tokens(owner, cost)
+            raise
+        if owner is not None:
+            self._owners[submit.request_id] = owner
+        return flight
 
 
 def _is_long(prompt: Prompt) -> bool:

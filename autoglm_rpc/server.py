@@ -25,6 +25,10 @@ from autoglm_rpc.frontend import Frontend, ServedModel
 from autoglm_rpc.model_source import default_model_id, resolve_model_source
 from autoglm_rpc.pool.pool import WorkerPool
 from autoglm_rpc.requests import RequestLimits
+from autoglm_rpc.security import tls
+from autoglm_rpc.security.auth import AuthInterceptor
+from autoglm_rpc.security.keys import ApiKeys
+from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.servicers.generation import Checked, GenerationServicer
 from autoglm_rpc.servicers.malformed import MalformedRequestInterceptor
 from autoglm_rpc.servicers.model import ModelServicer
@@ -127,8 +131,14 @@ def build_app(settings: Settings) -> App:
     """Build the server bound to settings.host:settings.port (port 0: any free port); nothing runs yet."""
     served = load_served_model(settings)
     pool = WorkerPool(plan_workers(settings, served), settings.max_queue_depth)
-    frontend = Frontend(served, pool)
-    interceptors = [MalformedRequestInterceptor()]
+    limiter = RateLimiter(settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute)
+    frontend = Frontend(served, pool, limiter)
+    keys = ApiKeys.from_settings(settings.api_keys_file, settings.api_keys)
+    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
+    if keys is not None:
+        logger.info("API keys required (%d key(s) of %d owner(s)); health stays open", len(keys.entries),
+                    len(keys.names))  # fmt: skip
+        interceptors.insert(0, AuthInterceptor(keys))
     server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
     limits = RequestLimits(
         settings.max_stop_sequences, settings.max_stop_sequence_chars, settings.max_top_logprobs
@@ -140,7 +150,13 @@ def build_app(settings: Settings) -> App:
     if settings.reflection:
         names = (GENERATION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        credentials = tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        port = server.add_secure_port(address, credentials)
+        logger.info("TLS on; client certificates %s", "required" if settings.tls_client_ca else "not required")
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     return App(settings, server, port, pool, frontend, health_servicer)
