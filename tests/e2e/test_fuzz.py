@@ -36,11 +36,91 @@ STREAM_METHOD = "/autoglm.v1.GenerationService/GenerateStream"
 U32 = 2**32 - 1
 
 absurd_floats = st.floats(width=32, allow_nan=True, allow_infinity=True)
-small_or_huge = st.one_of(
-    st.integers(0, 8), st.sampled_from([0, 1, 511, 512, 2**31 - 1, U32]), st.integers(0, U32)
-)
-token_ids = st.one_of(st.integers(0, 700), st.integers(0, U32))
-texts = st.one_of(st.text(max_size=40), st.sampled_from(["", "x" * 300, "\x00", "\ud7ff", "你好" * 10]))
+absurd_ints = st.one_of(st.sampled_from([0, 1, 511, 512, 2**31 - 1, U32]), st.integers(0, U32))
+absurd_token_ids = st.lists(st.one_of(st.integers(0, 700), st.integers(0, U32)), max_size=70)
+absurd_texts = st.one_of(st.text(max_size=40), st.sampled_from(["", "x" * 300, "\x00", "你好" * 10]))
+valid_texts = st.text(min_size=1, max_size=30)
+FIELDS = (
+    "request_id", "model", "priority", "input", "temperature", "top_p", "top_k", "repetition_penalty", "seed",
+    "max_new_tokens", "min_new_tokens", "stop_sequences", "stop_token_ids", "max_generation_time",
+    "top_logprobs", "min_tokens_per_message",
+)  # fmt: skip
+
+
+@st.composite
+def generate_requests(draw: st.DrawFn) -> generation_pb2.GenerateStreamRequest:
+    """A GenerateStreamRequest (a superset of GenerateRequest on the wire): a few fields, maybe none, take
+    absurd values and the rest valid ones, so that both refusals and real generations are exercised."""
+    broken = draw(st.sets(st.sampled_from(FIELDS), max_size=3), label="broken fields")
+
+    def pick(name: str, valid: st.SearchStrategy, absurd: st.SearchStrategy):
+        return draw(absurd if name in broken else valid, label=name)
+
+    message = generation_pb2.GenerateStreamRequest(
+        request_id=pick("request_id", st.just(""), absurd_texts),
+        model=pick("model", st.sampled_from(["", "tiny-glm"]), st.sampled_from(["gpt-17", "m" * 300])),
+        priority=pick("priority", st.integers(0, 3), st.integers(-(2**31), 2**31 - 1)),
+    )
+    _set_input(message, draw, "input" in broken)
+    sampling = message.sampling
+    for name, valid in (("temperature", st.floats(0, 2)), ("top_p", st.floats(0.05, 1)),
+                        ("repetition_penalty", st.floats(0.5, 2))):  # fmt: skip
+        if draw(st.booleans()) or name in broken:
+            setattr(sampling, name, pick(name, valid, absurd_floats))
+    if draw(st.booleans()) or "top_k" in broken:
+        sampling.top_k = pick("top_k", st.integers(0, 50), absurd_ints)
+    if draw(st.booleans()) or "seed" in broken:
+        sampling.seed = pick("seed", st.integers(0, 2**63 - 1), st.integers(0, 2**64 - 1))
+    _set_stopping(message.stopping, pick)
+    output = message.output
+    output.return_token_ids, output.return_logprobs = draw(st.booleans()), draw(st.booleans())
+    output.top_logprobs = pick("top_logprobs", st.integers(0, 5 if output.return_logprobs else 0),
+                               st.sampled_from([1, 21, 700, U32]))  # fmt: skip
+    if draw(st.booleans()):
+        output.skip_special_tokens = draw(st.booleans())
+    message.stream_options.min_tokens_per_message = pick(
+        "min_tokens_per_message", st.integers(0, 4), st.sampled_from([5000, U32])
+    )
+    return message
+
+
+def _set_input(message: generation_pb2.GenerateStreamRequest, draw: st.DrawFn, is_broken: bool) -> None:
+    kind = draw(st.sampled_from(["prompt", "chat", "ids"] + (["none"] if is_broken else [])))
+    roles = absurd_texts if is_broken else st.sampled_from(["user", "system", "assistant"])
+    match kind:
+        case "prompt":
+            message.prompt = draw(absurd_texts if is_broken else valid_texts)
+        case "chat":
+            message.chat.SetInParent()
+            turns = draw(st.lists(st.tuples(roles, valid_texts), min_size=0 if is_broken else 1, max_size=3))
+            for role, content in turns:
+                message.chat.messages.add(role=role, content=content)
+            if draw(st.booleans()):
+                message.chat.add_generation_prompt = draw(st.booleans())
+        case "ids":
+            message.prompt_token_ids.SetInParent()
+            ids = absurd_token_ids if is_broken else st.lists(st.integers(0, 500), min_size=1, max_size=8)
+            message.prompt_token_ids.ids.extend(draw(ids))
+
+
+def _set_stopping(stopping, pick) -> None:
+    max_new = pick("max_new_tokens", st.integers(1, 8), absurd_ints)
+    stopping.max_new_tokens = max_new
+    stopping.min_new_tokens = pick("min_new_tokens", st.integers(0, min(max_new, 4)), st.sampled_from([9, U32]))
+    stopping.stop_sequences.extend(
+        pick("stop_sequences", st.lists(valid_texts, max_size=3), st.lists(absurd_texts, min_size=1, max_size=18))
+    )
+    stopping.stop_token_ids.extend(
+        pick("stop_token_ids", st.lists(st.integers(0, 500), max_size=3), absurd_token_ids)
+    )
+    stopping.ignore_eos = pick("ignore_eos", st.booleans(), st.booleans())
+    stopping.include_stop_sequence = pick("include_stop_sequence", st.booleans(), st.booleans())
+    seconds, nanos = pick(
+        "max_generation_time",
+        st.tuples(st.integers(1, 30), st.integers(0, 999_999_999)),
+        st.tuples(st.sampled_from([-1, 0, 10**12, 2**62]), st.sampled_from([-1, 0, 5, 10**9])),
+    )
+    stopping.max_generation_time.seconds, stopping.max_generation_time.nanos = seconds, nanos
 
 
 def _varint(value: int) -> bytes:
@@ -57,57 +137,11 @@ def _length_delimited(number: int, payload: bytes) -> bytes:
 
 
 @st.composite
-def generate_requests(draw: st.DrawFn) -> generation_pb2.GenerateStreamRequest:
-    """A GenerateStreamRequest (a superset of GenerateRequest on the wire) with any field set to anything."""
-    message = generation_pb2.GenerateStreamRequest(
-        request_id=draw(st.one_of(st.just(""), texts)),
-        model=draw(st.sampled_from(["", "tiny-glm", "gpt-17", "m" * 300])),
-        priority=draw(st.integers(-(2**31), 2**31 - 1) | st.integers(0, 4)),
-    )
-    match draw(st.sampled_from(["prompt", "chat", "ids", "none"])):
-        case "prompt":
-            message.prompt = draw(texts)
-        case "chat":
-            message.chat.SetInParent()
-            for role, content in draw(st.lists(st.tuples(texts, texts), max_size=3)):
-                message.chat.messages.add(role=role, content=content)
-            if draw(st.booleans()):
-                message.chat.add_generation_prompt = draw(st.booleans())
-        case "ids":
-            message.prompt_token_ids.SetInParent()
-            message.prompt_token_ids.ids.extend(draw(st.lists(token_ids, max_size=8)))
-    for name in ("temperature", "top_p", "repetition_penalty"):
-        if draw(st.booleans()):
-            setattr(message.sampling, name, draw(absurd_floats))
-    if draw(st.booleans()):
-        message.sampling.top_k = draw(small_or_huge)
-    if draw(st.booleans()):
-        message.sampling.seed = draw(st.integers(0, 2**64 - 1))
-    stopping = message.stopping
-    if draw(st.booleans()):
-        stopping.max_new_tokens = draw(small_or_huge)
-    stopping.min_new_tokens = draw(st.sampled_from([0, 2, 9, U32]))
-    stopping.stop_sequences.extend(draw(st.lists(texts, max_size=18)))
-    stopping.stop_token_ids.extend(draw(st.lists(token_ids, max_size=66)))
-    stopping.ignore_eos = draw(st.booleans())
-    stopping.include_stop_sequence = draw(st.booleans())
-    if draw(st.booleans()):
-        stopping.max_generation_time.seconds = draw(st.sampled_from([-1, 0, 1, 10**12, 2**62]))
-        stopping.max_generation_time.nanos = draw(st.sampled_from([-1, 0, 5, 10**9]))
-    message.output.return_token_ids = draw(st.booleans())
-    message.output.return_logprobs = draw(st.booleans())
-    message.output.top_logprobs = draw(st.sampled_from([0, 1, 5, 21, 700, U32]))
-    if draw(st.booleans()):
-        message.output.skip_special_tokens = draw(st.booleans())
-    message.stream_options.min_tokens_per_message = draw(st.sampled_from([0, 1, 3, 5000, U32]))
-    return message
-
-
-@st.composite
 def wire_bytes(draw: st.DrawFn, message: generation_pb2.GenerateStreamRequest) -> bytes:
     """The message's bytes, maybe mangled: a string with invalid UTF-8, a truncation, or garbage."""
     data = message.SerializeToString()
-    match draw(st.sampled_from(["as is", "as is", "bad utf-8", "bad nested utf-8", "truncated", "garbage"])):
+    mangling = ["as is"] * 6 + ["bad utf-8", "bad nested utf-8", "truncated", "garbage"]
+    match draw(st.sampled_from(mangling)):
         case "bad utf-8":  # request_id, model or prompt
             data += _length_delimited(
                 draw(st.sampled_from([1, 2, 3])), draw(st.sampled_from([b"\xff", b"a\xc3("]))
@@ -140,7 +174,7 @@ def raw_channel(glm_server: ServerThread):
 
 
 @settings(
-    max_examples=150,
+    max_examples=400,
     derandomize=True,
     deadline=None,
     database=None,
