@@ -1,4 +1,4 @@
-"""The `autoglm-rpc` command: `serve`, `generate` (a streaming terminal client) and `demo-model`.
+"""The `autoglm-rpc` command: `serve`, `generate` (a streaming terminal client), `hash-key` and `demo-model`.
 
 Every `serve` flag can also come from an `AUTOGLM_<NAME>` variable or a TOML file (see `config.py`). Logs go to
 stderr; `generate` writes only the generated text to stdout.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from autoglm_rpc.telemetry.logs import setup_logging
 from workers.protocol import DECODE_MODES
 
 logger = logging.getLogger("autoglm_rpc")
+API_KEY_VARIABLE = "AUTOGLM_API_KEY"  # the key `generate` sends, unless --api-key-file names a file
 
 
 def _serve_parser(commands: argparse._SubParsersAction) -> None:
@@ -63,6 +65,22 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--trust-remote-code", action="store_const", const=True, help="run a checkpoint's own code")
     serve.add_argument("--allow-download", action="store_const", const=True, help="let a hub id be downloaded")
     serve.add_argument("--log-level", type=str.upper, help="DEBUG, INFO (default), WARNING or ERROR")
+    limits = serve.add_argument_group("request limits")
+    limits.add_argument("--max-stop-sequences", type=int, help="stop sequences per request (default 16)")
+    limits.add_argument("--max-stop-sequence-chars", type=int, help="characters per stop sequence (default 256)")
+    limits.add_argument("--max-top-logprobs", type=int, help="output.top_logprobs at most (default 20)")
+    limits.add_argument("--max-prompt-chars", type=int, help="prompt characters (default 16 per context token)")
+    security = serve.add_argument_group("security")
+    security.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
+    security.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    security.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
+    security.add_argument("--api-keys-file", help="file of `sha256:<hex>  <name>` lines: calls need a key")
+    security.add_argument("--rate-limit-requests-per-minute", type=int, help="per key; 0 = off (default)")
+    security.add_argument("--rate-limit-tokens-per-minute", type=int, help="per key; 0 = off (default)")
+    security.add_argument("--weights-manifest", help="sha256sum-format file the checkpoint's files must match")
+    security.add_argument(
+        "--allow-pickle-weights", action="store_const", const=True, help="load .bin weights (pickle can run code)"
+    )
     _observability_flags(serve)
 
 
@@ -102,6 +120,13 @@ def _generate_parser(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--stop", action="append", default=[], help="a stop sequence (repeatable)")
     generate.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the server to be ready")
     generate.add_argument("--timeout", type=float, help="deadline of the call in seconds")
+    generate.add_argument("--tls", action="store_true", help="use TLS (implied by the three options below)")
+    generate.add_argument("--tls-ca", help="PEM roots to verify the server with (default: the system's)")
+    generate.add_argument("--tls-cert", help="PEM client certificate chain (mutual TLS)")
+    generate.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    generate.add_argument(
+        "--api-key-file", help=f"file holding the API key (default: the {API_KEY_VARIABLE} variable)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _serve_parser(commands)
     _generate_parser(commands)
+    hash_key = commands.add_parser("hash-key", help="print the keys-file line for an API key read from stdin")
+    hash_key.add_argument("--name", required=True, help="who the key belongs to (owner of its requests)")
     demo = commands.add_parser("demo-model", help="build the tiny random-weight demo checkpoint")
     demo.add_argument("--output", default=".demo-model", help="directory to write (default .demo-model)")
     demo.add_argument("--if-missing", action="store_true", help="do nothing if the directory holds a checkpoint")
@@ -149,7 +176,19 @@ def _generate(args: argparse.Namespace) -> int:
         "stop": args.stop,
     }
     prompt = {"chat": [("user", args.prompt)]} if args.chat else {"prompt": args.prompt}
-    with Client(args.target) as client:
+    try:
+        api_key = Path(args.api_key_file).read_text().strip() if args.api_key_file else None
+    except OSError as exc:
+        sys.stderr.write(f"autoglm-rpc generate: --api-key-file: {exc}\n")
+        return 2
+    security = {
+        "api_key": api_key or os.environ.get(API_KEY_VARIABLE) or None,
+        "tls": args.tls,
+        "root_certificates": args.tls_ca,
+        "certificate_chain": args.tls_cert,
+        "private_key": args.tls_key,
+    }
+    with Client(args.target, **security) as client:
         try:
             client.wait_until_ready(args.wait)
             for message in client.stream(timeout=args.timeout, **prompt, **options):
@@ -171,6 +210,18 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hash_key(args: argparse.Namespace) -> int:
+    from autoglm_rpc.security.keys import key_line
+
+    key = sys.stdin.readline().rstrip("\r\n")
+    try:
+        sys.stdout.write(key_line(key, args.name) + "\n")
+    except ValueError as exc:
+        sys.stderr.write(f"autoglm-rpc hash-key: {exc}\n")
+        return 2
+    return 0
+
+
 def _demo_model(args: argparse.Namespace) -> int:
     _setup_logging()
     output = Path(args.output)
@@ -186,7 +237,7 @@ def _demo_model(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": _serve, "generate": _generate, "demo-model": _demo_model}
+    handlers = {"serve": _serve, "generate": _generate, "hash-key": _hash_key, "demo-model": _demo_model}
     return handlers[args.command](args)
 
 

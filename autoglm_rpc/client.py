@@ -7,12 +7,17 @@
 
 Failures raise `AutoglmError`, which carries the gRPC status code, the contract's reason (such as
 "PROMPT_TOO_LONG" or "QUEUE_FULL") and, where the server suggests one, how long to wait before retrying.
+
+Security: `api_key` is sent as `authorization: Bearer <key>` with every call; `tls=True` (implied by any of
+`root_certificates`, `certificate_chain`, `private_key`: PEM bytes or a file path) opens a TLS channel, verified
+against the system's roots or `root_certificates`, presenting a client certificate for mutual TLS.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -100,11 +105,49 @@ def build_request(
     return request
 
 
+Pem = bytes | str | Path
+
+
+def _pem(value: Pem | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def channel_credentials(
+    root_certificates: Pem | None = None, certificate_chain: Pem | None = None, private_key: Pem | None = None
+) -> grpc.ChannelCredentials:
+    """TLS: trust `root_certificates` (default: the system's roots); present a client certificate if given."""
+    return grpc.ssl_channel_credentials(_pem(root_certificates), _pem(private_key), _pem(certificate_chain))
+
+
+def _uses_tls(tls: bool, *pems: Pem | None) -> bool:
+    return tls or any(pem is not None for pem in pems)
+
+
+def _auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else None
+
+
 class Client:
     """A blocking client. Every call accepts `timeout` (seconds) and raises AutoglmError on failure."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", *, channel: grpc.Channel | None = None) -> None:
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        channel: grpc.Channel | None = None,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
+    ) -> None:
+        if channel is None and _uses_tls(tls, root_certificates, certificate_chain, private_key):
+            credentials = channel_credentials(root_certificates, certificate_chain, private_key)
+            channel = grpc.secure_channel(target, credentials)
         self._channel = channel or grpc.insecure_channel(target)
+        self._metadata = _auth_metadata(api_key)
         self._generation = generation_pb2_grpc.GenerationServiceStub(self._channel)
         self._models = model_pb2_grpc.ModelServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -120,14 +163,14 @@ class Client:
 
     def generate(self, prompt: str | None = None, *, timeout: float | None = None, **options: Any):
         request = build_request(generation_pb2.GenerateRequest, prompt, **options)
-        return _call(self._generation.Generate, request, timeout)
+        return _call(self._generation.Generate, request, timeout, self._metadata)
 
     def stream(
         self, prompt: str | None = None, *, timeout: float | None = None, **options: Any
     ) -> Iterator[generation_pb2.GenerateStreamResponse]:
         """Yield the stream's messages; closing the iterator early cancels the call (and the work)."""
         request = build_request(generation_pb2.GenerateStreamRequest, prompt, **options)
-        call = self._generation.GenerateStream(request, timeout=timeout)
+        call = self._generation.GenerateStream(request, timeout=timeout, metadata=self._metadata)
         try:
             yield from call
         except grpc.RpcError as error:
@@ -137,16 +180,17 @@ class Client:
 
     def cancel(self, *request_ids: str, timeout: float | None = None) -> generation_pb2.CancelGenerationResponse:
         request = generation_pb2.CancelGenerationRequest(request_ids=request_ids)
-        return _call(self._generation.CancelGeneration, request, timeout)
+        return _call(self._generation.CancelGeneration, request, timeout, self._metadata)
 
     def tokenize(self, text: str, *, timeout: float | None = None) -> generation_pb2.TokenizeResponse:
-        return _call(self._generation.Tokenize, generation_pb2.TokenizeRequest(text=text), timeout)
+        request = generation_pb2.TokenizeRequest(text=text)
+        return _call(self._generation.Tokenize, request, timeout, self._metadata)
 
     def list_models(self, *, timeout: float | None = None) -> model_pb2.ListModelsResponse:
-        return _call(self._models.ListModels, model_pb2.ListModelsRequest(), timeout)
+        return _call(self._models.ListModels, model_pb2.ListModelsRequest(), timeout, self._metadata)
 
     def server_info(self, *, timeout: float | None = None) -> model_pb2.GetServerInfoResponse:
-        return _call(self._models.GetServerInfo, model_pb2.GetServerInfoRequest(), timeout)
+        return _call(self._models.GetServerInfo, model_pb2.GetServerInfoRequest(), timeout, self._metadata)
 
     def wait_until_ready(self, timeout: float = 600.0) -> None:
         """Block until readiness is SERVING (the model is loaded); raise AutoglmError at `timeout`."""
@@ -162,9 +206,9 @@ class Client:
         raise AutoglmError(grpc.StatusCode.UNAVAILABLE, f"not ready ({remaining:.0f}s left of the timeout)")
 
 
-def _call(method: Any, request: Any, timeout: float | None) -> Any:
+def _call(method: Any, request: Any, timeout: float | None, metadata: Any = None) -> Any:
     try:
-        return method(request, timeout=timeout)
+        return method(request, timeout=timeout, metadata=metadata)
     except grpc.RpcError as error:
         raise error_from_rpc(error) from None
 
@@ -172,8 +216,22 @@ def _call(method: Any, request: Any, timeout: float | None) -> Any:
 class AsyncClient:
     """The asyncio twin of `Client`, on a grpc.aio channel."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", *, channel: grpc.aio.Channel | None = None) -> None:
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        channel: grpc.aio.Channel | None = None,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
+    ) -> None:
+        if channel is None and _uses_tls(tls, root_certificates, certificate_chain, private_key):
+            credentials = channel_credentials(root_certificates, certificate_chain, private_key)
+            channel = grpc.aio.secure_channel(target, credentials)
         self._channel = channel or grpc.aio.insecure_channel(target)
+        self._metadata = _auth_metadata(api_key)
         self._generation = generation_pb2_grpc.GenerationServiceStub(self._channel)
         self._models = model_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -188,14 +246,14 @@ class AsyncClient:
 
     async def generate(self, prompt: str | None = None, *, timeout: float | None = None, **options: Any):
         request = build_request(generation_pb2.GenerateRequest, prompt, **options)
-        return await _acall(self._generation.Generate, request, timeout)
+        return await _acall(self._generation.Generate, request, timeout, self._metadata)
 
     async def stream(
         self, prompt: str | None = None, *, timeout: float | None = None, **options: Any
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         """Yield the stream's messages; leaving the loop early cancels the call (and the work)."""
         request = build_request(generation_pb2.GenerateStreamRequest, prompt, **options)
-        call = self._generation.GenerateStream(request, timeout=timeout)
+        call = self._generation.GenerateStream(request, timeout=timeout, metadata=self._metadata)
         try:
             async for message in call:
                 yield message
@@ -206,21 +264,23 @@ class AsyncClient:
 
     async def cancel(self, *request_ids: str, timeout: float | None = None):
         request = generation_pb2.CancelGenerationRequest(request_ids=request_ids)
-        return await _acall(self._generation.CancelGeneration, request, timeout)
+        return await _acall(self._generation.CancelGeneration, request, timeout, self._metadata)
 
     async def tokenize(self, text: str, *, timeout: float | None = None) -> generation_pb2.TokenizeResponse:
-        return await _acall(self._generation.Tokenize, generation_pb2.TokenizeRequest(text=text), timeout)
+        request = generation_pb2.TokenizeRequest(text=text)
+        return await _acall(self._generation.Tokenize, request, timeout, self._metadata)
 
     async def list_models(self, *, timeout: float | None = None) -> model_pb2.ListModelsResponse:
-        return await _acall(self._models.ListModels, model_pb2.ListModelsRequest(), timeout)
+        return await _acall(self._models.ListModels, model_pb2.ListModelsRequest(), timeout, self._metadata)
 
     async def server_info(self, *, timeout: float | None = None) -> model_pb2.GetServerInfoResponse:
-        return await _acall(self._models.GetServerInfo, model_pb2.GetServerInfoRequest(), timeout)
+        request = model_pb2.GetServerInfoRequest()
+        return await _acall(self._models.GetServerInfo, request, timeout, self._metadata)
 
 
-async def _acall(method: Any, request: Any, timeout: float | None) -> Any:
+async def _acall(method: Any, request: Any, timeout: float | None, metadata: Any = None) -> Any:
     try:
-        return await method(request, timeout=timeout)
+        return await method(request, timeout=timeout, metadata=metadata)
     except grpc.RpcError as error:
         raise error_from_rpc(error) from None
 

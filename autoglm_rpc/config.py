@@ -84,6 +84,21 @@ class Settings:
     kernel_capture: str = "request"  # off, request (x-autoglm-profile: kernels), always (rate-limited)
     kernel_capture_interval: float = 10.0  # at least this many seconds between profiled steps, per worker
     kernel_capture_top_k: int = 0  # spans for the K longest kernels (or CPU operators) of a profiled step
+    # Request limits (bad input is refused with INVALID_ARGUMENT naming the field).
+    max_stop_sequences: int = 16
+    max_stop_sequence_chars: int = 256
+    max_top_logprobs: int = 20
+    max_prompt_chars: int | None = None  # text of one prompt or chat; default: 16 per token of the context
+    # Security: TLS (mutual when tls_client_ca is set), API keys, per-key rate limits, checkpoint integrity.
+    tls_cert: str | None = None  # PEM certificate chain of the server
+    tls_key: str | None = None  # PEM private key of the server
+    tls_client_ca: str | None = None  # PEM CA bundle: clients must present a certificate it signed
+    api_keys_file: str | None = None  # lines of `sha256:<hex>  <name>`; when set (or api_keys), calls need a key
+    api_keys: str | None = None  # the same lines inline (newline- or comma-separated), e.g. from a secret
+    rate_limit_requests_per_minute: int = 0  # per key (or for all callers when no keys are set); 0 = off
+    rate_limit_tokens_per_minute: int = 0  # prompt + max_new_tokens reserved per key, unused part refunded
+    weights_manifest: str | None = None  # `sha256sum`-format file every checkpoint file must match
+    allow_pickle_weights: bool = False  # let .bin/.pt weights (pickle: can run code) load when no safetensors
 
     @classmethod
     def from_sources(
@@ -139,6 +154,8 @@ class Settings:
         if self.worker_start_timeout <= 0 or self.grace_period < 0:
             raise ValueError("worker_start_timeout must be positive and grace_period not negative")
         self._validate_supervision()
+        self._validate_limits()
+        self._validate_security()
 
     def _validate_supervision(self) -> None:
         for name in ("restart_backoff_initial", "restart_backoff_max", "restart_window"):
@@ -169,6 +186,22 @@ class Settings:
             raise ValueError(f"kernel_capture_interval must be 0 or more, got {self.kernel_capture_interval}")
         if not 0 <= self.kernel_capture_top_k <= 1000:
             raise ValueError(f"kernel_capture_top_k must be in 0..1000, got {self.kernel_capture_top_k}")
+
+    def _validate_limits(self) -> None:
+        for name in ("max_stop_sequences", "max_stop_sequence_chars", "max_top_logprobs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.max_prompt_chars is not None and self.max_prompt_chars < 1:
+            raise ValueError(f"max_prompt_chars must be at least 1, got {self.max_prompt_chars}")
+
+    def _validate_security(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both, or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for name in ("rate_limit_requests_per_minute", "rate_limit_tokens_per_minute"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (off) or more, got {getattr(self, name)}")
 
 
 def _field_names() -> list[str]:

@@ -20,6 +20,7 @@ from autoglm_rpc.requests import (
     GenerationRequest,
     OutputRequest,
     Prompt,
+    RequestLimits,
     SamplingOverrides,
     StopRequest,
     Timings,
@@ -27,13 +28,18 @@ from autoglm_rpc.requests import (
 )
 from workers.protocol import FinishReason, Priority, TokenLogprob
 
+# Fixed bounds; the configurable ones are `RequestLimits` (settings max_stop_sequences, ...).
 MAX_REQUEST_ID_CHARS = 128
-MAX_STOP_SEQUENCES = 16
-MAX_STOP_SEQUENCE_CHARS = 256
+MAX_MODEL_NAME_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
-MAX_TOP_LOGPROBS = 20
 MAX_PROMPT_TOKEN_IDS = 1_000_000
 MAX_CHAT_MESSAGES = 1024
+MAX_ROLE_CHARS = 64
+MAX_TOP_K = 1_000_000
+MAX_MIN_TOKENS_PER_MESSAGE = 4096
+DEFAULT_LIMITS = RequestLimits()
+# Duration's own range (google/protobuf/duration.proto): about 10,000 years.
+_MAX_DURATION_SECONDS = 315_576_000_000
 
 AnyGenerateRequest = generation_pb2.GenerateRequest | generation_pb2.GenerateStreamRequest
 
@@ -58,7 +64,9 @@ FINISH_REASONS = {
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def generation_request(message: AnyGenerateRequest, num_inputs: int = 1) -> GenerationRequest:
+def generation_request(
+    message: AnyGenerateRequest, num_inputs: int = 1, limits: RequestLimits = DEFAULT_LIMITS
+) -> GenerationRequest:
     """Validate a Generate/GenerateStream request. `num_inputs` counts the `input` oneof fields on the wire."""
     if num_inputs > 1:
         raise InvalidParameter("input", "set only one of prompt, chat and prompt_token_ids")
@@ -67,18 +75,27 @@ def generation_request(message: AnyGenerateRequest, num_inputs: int = 1) -> Gene
     min_tokens = 1
     if isinstance(message, generation_pb2.GenerateStreamRequest):
         min_tokens = max(1, message.stream_options.min_tokens_per_message)
-        if min_tokens > 4096:
-            raise InvalidParameter("stream_options.min_tokens_per_message", "must be at most 4096")
+        if min_tokens > MAX_MIN_TOKENS_PER_MESSAGE:
+            raise InvalidParameter(
+                "stream_options.min_tokens_per_message", f"must be at most {MAX_MIN_TOKENS_PER_MESSAGE}"
+            )
     return GenerationRequest(
         prompt=_prompt(message),
         request_id=request_id(message.request_id, "request_id"),
-        model=message.model,
+        model=model_name(message.model),
         sampling=_sampling(message.sampling),
-        stopping=_stopping(message.stopping),
-        output=_output(message.output),
+        stopping=_stopping(message.stopping, limits),
+        output=_output(message.output, limits),
         priority=_PRIORITIES[message.priority],
         min_tokens_per_message=min_tokens,
     )
+
+
+def model_name(value: str, field: str = "model") -> str:
+    """The `model` field: empty (the served model) or a name of sensible length (it is echoed in errors)."""
+    if len(value) > MAX_MODEL_NAME_CHARS:
+        raise InvalidParameter(field, f"at most {MAX_MODEL_NAME_CHARS} characters")
+    return value
 
 
 def request_id(value: str, field: str) -> str:
@@ -114,8 +131,10 @@ def chat_prompt(chat: types_pb2.ChatInput, field: str) -> ChatPrompt:
     if len(chat.messages) > MAX_CHAT_MESSAGES:
         raise InvalidParameter(f"{field}.messages", f"at most {MAX_CHAT_MESSAGES} messages")
     for index, item in enumerate(chat.messages):
-        if not item.role:
-            raise InvalidParameter(f"{field}.messages[{index}].role", "must not be empty")
+        if not 0 < len(item.role) <= MAX_ROLE_CHARS:
+            raise InvalidParameter(
+                f"{field}.messages[{index}].role", f"must have 1 to {MAX_ROLE_CHARS} characters"
+            )
     add = chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True
     return ChatPrompt(tuple(ChatMessage(m.role, m.content) for m in chat.messages), add)
 
@@ -135,8 +154,8 @@ def _sampling(options: types_pb2.SamplingOptions) -> SamplingOverrides:
     top_k, seed = get("top_k"), get("seed")
     if seed is not None and seed >= 2**63:
         raise InvalidParameter("sampling.seed", "must be below 2^63")
-    if top_k is not None and top_k > 1_000_000:
-        raise InvalidParameter("sampling.top_k", "must be at most 1000000 (0 disables)")
+    if top_k is not None and top_k > MAX_TOP_K:
+        raise InvalidParameter("sampling.top_k", f"must be at most {MAX_TOP_K} (0 disables)")
     return SamplingOverrides(
         temperature=None if temperature is None else _in_range("sampling.temperature", temperature, 0, 100),
         top_p=None if top_p is None else _in_range("sampling.top_p", top_p, 0, 1, low_open=True),
@@ -148,27 +167,25 @@ def _sampling(options: types_pb2.SamplingOptions) -> SamplingOverrides:
     )
 
 
-def _stopping(options: types_pb2.StopOptions) -> StopRequest:
+def _stopping(options: types_pb2.StopOptions, limits: RequestLimits) -> StopRequest:
     max_new = options.max_new_tokens if options.HasField("max_new_tokens") else None
     if max_new is not None and max_new < 1:
         raise InvalidParameter("stopping.max_new_tokens", "must be at least 1 (leave it unset for the default)")
     if max_new is not None and options.min_new_tokens > max_new:
         raise InvalidParameter("stopping.min_new_tokens", f"must not exceed max_new_tokens ({max_new})")
     stops = tuple(options.stop_sequences)
-    if len(stops) > MAX_STOP_SEQUENCES:
-        raise InvalidParameter("stopping.stop_sequences", f"at most {MAX_STOP_SEQUENCES}")
+    if len(stops) > limits.max_stop_sequences:
+        raise InvalidParameter("stopping.stop_sequences", f"at most {limits.max_stop_sequences}")
     for index, stop in enumerate(stops):
-        if not 0 < len(stop) <= MAX_STOP_SEQUENCE_CHARS:
+        if not 0 < len(stop) <= limits.max_stop_sequence_chars:
             raise InvalidParameter(
-                f"stopping.stop_sequences[{index}]", f"must have 1 to {MAX_STOP_SEQUENCE_CHARS} characters"
+                f"stopping.stop_sequences[{index}]", f"must have 1 to {limits.max_stop_sequence_chars} characters"
             )
     if len(options.stop_token_ids) > MAX_STOP_TOKEN_IDS:
         raise InvalidParameter("stopping.stop_token_ids", f"at most {MAX_STOP_TOKEN_IDS}")
     time_limit = None
     if options.HasField("max_generation_time"):
-        time_limit = options.max_generation_time.ToNanoseconds() / 1e9
-        if time_limit <= 0:
-            raise InvalidParameter("stopping.max_generation_time", "must be positive")
+        time_limit = _positive_duration("stopping.max_generation_time", options.max_generation_time)
     return StopRequest(
         max_new_tokens=max_new,
         min_new_tokens=options.min_new_tokens,
@@ -180,9 +197,20 @@ def _stopping(options: types_pb2.StopOptions) -> StopRequest:
     )
 
 
-def _output(options: types_pb2.OutputOptions) -> OutputRequest:
-    if options.top_logprobs > MAX_TOP_LOGPROBS:
-        raise InvalidParameter("output.top_logprobs", f"must be at most {MAX_TOP_LOGPROBS}")
+def _positive_duration(field: str, value: duration_pb2.Duration) -> float:
+    """Seconds of a Duration that is valid (its own range, nanos agreeing in sign) and positive."""
+    seconds, nanos = value.seconds, value.nanos
+    if abs(seconds) > _MAX_DURATION_SECONDS or abs(nanos) > 999_999_999 or seconds * nanos < 0:
+        raise InvalidParameter(field, "not a valid Duration")
+    total = seconds + nanos / 1e9
+    if total <= 0:
+        raise InvalidParameter(field, "must be positive")
+    return total
+
+
+def _output(options: types_pb2.OutputOptions, limits: RequestLimits) -> OutputRequest:
+    if options.top_logprobs > limits.max_top_logprobs:
+        raise InvalidParameter("output.top_logprobs", f"must be at most {limits.max_top_logprobs}")
     if options.top_logprobs and not options.return_logprobs:
         raise InvalidParameter("output.top_logprobs", "needs output.return_logprobs")
     skip = options.skip_special_tokens if options.HasField("skip_special_tokens") else True

@@ -68,6 +68,8 @@ def plan_workers(settings: Settings, served: ServedModel, gpus: list[str] | None
             num_threads=settings.worker_threads,
             cuda_visible_devices=gpus[index] if device == "cuda" else None,
             log_level=settings.log_level,
+            weights_manifest=settings.weights_manifest,
+            allow_pickle_weights=settings.allow_pickle_weights,
         )
         for index in range(count)
     ]

@@ -80,6 +80,27 @@ class QueueFull(ServiceError):
         )
 
 
+class RateLimited(ServiceError):
+    """The caller's key is over its per-minute budget; `retry_after` is None when waiting cannot help."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", retry_after)
+
+
+class Unauthenticated(ServiceError):
+    """No API key, or one that is not known. Carries no reason (CONTRACT.md)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.UNAUTHENTICATED, "")
+
+
+class PermissionDenied(ServiceError):
+    """A known key asked for something it may not do (cancel another key's request)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.PERMISSION_DENIED, "")
+
+
 class OutOfMemory(ServiceError):
     def __init__(self, message: str) -> None:
         super().__init__(message, grpc.StatusCode.RESOURCE_EXHAUSTED, "GPU_OUT_OF_MEMORY")

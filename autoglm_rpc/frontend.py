@@ -31,6 +31,7 @@ from autoglm_rpc.requests import (
     Timings,
     TokenPrompt,
 )
+from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.text.checkpoint import CheckpointFacts
 from autoglm_rpc.text.output import TextStream
 from autoglm_rpc.text.tokenizer import ChatTemplateError, ChatTemplateMissing, TextTokenizer
@@ -76,14 +77,22 @@ class ServedModel:
     facts: CheckpointFacts
     max_context_tokens: int
     default_max_new_tokens: int
+    max_prompt_chars: int = 0  # 0: PROMPT_CHARS_PER_TOKEN per token of the context
+
+
+# A prompt's characters per context token beyond which it is refused before tokenizing (tokenizing costs time;
+# such a prompt would almost surely be over the context anyway). `max_prompt_chars` overrides it.
+PROMPT_CHARS_PER_TOKEN = 16
 
 
 class Frontend:
     """Runs requests against one served model through a `WorkerPool`. Lives on the event loop."""
 
-    def __init__(self, model: ServedModel, pool: WorkerPool) -> None:
+    def __init__(self, model: ServedModel, pool: WorkerPool, limiter: RateLimiter | None = None) -> None:
         self.model = model
         self.pool = pool
+        self.limiter = limiter or RateLimiter()
+        self._owners: dict[str, str] = {}  # request id -> API key owner, while its caller is attached
         self.num_active = 0  # admitted calls whose caller has not had its last event yet
         self._idle = asyncio.Event()
         self._idle.set()
@@ -92,17 +101,48 @@ class Frontend:
         """Return once every admitted call has ended (its last message written, or its caller gone)."""
         await self._idle.wait()
 
+    def owner_of(self, request_id: str) -> str | None:
+        """The API key owner of an in-flight request (None without authentication, or when not in flight)."""
+        return self._owners.get(request_id)
+
     # -- resolving ----------------------------------------------------------------------------------------------
 
     def check_model(self, name: str) -> None:
         if name and name != self.model.model_id:
             raise errors.ModelNotFound(name, self.model.model_id)
 
-    def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of a prompt, as the model will see them."""
+    @property
+    def vocab_size(self) -> int:
+        """Token ids below this are valid: the tokenizer's vocabulary, capped by the model's embedding rows."""
+        size = self.model.tokenizer.vocab_size
+        loaded = self.pool.model
+        return min(size, loaded.vocab_size) if loaded else size
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.model.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * self.model.max_context_tokens
+
+    def check_prompt_size(self, prompt: Prompt) -> None:
+        """Refuse a prompt that is clearly too long before any tokenizing: its characters, or its token ids."""
         match prompt:
             case TokenPrompt(ids=ids):
-                vocab_size = self.model.tokenizer.vocab_size
+                size, unit, limit = len(ids), "token ids", self.model.max_context_tokens - 1
+            case ChatPrompt(messages=messages):
+                size, unit, limit = sum(len(m.content) for m in messages), "characters", self.max_prompt_chars
+            case str():
+                size, unit, limit = len(prompt), "characters", self.max_prompt_chars
+        if size > limit:
+            raise errors.PromptTooLong(
+                f"the prompt has {size} {unit}; at most {limit} are accepted "
+                f"(the context limit is {self.model.max_context_tokens} tokens)"
+            )
+
+    def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a prompt, as the model will see them."""
+        self.check_prompt_size(prompt)
+        match prompt:
+            case TokenPrompt(ids=ids):
+                vocab_size = self.vocab_size
                 bad = next((i for i in ids if i >= vocab_size), None)
                 if bad is not None:
                     raise errors.InvalidParameter(
@@ -128,10 +168,12 @@ class Frontend:
         if not prompt_ids:
             raise errors.InvalidParameter("prompt", "the prompt has no tokens")
         max_new_tokens = self._max_new_tokens(len(prompt_ids), request.stopping.max_new_tokens)
-        vocab_size = self.model.tokenizer.vocab_size
+        vocab_size = self.vocab_size
         bad_stop = next((i for i in request.stopping.stop_token_ids if i >= vocab_size), None)
         if bad_stop is not None:
             raise errors.InvalidParameter("stopping.stop_token_ids", f"{bad_stop} is outside the vocabulary")
+        if request.output.top_logprobs > vocab_size:
+            raise errors.InvalidParameter("output.top_logprobs", f"must not exceed the vocabulary ({vocab_size})")
         stop = request.stopping
         return Submit(
             request_id=request.request_id or uuid.uuid4().hex,
@@ -185,11 +227,16 @@ class Frontend:
     # -- running ------------------------------------------------------------------------------------------------
 
     async def generate(
-        self, request: GenerationRequest, deadline: float | None = None, carrier: dict[str, str] | None = None
+        self,
+        request: GenerationRequest,
+        deadline: float | None = None,
+        carrier: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> AsyncIterator[GenerationEvent]:
         """Yield `Admitted`, then `TextDelta`s, then one `Completed`; raise `ServiceError` on failure.
 
         Closing the iterator early (the caller cancelled or its deadline passed) cancels the work in the worker.
+        `owner` (the API key's owner) is charged the tokens (rate limits) and may cancel the request.
         """
         arrival = time.monotonic()
         # Refuse before tokenizing when the answer is already no (draining, no worker, over capacity).
@@ -199,13 +246,13 @@ class Frontend:
             submit = await asyncio.to_thread(self.resolve, request, deadline, carrier or {})
         else:
             submit = self.resolve(request, deadline, carrier or {})
+        flight = self._admit(submit, owner)
         text = TextStream(
             self.model.tokenizer,
             request.stopping.stop_sequences,
             include_stop_sequence=request.stopping.include_stop_sequence,
             skip_special_tokens=request.output.skip_special_tokens,
         )
-        flight = self.pool.submit(submit)
         run = _Run(submit, flight, arrival, text)
         self.num_active += 1
         self._idle.clear()
@@ -221,6 +268,22 @@ class Frontend:
             self.num_active -= 1
             if not self.num_active:
                 self._idle.set()
+            self._owners.pop(submit.request_id, None)
+            self.limiter.refund_tokens(owner, submit.stopping.max_new_tokens - len(text.token_ids))
+
+    def _admit(self, submit: Submit, owner: str | None) -> InFlight:
+        """Charge the owner's token budget (prompt + max_new_tokens, the unused part refunded at the end), then
+        hand the request to the pool."""
+        cost = len(submit.prompt_ids) + submit.stopping.max_new_tokens
+        self.limiter.reserve_tokens(owner, cost)
+        try:
+            flight = self.pool.submit(submit)
+        except BaseException:
+            self.limiter.refund_tokens(owner, cost)
+            raise
+        if owner is not None:
+            self._owners[submit.request_id] = owner
+        return flight
 
 
 def _is_long(prompt: Prompt) -> bool:

@@ -63,6 +63,15 @@ class OutputRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """The configurable bounds on request fields (settings of the same names); fixed ones live in convert.py."""
+
+    max_stop_sequences: int = 16
+    max_stop_sequence_chars: int = 256
+    max_top_logprobs: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """A validated Generate / GenerateStream call. `request_id` is empty when the caller gave none."""
 

@@ -32,7 +32,13 @@ from autoglm_rpc.frontend import Frontend, ServedModel
 from autoglm_rpc.model_source import default_model_id, resolve_model_source
 from autoglm_rpc.pool.pool import WorkerPool
 from autoglm_rpc.pool.supervisor import RestartPolicy
+from autoglm_rpc.requests import RequestLimits
+from autoglm_rpc.security import tls
+from autoglm_rpc.security.auth import AuthInterceptor
+from autoglm_rpc.security.keys import ApiKeys
+from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.servicers.generation import Checked, GenerationServicer
+from autoglm_rpc.servicers.malformed import MalformedRequestInterceptor
 from autoglm_rpc.servicers.model import ModelServicer
 from autoglm_rpc.telemetry import Telemetry
 from autoglm_rpc.text.checkpoint import read_checkpoint_facts
@@ -159,6 +165,7 @@ def load_served_model(settings: Settings) -> ServedModel:
         facts=facts,
         max_context_tokens=max_context,
         default_max_new_tokens=settings.default_max_new_tokens,
+        max_prompt_chars=settings.max_prompt_chars or 0,
     )
 
 
@@ -176,10 +183,23 @@ def build_app(settings: Settings) -> App:
     )
     pool = WorkerPool(configs, settings.max_queue_depth, policy, settings.stream_buffer_messages)
     pool.observer = telemetry.pool_observer(pool)
-    frontend = Frontend(served, pool)
-    interceptor = telemetry.interceptor(frozenset({GENERATION_SERVICE, MODEL_SERVICE}))
-    server = grpc.aio.server(options=server_options(settings), interceptors=(interceptor,))
-    servicer = GenerationServicer(frontend, telemetry.generation())
+    limiter = RateLimiter(settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute)
+    frontend = Frontend(served, pool, limiter)
+    keys = ApiKeys.from_settings(settings.api_keys_file, settings.api_keys)
+    # Order: telemetry sees every call (also refused ones), then authentication, then malformed bytes.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        telemetry.interceptor(frozenset({GENERATION_SERVICE, MODEL_SERVICE})),
+        MalformedRequestInterceptor(),
+    ]
+    if keys is not None:
+        logger.info("API keys required (%d key(s) of %d owner(s)); health stays open", len(keys.entries),
+                    len(keys.names))  # fmt: skip
+        interceptors.insert(1, AuthInterceptor(keys))
+    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
+    limits = RequestLimits(
+        settings.max_stop_sequences, settings.max_stop_sequence_chars, settings.max_top_logprobs
+    )
+    servicer = GenerationServicer(frontend, telemetry.generation(), limits)
     server.add_generic_rpc_handlers((_generation_handlers(servicer),))
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(frontend, settings.reflection), server)
     health_servicer = health.aio.HealthServicer()
@@ -187,7 +207,13 @@ def build_app(settings: Settings) -> App:
     if settings.reflection:
         names = (GENERATION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        credentials = tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        port = server.add_secure_port(address, credentials)
+        logger.info("TLS on; client certificates %s", "required" if settings.tls_client_ca else "not required")
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     return App(settings, server, port, pool, frontend, health_servicer, telemetry)

@@ -153,4 +153,9 @@ class Engine:
             return FailureReason.INVALID_PARAMETER, "temperature, top_p or top_k is out of range"
         if sampling.repetition_penalty <= 0:
             return FailureReason.INVALID_PARAMETER, "repetition_penalty must be positive"
+        if not 0 <= submit.top_logprobs <= self.vocab_size:
+            return FailureReason.INVALID_PARAMETER, f"top_logprobs must be in [0, {self.vocab_size}]"
+        stop_ids = submit.stopping.stop_token_ids
+        if stop_ids and (min(stop_ids) < 0 or max(stop_ids) >= self.vocab_size):
+            return FailureReason.INVALID_PARAMETER, f"stop token ids must be in [0, {self.vocab_size})"
         return None

@@ -15,11 +15,13 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from workers.attention import ATTENTION_NAME, register_attention
 from workers.kv_cache import CacheSpec, SlottedKVCache, slots_that_fit
+from workers.manifest import verify_checkpoint
 from workers.protocol import ModelInfo, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ ProgressCallback = Callable[[str, float], None]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _QUANTIZATIONS = ("none", "int8", "nf4")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # torch.load formats: unpickling runs code
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     quantization = quantization_config(config.quantization, dtype)
+    check_checkpoint_files(config, on_progress)
     on_progress("loading weights", 0.0)
     model = _from_pretrained(config, device, dtype, quantization)
     _check_supported(model)
@@ -113,6 +117,24 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
     return LoadedModel(model=model, cache=cache, info=info)
 
 
+def check_checkpoint_files(config: WorkerConfig, on_progress: ProgressCallback) -> None:
+    """Before any weight is read: the manifest matches (when configured), and the weights are safetensors unless
+    pickle weights are allowed (unpickling a `.bin` file can run arbitrary code)."""
+    directory = Path(config.model_path)
+    if config.weights_manifest:
+        on_progress("verifying checkpoint files", 0.0)
+        verify_checkpoint(directory, Path(config.weights_manifest))
+        logger.info("checkpoint files match %s", config.weights_manifest)
+    if not directory.is_dir() or config.allow_pickle_weights:
+        return
+    suffixes = {path.suffix for path in directory.iterdir() if path.is_file()}
+    if ".safetensors" not in suffixes and suffixes.intersection(_PICKLE_SUFFIXES):
+        raise ValueError(
+            f"model: {directory} has only pickle weights (.bin/.pt), which can run code when loaded; convert "
+            "them to safetensors, or set allow_pickle_weights if you trust this checkpoint"
+        )
+
+
 def _from_pretrained(config: WorkerConfig, device: torch.device, dtype: torch.dtype, quantization):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -128,7 +150,7 @@ def _from_pretrained(config: WorkerConfig, device: torch.device, dtype: torch.dt
         dtype=dtype,
         quantization_config=quantization,
         local_files_only=not config.allow_download,
-        use_safetensors=True,
+        use_safetensors=None if config.allow_pickle_weights else True,
         trust_remote_code=config.trust_remote_code,
         attn_implementation=register_attention(),
         **placement,

@@ -91,6 +91,8 @@ class WorkerConfig:
     num_threads: int | None = None
     cuda_visible_devices: str | None = None
     log_level: str = "INFO"
+    weights_manifest: str | None = None  # sha256sum-format file every checkpoint file must match before loading
+    allow_pickle_weights: bool = False  # load .bin/.pt weights (pickle) when the checkpoint has no safetensors
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
 

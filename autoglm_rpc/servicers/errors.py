@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,11 +19,26 @@ Response = TypeVar("Response")
 
 
 async def abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
-    """Abort the call with `error`'s status; unexpected errors are logged and become INTERNAL."""
+    """Abort the call with `error`'s status; unexpected errors are logged and become INTERNAL.
+
+    An unexpected exception's message may quote the request (a prompt, a chat message), so by default the log
+    gets only its type and where it was raised; the message and the stack trace go to the DEBUG level. The
+    client gets neither.
+    """
     if not isinstance(error, ServiceError):
-        logger.error("unexpected error in %s", method, exc_info=error)
+        logger.error("unexpected %s in %s at %s", type(error).__name__, method, _raised_at(error))
+        logger.debug("unexpected error in %s", method, exc_info=error)
         error = InternalError()
     await context.abort_with_status(to_rpc_status(error))
+
+
+def _raised_at(error: BaseException) -> str:
+    """`file.py:line in function` of the innermost frame of `error`'s traceback: code, never data."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "an unknown place"
+    frame = frames[-1]
+    return f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
 
 
 def unary(

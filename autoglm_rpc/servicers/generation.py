@@ -12,9 +12,10 @@ import grpc
 
 from autoglm.v1 import generation_pb2, types_pb2
 from autoglm_rpc import convert
-from autoglm_rpc.errors import InvalidParameter
+from autoglm_rpc.errors import InvalidParameter, PermissionDenied
 from autoglm_rpc.frontend import Frontend
-from autoglm_rpc.requests import Admitted, Completed, GenerationRequest, TextDelta
+from autoglm_rpc.requests import Admitted, Completed, GenerationRequest, RequestLimits, TextDelta
+from autoglm_rpc.security.auth import current_principal
 from autoglm_rpc.servicers import errors
 from autoglm_rpc.telemetry.generation import GenerationTelemetry
 from workers.protocol import TokenLogprob
@@ -43,18 +44,22 @@ def _call_facts(context: grpc.aio.ServicerContext) -> tuple[float | None, dict[s
 
 
 class GenerationServicer:
-    def __init__(self, frontend: Frontend, telemetry: GenerationTelemetry) -> None:
+    def __init__(
+        self, frontend: Frontend, telemetry: GenerationTelemetry, limits: RequestLimits = convert.DEFAULT_LIMITS
+    ) -> None:
         self._frontend = frontend
         self._telemetry = telemetry
+        self._limits = limits
 
     @errors.unary
     async def Generate(
         self, request: Checked[generation_pb2.GenerateRequest], context: grpc.aio.ServicerContext
     ) -> generation_pb2.GenerateResponse:
-        parsed = convert.generation_request(request.message, request.num_inputs)
+        owner = self._admit()
+        parsed = convert.generation_request(request.message, request.num_inputs, self._limits)
         deadline, carrier = _call_facts(context)
         request_id = ""
-        events = self._telemetry.generate(self._frontend, parsed, deadline, carrier, stream=False)
+        events = self._telemetry.generate(self._frontend, parsed, deadline, carrier, owner=owner, stream=False)
         async with aclosing(events):
             async for event in events:
                 match event:
@@ -70,10 +75,11 @@ class GenerationServicer:
     async def GenerateStream(
         self, request: Checked[generation_pb2.GenerateStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
-        parsed = convert.generation_request(request.message, request.num_inputs)
+        owner = self._admit()
+        parsed = convert.generation_request(request.message, request.num_inputs, self._limits)
         deadline, carrier = _call_facts(context)
         batcher = _DeltaBatcher(parsed)
-        events = self._telemetry.generate(self._frontend, parsed, deadline, carrier, stream=True)
+        events = self._telemetry.generate(self._frontend, parsed, deadline, carrier, owner=owner, stream=True)
         async with aclosing(events):
             async for event in events:
                 match event:
@@ -98,13 +104,24 @@ class GenerationServicer:
             raise InvalidParameter("request_ids", "at least one id is needed")
         if len(request.request_ids) > MAX_CANCEL_IDS:
             raise InvalidParameter("request_ids", f"at most {MAX_CANCEL_IDS} ids")
-        results = []
+        caller = current_principal()
         for index, request_id in enumerate(request.request_ids):
             convert.request_id(request_id, f"request_ids[{index}]")
+            owner = self._frontend.owner_of(request_id)
+            if caller is not None and owner is not None and owner != caller:
+                raise PermissionDenied(f"request_ids[{index}]: {request_id!r} belongs to another API key")
+        results = []
+        for request_id in request.request_ids:
             results.append(
                 generation_pb2.CancelGenerationResult(request_id=request_id, outcome=self._cancel(request_id))
             )
         return generation_pb2.CancelGenerationResponse(results=results)
+
+    def _admit(self) -> str | None:
+        """The caller's API key owner (None without authentication), after counting the call against its rate."""
+        owner = current_principal()
+        self._frontend.limiter.admit_request(owner)
+        return owner
 
     def _cancel(self, request_id: str) -> int:
         pool = self._frontend.pool
@@ -119,7 +136,8 @@ class GenerationServicer:
     async def Tokenize(
         self, request: generation_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.TokenizeResponse:
-        self._frontend.check_model(request.model)
+        self._admit()
+        self._frontend.check_model(convert.model_name(request.model))
         add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True
         match request.WhichOneof("input"):
             case "text":

@@ -52,6 +52,8 @@ class GenerationTelemetry:
         request: GenerationRequest,
         deadline: float | None,
         carrier: dict[str, str],
+        *,
+        owner: str | None,
         stream: bool,
     ) -> AsyncIterator[GenerationEvent]:
         """`frontend.generate(...)`'s events, unchanged, inside a `generate <model>` span."""
@@ -64,7 +66,7 @@ class GenerationTelemetry:
         watcher = _Watcher(span, self._metrics, call)
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                async with aclosing(frontend.generate(request, deadline, carrier)) as events:
+                async with aclosing(frontend.generate(request, deadline, carrier, owner)) as events:
                     async for event in events:
                         watcher.observe(event)
                         yield event

@@ -41,6 +41,16 @@ CASES = [
      "PROMPT_TOO_LONG", "max_new_tokens"),
     ("unknown model", {"prompt": "hi", "model": "gpt-17"}, grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND",
      "gpt-17"),
+    ("model name too long", {"prompt": "hi", "model": "m" * 300}, INVALID, "INVALID_PARAMETER", "model"),
+    ("role too long", {"chat": [("r" * 65, "hi")]}, INVALID, "INVALID_PARAMETER", "chat.messages[0].role"),
+    ("stop sequence too long", {"prompt": "hi", "stop": ["s" * 257]}, INVALID, "INVALID_PARAMETER",
+     "stopping.stop_sequences[0]"),
+    ("invalid duration", {"prompt": "hi", "stopping": {"max_generation_time": {"seconds": 1, "nanos": -5}}},
+     INVALID, "INVALID_PARAMETER", "stopping.max_generation_time"),
+    ("huge token id", {"token_ids": [2**32 - 1]}, INVALID, "INVALID_PARAMETER", "vocabulary"),
+    ("stop token id outside vocab", {"prompt": "hi", "stopping": {"stop_token_ids": [10**6]}}, INVALID,
+     "INVALID_PARAMETER", "stopping.stop_token_ids"),
+    ("chat over the character limit", {"chat": [("user", "x" * 9000)]}, INVALID, "PROMPT_TOO_LONG", "characters"),
 ]  # fmt: skip
 
 
@@ -84,6 +94,37 @@ def test_two_inputs_are_refused(glm_server: ServerThread) -> None:
     error = error_from_rpc(caught.value)
     assert (error.code, error.reason) == (INVALID, "INVALID_PARAMETER")
     assert "input" in error.message
+
+
+MALFORMED = [
+    # (method, bytes, what the message must say)
+    ("/autoglm.v1.GenerationService/Generate", b"\x1a\x02\xff\xfe", "UTF-8"),  # prompt: invalid UTF-8
+    ("/autoglm.v1.GenerationService/Generate", b"\x0a\x05ab", "autoglm.v1.GenerateRequest"),  # truncated
+    ("/autoglm.v1.GenerationService/Tokenize", b"\x12\x01\x80", "UTF-8"),  # text: invalid UTF-8
+    ("/autoglm.v1.GenerationService/CancelGeneration", b"\xff\xff\xff", "autoglm.v1.CancelGenerationRequest"),
+    ("/autoglm.v1.ModelService/ListModels", b"\x0f", "autoglm.v1.ListModelsRequest"),  # wire type 7
+    ("/grpc.health.v1.Health/Check", b"\x0a\x01\xc0", "UTF-8"),  # service: invalid UTF-8
+]
+
+
+@pytest.mark.parametrize(("method", "data", "text"), MALFORMED, ids=[f"{m[0].split('/')[-1]}-{i}" for i, m in
+                                                                     enumerate(MALFORMED)])  # fmt: skip
+def test_malformed_bytes_are_invalid_argument(
+    glm_server: ServerThread, method: str, data: bytes, text: str
+) -> None:
+    """Bytes that do not parse end INVALID_ARGUMENT naming the problem (grpc alone would say UNKNOWN)."""
+    with glm_server.channel() as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(method, request_serializer=bytes, response_deserializer=bytes)(data, timeout=30)
+        error = error_from_rpc(caught.value)
+        assert (error.code, error.reason) == (INVALID, "INVALID_PARAMETER"), error
+        assert error.message.startswith("request: ") and text in error.message
+        stream = channel.unary_stream(
+            "/autoglm.v1.GenerationService/GenerateStream", request_serializer=bytes, response_deserializer=bytes
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stream(b"\x1a\x01\xff", timeout=30))
+        assert caught.value.code() == INVALID
 
 
 def test_chat_without_template_is_failed_precondition(llama_server: ServerThread) -> None:

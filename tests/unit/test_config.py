@@ -52,6 +52,11 @@ def test_seed_aliases() -> None:
             {"AUTOGLM_MAX_BATCH_SIZE": "64", "AUTOGLM_MAX_NUM_BATCHED_TOKENS": "32"},
             "must be at least max_batch_size",
         ),
+        ({"AUTOGLM_MAX_STOP_SEQUENCES": "-1"}, "max_stop_sequences must be 0 or more"),
+        ({"AUTOGLM_MAX_PROMPT_CHARS": "0"}, "max_prompt_chars must be at least 1"),
+        ({"AUTOGLM_TLS_CERT": "/c.pem"}, "tls_cert and tls_key go together"),
+        ({"AUTOGLM_TLS_CLIENT_CA": "/ca.pem"}, "tls_client_ca .* needs tls_cert"),
+        ({"AUTOGLM_RATE_LIMIT_TOKENS_PER_MINUTE": "-5"}, "rate_limit_tokens_per_minute must be 0"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:

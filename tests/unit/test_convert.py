@@ -7,7 +7,7 @@ import pytest
 from autoglm.v1 import generation_pb2
 from autoglm_rpc import convert
 from autoglm_rpc.errors import InvalidParameter
-from autoglm_rpc.requests import ChatPrompt, TokenPrompt
+from autoglm_rpc.requests import ChatPrompt, RequestLimits, TokenPrompt
 from workers.protocol import Priority
 
 
@@ -67,3 +67,32 @@ def test_invalid_fields_are_named(setup, field: str) -> None:
         convert.generation_request(message)
     assert caught.value.field == field
     assert str(caught.value).startswith(field)
+
+
+def test_configured_limits_apply() -> None:
+    message = generation_pb2.GenerateRequest(prompt="hello")
+    message.stopping.stop_sequences.extend(["ab", "cd", "ef"])
+    message.output.return_logprobs = True
+    message.output.top_logprobs = 5
+    assert convert.generation_request(message).stopping.stop_sequences == ("ab", "cd", "ef")
+    for limits, field in [
+        (RequestLimits(max_stop_sequences=2), "stopping.stop_sequences"),
+        (RequestLimits(max_stop_sequence_chars=1), "stopping.stop_sequences[0]"),
+        (RequestLimits(max_top_logprobs=4), "output.top_logprobs"),
+    ]:
+        with pytest.raises(InvalidParameter) as caught:
+            convert.generation_request(message, limits=limits)
+        assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "problem"),
+    [(0, 0, "must be positive"), (-1, 0, "must be positive"), (1, -1, "not a valid Duration"),
+     (10**12, 0, "not a valid Duration")],
+)  # fmt: skip
+def test_max_generation_time_must_be_a_valid_positive_duration(seconds: int, nanos: int, problem: str) -> None:
+    message = generation_pb2.GenerateRequest(prompt="hello")
+    message.stopping.max_generation_time.seconds = seconds
+    message.stopping.max_generation_time.nanos = nanos
+    with pytest.raises(InvalidParameter, match=problem):
+        convert.generation_request(message)

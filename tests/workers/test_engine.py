@@ -98,11 +98,15 @@ def test_failures_are_per_request(make_engine, submit, monkeypatch):
     engine.add(submit("a", random_prompt(5, seed=1), 4))
     engine.add(submit("too-long", random_prompt(600, seed=1), 4))
     engine.add(submit("bad-id", (1, 2, 10_000), 4))
+    engine.add(submit("bad-stop-id", (1, 2), 4, stop_token_ids=(10_000,)))
+    engine.add(dataclasses.replace(submit("bad-top", (1, 2), 4), return_logprobs=True, top_logprobs=100_000))
     failures = {failure.request_id: failure.reason for failure in engine.pop_failures()}
     assert failures == {
         "a": FailureReason.DUPLICATE_REQUEST_ID,
         "too-long": FailureReason.PROMPT_TOO_LONG,
         "bad-id": FailureReason.INVALID_PARAMETER,
+        "bad-stop-id": FailureReason.INVALID_PARAMETER,
+        "bad-top": FailureReason.INVALID_PARAMETER,
     }
     real_prefill = engine.runner.prefill
 
