@@ -1,4 +1,4 @@
-"""The `autoglm-rpc` command: `serve`, `generate` (a streaming terminal client) and `demo-model`.
+"""The `autoglm-rpc` command: `serve`, `generate` (a streaming terminal client), `health` and `demo-model`.
 
 Every `serve` flag can also come from an `AUTOGLM_<NAME>` variable or a TOML file (see `config.py`). Logs go to
 stderr; `generate` writes only the generated text to stdout.
@@ -57,11 +57,21 @@ def _generate_parser(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--timeout", type=float, help="deadline of the call in seconds")
 
 
+def _health_parser(commands: argparse._SubParsersAction) -> None:
+    health = commands.add_parser("health", help="check gRPC health; exit 0 when SERVING, 1 otherwise")
+    health.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
+    health.add_argument(
+        "--service", default="", help='"" (default): liveness; autoglm.v1.GenerationService: readiness'
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoglm-rpc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _serve_parser(commands)
     _generate_parser(commands)
+    _health_parser(commands)
     demo = commands.add_parser("demo-model", help="build the tiny random-weight demo checkpoint")
     demo.add_argument("--output", default=".demo-model", help="directory to write (default .demo-model)")
     demo.add_argument("--if-missing", action="store_true", help="do nothing if the directory holds a checkpoint")
@@ -126,6 +136,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    from autoglm_rpc.healthcheck import SERVING, check_health
+
+    status = check_health(args.target, args.service, args.timeout)
+    sys.stdout.write(f"{status}\n")
+    return 0 if status == SERVING else 1
+
+
 def _demo_model(args: argparse.Namespace) -> int:
     _setup_logging()
     output = Path(args.output)
@@ -141,7 +159,7 @@ def _demo_model(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": _serve, "generate": _generate, "demo-model": _demo_model}
+    handlers = {"serve": _serve, "generate": _generate, "health": _health, "demo-model": _demo_model}
     return handlers[args.command](args)
 
 
