@@ -12,20 +12,36 @@ PORT ?= 50051
 MODEL ?=
 DEMO_MODEL := .demo-model
 PROTOS := $(wildcard proto/autoglm/v1/*.proto)
+STUBS := autoglm-proto
+# Node.js tools and the Node.js client example come from npm; where npm is missing their tests skip.
+NPM := $(shell command -v npm 2>/dev/null)
+NPM_CI := npm ci --no-audit --no-fund --loglevel=error
+BUF := tools/node_modules/.bin/buf
+NODE_STAMPS := tools/node_modules/.installed clients/node/node_modules/.installed
+# The Go client example builds offline against Debian's Go packages (see clients/go/README.md).
+GO_MODULE := autoglm-rpc-client
+GO_GEN := clients/go/autoglmv1
+GO_PATH := $(CURDIR)/.gopath:/usr/share/gocode
+# The proto names no go_package (a Go import path is each consumer's choice): map every file to ours.
+GO_MAPPINGS := $(foreach p,$(PROTOS:proto/%=%),--go_opt=M$(p)=$(GO_MODULE)/autoglmv1 --go-grpc_opt=M$(p)=$(GO_MODULE)/autoglmv1)
+VERSION ?=
 
-.PHONY: install proto lint format test soak run demo-model clean bench-tracing
+.PHONY: install proto lint format test soak run demo-model clean bench-tracing node-deps buf release-proto go-client
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(STUBS)/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	@# The stubs are their own distribution, which the project pins: install it first so pip finds it.
+	$(PY) -m pip install -q -e ./$(STUBS)
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-# Regenerates the Python stubs (messages, services and .pyi) from proto/; tests fail when they are stale.
+# Regenerates the Python stubs (messages, services and .pyi) of the autoglm-proto distribution from proto/;
+# tests fail when they are stale.
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -I proto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I proto --python_out=$(STUBS) --grpc_python_out=$(STUBS) --pyi_out=$(STUBS) $(PROTOS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -35,7 +51,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: $(STAMP)
+test: $(STAMP) node-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Minutes of load against CPU workers while a worker is killed and restarted (the suite runs a short version).
@@ -44,6 +60,52 @@ SOAK_STREAMS ?= 64
 soak: $(STAMP)
 	@mkdir -p bench-results
 	$(PY) -m tests.load.soak --duration $(SOAK_SECONDS) --streams $(SOAK_STREAMS) --json bench-results/soak.json
+
+# npm ci into tools/ (buf) and clients/node/ (grpc-js), once per lockfile change.
+node-deps: $(NODE_STAMPS)
+
+# tools/ uses `npm install --no-save` with its lockfile: the lockfile holds only the buf binaries this registry
+# serves (linux), and `npm ci` refuses a lockfile that lacks the other platforms' optional packages. Every
+# version is pinned exactly, so the install is the same.
+tools/node_modules/.installed: tools/package-lock.json
+ifdef NPM
+	cd tools && npm install --no-save --no-audit --no-fund --loglevel=error
+	@touch $@
+else
+	@echo "npm not found: skipping tools/ (the buf tests will be skipped)"
+endif
+
+clients/node/node_modules/.installed: clients/node/package-lock.json
+ifdef NPM
+	cd clients/node && $(NPM_CI)
+	@touch $@
+else
+	@echo "npm not found: skipping clients/node/ (the Node.js client test will be skipped)"
+endif
+
+# The contract as a product: STANDARD + COMMENTS lint, FILE breaking check against the last release.
+buf: tools/node_modules/.installed
+	$(BUF) lint
+	$(BUF) breaking --against $$(ls proto/released/v*.binpb | sort -V | tail -n 1)
+
+# Releases the contract as VERSION (such as 0.2.0): the snapshot `buf breaking` checks against from now on.
+release-proto: tools/node_modules/.installed
+	@test -n "$(VERSION)" || { echo "usage: make release-proto VERSION=0.2.0"; exit 2; }
+	@test ! -e proto/released/v$(VERSION).binpb || { echo "v$(VERSION) is already released"; exit 2; }
+	$(BUF) lint
+	$(BUF) build --exclude-source-info -o proto/released/v$(VERSION).binpb
+	sed -i 's/^version = ".*"/version = "$(VERSION)"/' $(STUBS)/pyproject.toml
+	sed -i 's/"autoglm-proto==[^"]*"/"autoglm-proto==$(VERSION)"/' pyproject.toml
+
+# Generates the Go stubs from proto/ with Debian's protoc-gen-go / protoc-gen-go-grpc and builds the example.
+go-client:
+	@mkdir -p $(GO_GEN) .gopath/src clients/go/bin
+	@ln -sfn $(CURDIR)/clients/go .gopath/src/$(GO_MODULE)
+	protoc -I proto --go_out=clients/go --go_opt=module=$(GO_MODULE) --go-grpc_out=clients/go \
+		--go-grpc_opt=module=$(GO_MODULE) $(GO_MAPPINGS) $(PROTOS)
+	@# GOPATH mode: Debian installs the Go gRPC and protobuf sources under /usr/share/gocode; nothing is fetched.
+	cd .gopath/src/$(GO_MODULE) && GOPATH=$(GO_PATH) GO111MODULE=off GOFLAGS= GOPROXY=off \
+		go build -o $(CURDIR)/clients/go/bin/generate-stream ./cmd/generate-stream
 
 # Serves MODEL (a checkpoint directory or a hub id in the local cache); without one, the random-weight demo
 # checkpoint, built once into $(DEMO_MODEL)/.
@@ -62,4 +124,5 @@ demo-model: $(STAMP)
 	$(VENV)/bin/autoglm-rpc demo-model --output $(DEMO_MODEL)
 
 clean:
-	rm -rf $(VENV) $(DEMO_MODEL) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEMO_MODEL) .pytest_cache .ruff_cache *.egg-info tools/node_modules clients/node/node_modules \
+		.gopath clients/go/bin $(GO_GEN)

@@ -1,4 +1,5 @@
-"""The `autoglm-rpc` command: `serve`, `generate` (a streaming terminal client), `hash-key` and `demo-model`.
+"""The `autoglm-rpc` command: `serve`, `generate` (a streaming terminal client), `health`, `hash-key` and
+`demo-model`.
 
 Every `serve` flag can also come from an `AUTOGLM_<NAME>` variable or a TOML file (see `config.py`). Logs go to
 stderr; `generate` writes only the generated text to stdout.
@@ -129,6 +130,15 @@ def _generate_parser(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def _health_parser(commands: argparse._SubParsersAction) -> None:
+    health = commands.add_parser("health", help="check gRPC health; exit 0 when SERVING, 1 otherwise")
+    health.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
+    health.add_argument(
+        "--service", default="", help='"" (default): liveness; autoglm.v1.GenerationService: readiness'
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoglm-rpc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _generate_parser(commands)
     hash_key = commands.add_parser("hash-key", help="print the keys-file line for an API key read from stdin")
     hash_key.add_argument("--name", required=True, help="who the key belongs to (owner of its requests)")
+    _health_parser(commands)
     demo = commands.add_parser("demo-model", help="build the tiny random-weight demo checkpoint")
     demo.add_argument("--output", default=".demo-model", help="directory to write (default .demo-model)")
     demo.add_argument("--if-missing", action="store_true", help="do nothing if the directory holds a checkpoint")
@@ -222,6 +233,14 @@ def _hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    from autoglm_rpc.healthcheck import SERVING, check_health
+
+    status = check_health(args.target, args.service, args.timeout)
+    sys.stdout.write(f"{status}\n")
+    return 0 if status == SERVING else 1
+
+
 def _demo_model(args: argparse.Namespace) -> int:
     _setup_logging()
     output = Path(args.output)
@@ -237,7 +256,13 @@ def _demo_model(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": _serve, "generate": _generate, "hash-key": _hash_key, "demo-model": _demo_model}
+    handlers = {
+        "serve": _serve,
+        "generate": _generate,
+        "health": _health,
+        "hash-key": _hash_key,
+        "demo-model": _demo_model,
+    }
     return handlers[args.command](args)
 
 

@@ -64,6 +64,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # Close each connection gracefully (GOAWAY) after about 5 minutes, so that clients balancing over a
+        # headless Service re-resolve DNS and start using pods added since they connected; calls in flight
+        # finish on the old connection (no max_connection_age_grace: it is unbounded).
+        ("grpc.max_connection_age_ms", 300_000),
     ]
 
 
