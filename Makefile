@@ -13,7 +13,7 @@ MODEL ?=
 DEMO_MODEL := .demo-model
 PROTOS := $(wildcard proto/autoglm/v1/*.proto)
 
-.PHONY: install proto lint format test run demo-model clean
+.PHONY: install proto lint format test run demo-model clean bench bench-gpu
 
 install: $(STAMP)
 
@@ -45,8 +45,33 @@ run: $(STAMP)
 	$(VENV)/bin/autoglm-rpc serve --host $(HOST) --port $(PORT) \
 		$(if $(MODEL),--model "$(MODEL)",--model $(DEMO_MODEL) --model-id autoglm-demo)
 
+# Benchmarks (not part of `make test`): see README "Performance" and `python -m bench --help`.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+DTYPE ?= bf16
+PROMPT_LEN ?= 256
+NEW_TOKENS ?= 128
+CONCURRENCY ?= 1,16,64,256
+OUT ?= bench-results/gpu-$(DTYPE)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+# The demo checkpoint on the CPU at 1/4/16/64 concurrent streams: serial generate(), static batch, the engine in
+# process and the whole service; results in bench-results/cpu/. Runs `make bench-tracing` too where it exists.
+bench: $(BENCH_STAMP)
+	$(PY) -m bench cpu --out bench-results/cpu $(BENCH_ARGS)
+	@if $(MAKE) -n bench-tracing >/dev/null 2>&1; then $(MAKE) bench-tracing; fi
+
+# The GLM-4-9B shape on a CUDA GPU, every baseline beside the engine and the service. Installs nothing (a GPU
+# machine may be offline); point PY at its Python if it is not $(PY): make bench-gpu PY=python3 DTYPE=nf4
+bench-gpu:
+	$(PY) -m bench gpu --dtype $(DTYPE) --prompt-len $(PROMPT_LEN) --new-tokens $(NEW_TOKENS) \
+		--concurrency $(CONCURRENCY) --out $(OUT) $(BENCH_ARGS)
+
 demo-model: $(STAMP)
 	$(VENV)/bin/autoglm-rpc demo-model --output $(DEMO_MODEL)
 
 clean:
-	rm -rf $(VENV) $(DEMO_MODEL) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEMO_MODEL) .pytest_cache .ruff_cache *.egg-info bench-results
