@@ -19,7 +19,7 @@ from bench.workload import parse_levels
 
 _DEFAULTS = {
     # The demo checkpoint on a few CPU cores: a few minutes in all.
-    "cpu": {"prompt_len": 64, "new_tokens": 32, "concurrency": "1,4,16,64", "min_requests": 8,
+    "cpu": {"prompt_len": 64, "new_tokens": 64, "concurrency": "1,4,16,64", "min_requests": 16,
             "systems": "hf_generate,hf_static_batch,engine,service", "max_num_batched_tokens": 512,
             "client_processes": 1, "out": "bench-results/cpu"},
     # Issue 4's workload on one GPU.

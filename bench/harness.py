@@ -160,10 +160,11 @@ def _run_baselines(run: _Run, checkpoint: checkpoints.BenchCheckpoint) -> None:
     options, workload = run.options, run.workload
     assert workload is not None
     wanted = [s for s in HF_SYSTEMS if s in options.systems]
+    model = checkpoint.model if wanted and options.quantization == "none" else None
+    checkpoint.model = None  # this function owns the built model now: used below, or freed here
+    _free_device_memory()
     if not wanted:
         return
-    model = checkpoint.model if options.quantization == "none" else None
-    checkpoint.model = None  # this function owns it now and frees it at the end
     if model is None:
         model = hf_baselines.load_hf_model(
             str(checkpoint.path), options.device, options.dtype, options.quantization

@@ -157,7 +157,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _target_lines(report["targets"])
     if report["skipped"]:
         lines += ["", "## Not run", ""]
-        lines += [f"- {s['system']} (C={s.get('concurrency', '—')}): {s['reason']}" for s in report["skipped"]]
+        lines += [f"- {s['system']} (C={s.get('concurrency') or '—'}): {s['reason']}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
 
 
