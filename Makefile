@@ -26,7 +26,8 @@ GO_PATH := $(CURDIR)/.gopath:/usr/share/gocode
 GO_MAPPINGS := $(foreach p,$(PROTOS:proto/%=%),--go_opt=M$(p)=$(GO_MODULE)/autoglmv1 --go-grpc_opt=M$(p)=$(GO_MODULE)/autoglmv1)
 VERSION ?=
 
-.PHONY: install proto lint format test soak run demo-model clean bench-tracing node-deps buf release-proto go-client
+.PHONY: install proto lint format test soak run demo-model clean bench bench-gpu bench-tracing node-deps buf \
+	release-proto go-client
 
 install: $(STAMP)
 
@@ -120,9 +121,34 @@ BENCH_TRACING_ARGS ?=
 bench-tracing: $(STAMP)
 	$(PY) bench/tracing_overhead.py $(BENCH_TRACING_ARGS)
 
+# Benchmarks (not part of `make test`): see README "Performance" and `python -m bench --help`.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+DTYPE ?= bf16
+PROMPT_LEN ?= 256
+NEW_TOKENS ?= 128
+CONCURRENCY ?= 1,16,64,256
+OUT ?= bench-results/gpu-$(DTYPE)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+# The demo checkpoint on the CPU at 1/4/16/64 concurrent streams: serial generate(), static batch, the engine in
+# process and the whole service; results in bench-results/cpu/. Then the tracing A/B (`make bench-tracing`).
+bench: $(BENCH_STAMP)
+	$(PY) -m bench cpu --out bench-results/cpu $(BENCH_ARGS)
+	$(MAKE) bench-tracing
+
+# The GLM-4-9B shape on a CUDA GPU, every baseline beside the engine and the service. Installs nothing (a GPU
+# machine may be offline); point PY at its Python if it is not $(PY): make bench-gpu PY=python3 DTYPE=nf4
+bench-gpu:
+	$(PY) -m bench gpu --dtype $(DTYPE) --prompt-len $(PROMPT_LEN) --new-tokens $(NEW_TOKENS) \
+		--concurrency $(CONCURRENCY) --out $(OUT) $(BENCH_ARGS)
+
 demo-model: $(STAMP)
 	$(VENV)/bin/autoglm-rpc demo-model --output $(DEMO_MODEL)
 
 clean:
-	rm -rf $(VENV) $(DEMO_MODEL) .pytest_cache .ruff_cache *.egg-info tools/node_modules clients/node/node_modules \
+	rm -rf $(VENV) $(DEMO_MODEL) .pytest_cache .ruff_cache *.egg-info bench-results tools/node_modules clients/node/node_modules \
 		.gopath clients/go/bin $(GO_GEN)

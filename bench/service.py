@@ -1,0 +1,145 @@
+"""The whole service under load: a server subprocess (`bench.service_process`) and, per level, client
+subprocesses (`bench.client_process`) that stream over gRPC, so no client work shares a process with the gateway.
+
+Every process binds or dials 127.0.0.1 (the server on port 0); `ServiceProcess` stops the server (closing its
+stdin, then terminate and kill if it lingers) however the run ends. A level's streams are split over
+`client_processes` processes that start together; its wall time runs from the first process's start to the last
+one's end on the machine-wide monotonic clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from bench.stats import LevelResult, RequestTiming, summarize
+from bench.workload import Workload
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python_module(module: str, *args: str, stderr: IO[Any] | int | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
+def _read_line(process: subprocess.Popen[str], timeout: float, what: str) -> str:
+    """The process's next stdout line, or RuntimeError if it exits or `timeout` passes first."""
+    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+    assert process.stdout is not None
+    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+    try:
+        line = lines.get(timeout=timeout)
+    except queue.Empty:
+        raise RuntimeError(f"{what}: nothing after {timeout:.0f}s") from None
+    if not line:
+        raise RuntimeError(f"{what}: the process exited (code {process.wait()}) without answering")
+    return line
+
+
+def _stop(process: subprocess.Popen[str], timeout: float) -> None:
+    if process.stdin is not None and not process.stdin.closed:
+        process.stdin.close()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class ServiceProcess:
+    """The server in a subprocess, as a context manager that yields its `host:port` target."""
+
+    def __init__(self, settings: dict[str, Any], log_path: Path, start_timeout: float = 900.0) -> None:
+        self.settings = {**settings, "host": "127.0.0.1", "port": 0}
+        self.log_path = log_path
+        self.start_timeout = start_timeout
+        self._process: subprocess.Popen[str] | None = None
+        self._log: IO[str] | None = None
+
+    def __enter__(self) -> str:
+        self._log = self.log_path.open("a")
+        self._process = _python_module("bench.service_process", json.dumps(self.settings), stderr=self._log)
+        try:
+            line = _read_line(self._process, self.start_timeout, f"the server (log: {self.log_path})")
+            return f"127.0.0.1:{json.loads(line)['port']}"
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            _stop(self._process, timeout=60)
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def split_streams(concurrency: int, num_requests: int, client_processes: int) -> list[tuple[int, int, int]]:
+    """(streams, first request, end request) per client process; requests follow the streams' shares.
+
+    `num_requests` is a multiple of `concurrency` (whole waves), so every stream owns the same number.
+    """
+    processes = max(1, min(client_processes, concurrency))
+    per_stream = num_requests // concurrency
+    shares, first = [], 0
+    for index in range(processes):
+        streams = concurrency // processes + (index < concurrency % processes)
+        shares.append((streams, first, first + streams * per_stream))
+        first += streams * per_stream
+    return shares
+
+
+def run_service_level(
+    target: str, workload: Workload, concurrency: int, client_processes: int, timeout: float = 1800.0
+) -> LevelResult:
+    """One level through the whole service, streams spread over `client_processes` client processes."""
+    num_requests = workload.requests_for_level(concurrency)
+    clients = []
+    try:
+        for streams, first, end in split_streams(concurrency, num_requests, client_processes):
+            spec = {
+                "target": target,
+                "workload": workload.to_dict(),
+                "concurrency": streams,
+                "requests": [first, end],
+            }
+            clients.append(_python_module("bench.client_process", json.dumps(spec)))
+        for client in clients:
+            if _read_line(client, timeout, "a client process").strip() != "ready":
+                raise RuntimeError("a client process did not report ready")
+        for client in clients:  # start every client together
+            assert client.stdin is not None
+            client.stdin.write("go\n")
+            client.stdin.flush()
+        results = [json.loads(_read_line(client, timeout, "a client process")) for client in clients]
+    finally:
+        for client in clients:
+            _stop(client, timeout=30)
+    timings = [RequestTiming(r["submit"], r["token_times"]) for result in results for r in result["requests"]]
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    note = f"gRPC streams from {len(clients)} client process(es)"
+    return summarize("service", concurrency, timings, wall, note)
