@@ -240,6 +240,7 @@ class Frontend:
         """
         arrival = time.monotonic()
         # Refuse before tokenizing when the answer is already no (draining, no worker, over capacity).
+        self.check_model(request.model)
         self.pool.check_admission()
         if _is_long(request.prompt):
             # Tokenizing a long prompt takes milliseconds; the tokenizer releases the GIL, so run it off the loop.

@@ -90,23 +90,33 @@ class _Process:
 
     def _watch(self, handle: WorkerHandle) -> None:
         sentinel = self.process.sentinel
-        while True:
-            ready = wait([self.conn, sentinel])
-            if self.conn in ready:
-                if not self._receive(handle):
+        try:
+            while True:
+                ready = wait([self.conn, sentinel])
+                if self.conn in ready:
+                    if not self._receive(handle):
+                        break
+                elif sentinel in ready:
+                    # Dead: what it wrote before dying is still in the pipe; deliver it before reporting the exit.
+                    while self.conn.poll(0) and self._receive(handle):
+                        pass
                     break
-            elif sentinel in ready:
-                # Dead: what it wrote before dying is still in the pipe; deliver it before reporting the exit.
-                while self.conn.poll(0) and self._receive(handle):
-                    pass
-                break
-        if not wait([sentinel], _EXIT_AFTER_EOF):
-            logger.warning("worker %d closed its pipe but did not exit; killing it", handle.worker_id)
+            if not wait([sentinel], _EXIT_AFTER_EOF):
+                logger.warning("worker %d closed its pipe but did not exit; killing it", handle.worker_id)
+                self.kill()
+        except Exception:  # never leave the slot without a report: the process is then killed and reaped
+            logger.exception("worker %d: watching its process failed; killing it", handle.worker_id)
             self.kill()
+        finally:
+            self._reap(handle)
+
+    def _reap(self, handle: WorkerHandle) -> None:
         self.process.join()
         self.exit_code = self.process.exitcode
         self.is_reaped.set()
-        self.process.close()
+        # Another thread's multiprocessing.active_children() may have reaped it first; close() then refuses.
+        with contextlib.suppress(ValueError):
+            self.process.close()
         self.outbox.put(_STOP_WRITER)
         self._writer.join(_EXIT_AFTER_EOF)
         self.conn.close()

@@ -128,8 +128,12 @@ class WorkerPool:
                 await self._state_changed.wait()
 
     def start_draining(self) -> None:
-        """Refuse new requests with SERVER_DRAINING from now on; those in flight carry on."""
+        """Refuse new requests with SERVER_DRAINING from now on; those in flight carry on. No more restarts."""
         self._is_draining = True
+        self._supervisor.cancel()
+        for worker in self._workers:
+            if worker.state is WorkerState.RESTARTING:
+                worker.state = WorkerState.STOPPED
         self._notify()
 
     def fail_all(self, error: ServiceError) -> int:
@@ -301,6 +305,9 @@ class WorkerPool:
     def _on_exit(self, worker: WorkerHandle) -> None:
         if self._is_stopping:
             worker.state = WorkerState.STOPPED
+        elif self._is_draining:  # the server is going away: a restart would only be shut down again
+            worker.state = WorkerState.STOPPED
+            logger.error("worker %d died while the server drains: %s", worker.worker_id, worker.last_exit)
         else:
             logger.error("worker %d died: %s", worker.worker_id, worker.last_exit)
             self._supervisor.worker_died(worker)  # RESTARTING or CRASH_LOOP: no longer routed to

@@ -30,7 +30,9 @@ def test_killed_worker_fails_its_stream_then_restarts(tmp_path_factory: pytest.T
     try:
         (worker,) = server.app.pool.workers
         with server.client() as client, server.channel() as channel:
-            first_pid = client.server_info().workers[0].pid
+            (first,) = client.server_info().workers
+            assert (first.worker_id, first.device, first.restarts, first.last_exit) == (0, "cpu", 0, "")
+            first_pid = first.pid
             assert first_pid == worker.pid
             stream = client.stream("Hello", max_new_tokens=4000, stopping={"ignore_eos": True}, timeout=60)
             next(stream)  # admitted

@@ -58,6 +58,7 @@ class SoakReport:
     rss_after_warmup_mib: float = 0.0
     rss_end_mib: float = 0.0
     rss_peak_mib: float = 0.0
+    rss_every_10s_mib: list[float] = field(default_factory=list)
     restart_seconds: float | None = None  # from the kill to the worker being ready again
     exit_code: int | None = None
     failures: list[str] = field(default_factory=list)
@@ -94,6 +95,7 @@ class SoakReport:
             f"  tokens {self.tokens}; slowest call {self.max_call_seconds:.1f}s; worker 0 back after {restart}",
             f"  gateway RSS: {self.rss_after_warmup_mib:.1f} MiB after warm-up, {self.rss_end_mib:.1f} MiB at the "
             f"end ({growth:+.1%}), peak {self.rss_peak_mib:.1f} MiB",
+            f"  gateway RSS every 10 s (MiB): {' '.join(f'{v:.1f}' for v in self.rss_every_10s_mib)}",
             f"  server exit code {self.exit_code}",
             "  PASS" if not self.failures else "  FAIL: " + "; ".join(self.failures),
         ]
@@ -109,18 +111,26 @@ def rss_mib(pid: int) -> float:
 
 
 class _MemorySampler(threading.Thread):
+    """Samples a process's RSS twice a second: the peak, and one sample every 10 s for the report."""
+
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.peak = 0.0
+        self.every_10s: list[float] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
+        count = 0
         while not self.stop.wait(0.5):
             try:
-                self.peak = max(self.peak, rss_mib(self.pid))
+                rss = rss_mib(self.pid)
             except (OSError, RuntimeError):
                 return
+            self.peak = max(self.peak, rss)
+            if count % 20 == 0:
+                self.every_10s.append(round(rss, 1))
+            count += 1
 
 
 def _kill_and_wait_for_restart(client: Client, timeout: float) -> float | None:
@@ -166,6 +176,7 @@ def run_soak(options: SoakOptions, workdir: Path) -> SoakReport:
             report.rss_end_mib = rss_mib(serve.pid)
             sampler.stop.set()
             report.rss_peak_mib = max(sampler.peak, report.rss_end_mib, report.rss_after_warmup_mib)
+            report.rss_every_10s_mib = sampler.every_10s
         tally = json.loads(output)
         report.outcomes = dict(tally["outcomes"])
         report.tokens = tally["tokens"]

@@ -23,6 +23,14 @@ import grpc
 
 from autoglm_rpc.client import AsyncClient, AutoglmError
 
+# Prompts are a few words drawn from this text, as real traffic reuses a vocabulary. (Unique random strings would
+# fill the tokenizer's bounded word cache, about 10,000 entries, for the first few minutes: growth that stops, but
+# would blur the memory check.)
+_TEXT = """the quick brown fox jumps over a lazy dog while gateways route requests to workers over pipes and
+continuous batching lets requests join or leave the running batch at every step tokens stream back to callers
+as soon as they are sampled a stream ends with its finish reason usage and timing servers drain on shutdown
+workers restart after a crash and overload is refused with a hint to retry later"""
+WORDS = tuple(_TEXT.split())
 # The statuses a caller may see under load and faults, as the contract documents them: anything else is a failure.
 EXPECTED = {"OK", "CANCELLED_BY_CLIENT", "RESOURCE_EXHAUSTED/QUEUE_FULL", "UNAVAILABLE/WORKER_CRASHED"}
 EXPECTED |= {"UNAVAILABLE/NO_READY_WORKER"}
@@ -42,13 +50,15 @@ class Tally:
         self.max_call_seconds = max(self.max_call_seconds, seconds)
 
 
+def _prompt(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
+
+
 async def _stream(client: AsyncClient, rng: random.Random, deadline: float, tally: Tally) -> str:
     max_new_tokens = rng.randint(8, 96)
     cancel_after = rng.randint(2, 6) if rng.random() < 0.05 else None
     received, last = 0, None
-    stream = client.stream(
-        f"soak {rng.random()}", max_new_tokens=max_new_tokens, return_token_ids=True, timeout=deadline
-    )
+    stream = client.stream(_prompt(rng), max_new_tokens=max_new_tokens, return_token_ids=True, timeout=deadline)
     async for message in stream:
         received += len(message.token_ids)
         last = message
@@ -62,7 +72,7 @@ async def _stream(client: AsyncClient, rng: random.Random, deadline: float, tall
 
 
 async def _unary(client: AsyncClient, rng: random.Random, deadline: float, tally: Tally) -> str:
-    result = await client.generate(f"soak {rng.random()}", max_new_tokens=rng.randint(8, 64), timeout=deadline)
+    result = await client.generate(_prompt(rng), max_new_tokens=rng.randint(8, 64), timeout=deadline)
     tally.tokens += result.usage.completion_tokens
     return "OK"
 
