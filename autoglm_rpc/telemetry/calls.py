@@ -21,6 +21,7 @@ class CallRecord:
     finish_reason: str | None = None
     capture_kernels: bool = False  # the caller sent x-autoglm-profile: kernels
     prompt: str | None = None  # only with log_prompts
+    peer: str | None = None  # read when the call starts: grpc's peer() on a call already gone can crash
 
 
 current_call: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar("autoglm_call", default=None)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -92,29 +93,33 @@ class _Call:
     def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             span, record, started = self._begin(context)
-            token = current_call.set(record)
+            # Attached by hand, not with `use_span`: when the caller goes away, grpc closes this generator from
+            # another context, where resetting these tokens raises (and did crash the process). Then the
+            # context they were set in is being dropped anyway, so they are only reset where they were set.
+            call_token = current_call.set(record)
+            otel_token = otel_context.attach(trace.set_span_in_context(span))
             error: BaseException | None = None
             try:
-                with trace.use_span(
-                    span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-                ):
-                    result = behavior(request, context)
-                    if inspect.isawaitable(result):  # a handler that writes with context.write()
-                        await result
-                    else:
-                        async for message in result:
-                            yield message
+                result = behavior(request, context)
+                if inspect.isawaitable(result):  # a handler that writes with context.write()
+                    await result
+                else:
+                    async for message in result:
+                        yield message
             except BaseException as exc:
                 error = exc
                 raise
             finally:
                 self._end(span, record, context, error, started)
-                current_call.reset(token)
+                if trace.get_current_span() is span and current_call.get() is record:
+                    otel_context.detach(otel_token)
+                    current_call.reset(call_token)
 
         return stream
 
     def _begin(self, context: grpc.aio.ServicerContext) -> tuple[trace.Span, CallRecord, float]:
         metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        peer = context.peer()  # now, while the call is alive: see CallRecord.peer
         span = self.interceptor._tracer.start_span(
             self.full_method,
             context=propagate.extract(metadata),
@@ -123,11 +128,11 @@ class _Call:
                 semconv.RPC_SYSTEM: "grpc",
                 semconv.RPC_SERVICE: self.service,
                 semconv.RPC_METHOD: self.method,
-                semconv.NETWORK_PEER_ADDRESS: context.peer() or "",
+                semconv.NETWORK_PEER_ADDRESS: peer or "",
             },
         )
         capture = metadata.get(semconv.PROFILE_METADATA_KEY, "").strip().lower() == semconv.PROFILE_KERNELS
-        return span, CallRecord(method=self.full_method, capture_kernels=capture), time.monotonic()
+        return span, CallRecord(self.full_method, capture_kernels=capture, peer=peer), time.monotonic()
 
     def _end(
         self,
@@ -197,7 +202,7 @@ def _access_log(
         "completion_tokens": record.completion_tokens if record.prompt_tokens is not None else None,
         "time_to_first_token_ms": ttft_ms,
         "finish_reason": record.finish_reason,
-        "peer": context.peer(),
+        "peer": record.peer,
     }
     if span_context.is_valid:  # the call's own span, which has ended by now
         fields["trace_id"] = format(span_context.trace_id, "032x")
