@@ -21,11 +21,11 @@ _DEFAULTS = {
     # The demo checkpoint on a few CPU cores: a few minutes in all.
     "cpu": {"prompt_len": 64, "new_tokens": 64, "concurrency": "1,4,16,64", "min_requests": 16,
             "systems": "hf_generate,hf_static_batch,engine,service", "max_num_batched_tokens": 512,
-            "client_processes": 1, "out": "bench-results/cpu"},
+            "client_processes": 1, "threads": 1, "out": "bench-results/cpu"},
     # Issue 4's workload on one GPU.
     "gpu": {"prompt_len": 256, "new_tokens": 128, "concurrency": "1,16,64,256", "min_requests": 4,
             "systems": "hf_generate,hf_static_batch,hf_continuous_batching,hf_cuda_graph,engine,service",
-            "max_num_batched_tokens": 2048, "client_processes": 4, "out": None},
+            "max_num_batched_tokens": 2048, "client_processes": 4, "threads": None, "out": None},
 }  # fmt: skip
 
 
@@ -50,6 +50,12 @@ def _run_parser(commands: argparse._SubParsersAction, kind: str, help_text: str)
     parser.add_argument("--checkpoint-dir", type=Path, help="build the checkpoint here and keep it")
     parser.add_argument("--model", type=Path, help="benchmark this existing checkpoint instead of building one")
     parser.add_argument("--seed", type=int, default=0, help="prompt seed")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=defaults["threads"],
+        help="torch threads of the bench process and the worker",
+    )
     parser.add_argument("--out", type=Path, default=defaults["out"], help="results directory")
 
 
@@ -90,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             checkpoint_dir=args.checkpoint_dir,
             model_path=args.model,
+            threads=args.threads or None,
         )
     except ValueError as exc:
         logging.error("%s", exc)
