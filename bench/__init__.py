@@ -3,7 +3,8 @@
 `python -m bench cpu` (`make bench`) runs on any machine with the tiny demo checkpoint; `python -m bench gpu`
 (`make bench-gpu`) builds a random-init GLM-4-9B-shaped model on the GPU. Both measure every system on the same
 random-prompt workload at each concurrency level and write a JSON file, a markdown table and (with matplotlib) a
-PNG plot. Modules, one job each:
+PNG plot (`python -m bench plot` renders it later, `python -m bench merge` joins a run done in parts).
+Modules, one job each:
 
     workload.py         prompts, levels, how many requests a level runs
     stats.py            per-request timings -> throughput, TTFT and inter-token-latency percentiles
@@ -15,6 +16,6 @@ PNG plot. Modules, one job each:
     service_process.py  the server subprocess's entry point
     client_process.py   a client subprocess's entry point (AsyncClient streams)
     machine.py          what the run ran on
-    report.py, plot.py  JSON + markdown, and the PNG
+    report.py, plot.py  JSON + markdown (and merging a run done in parts), and the PNG
     harness.py          one run from options to files
 """

@@ -4,6 +4,7 @@
     python -m bench gpu --dtype bf16|nf4 --prompt-len 256 --new-tokens 128 --concurrency 1,16,64,256 \\
         --out bench-results/gpu-bf16
     python -m bench plot bench-results/gpu-bf16/bench.json      # the PNG, later, where matplotlib is
+    python -m bench merge part1/bench.json part2/bench.json --out bench-results/gpu-bf16   # a run split in parts
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ _DEFAULTS = {
     # The demo checkpoint on a few CPU cores: a few minutes in all.
     "cpu": {"prompt_len": 64, "new_tokens": 64, "concurrency": "1,4,16,64", "min_requests": 16,
             "systems": "hf_generate,hf_static_batch,engine,service", "max_num_batched_tokens": 512,
-            "client_processes": 1, "out": "bench-results/cpu"},
+            "client_processes": 1, "threads": 1, "out": "bench-results/cpu"},
     # Issue 4's workload on one GPU.
     "gpu": {"prompt_len": 256, "new_tokens": 128, "concurrency": "1,16,64,256", "min_requests": 4,
             "systems": "hf_generate,hf_static_batch,hf_continuous_batching,hf_cuda_graph,engine,service",
-            "max_num_batched_tokens": 2048, "client_processes": 4, "out": None},
+            "max_num_batched_tokens": 2048, "client_processes": 4, "threads": None, "out": None},
 }  # fmt: skip
 
 
@@ -50,6 +51,12 @@ def _run_parser(commands: argparse._SubParsersAction, kind: str, help_text: str)
     parser.add_argument("--checkpoint-dir", type=Path, help="build the checkpoint here and keep it")
     parser.add_argument("--model", type=Path, help="benchmark this existing checkpoint instead of building one")
     parser.add_argument("--seed", type=int, default=0, help="prompt seed")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=defaults["threads"],
+        help="torch threads of the bench process and the worker",
+    )
     parser.add_argument("--out", type=Path, default=defaults["out"], help="results directory")
 
 
@@ -61,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="render the PNG of a finished run from its JSON")
     plot.add_argument("report", type=Path, help="a bench.json")
     plot.add_argument("--out", type=Path, help="PNG path (default: next to the JSON)")
+    merge = commands.add_parser(
+        "merge", help="one report from runs of one workload that measured different systems"
+    )
+    merge.add_argument("reports", type=Path, nargs="+", help="bench.json files")
+    merge.add_argument("--out", type=Path, required=True, help="results directory for the merged report")
     return parser
 
 
@@ -90,6 +102,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             checkpoint_dir=args.checkpoint_dir,
             model_path=args.model,
+            threads=args.threads or None,
         )
     except ValueError as exc:
         logging.error("%s", exc)
@@ -111,11 +124,28 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from bench.plot import write_plot
+    from bench.report import merge_reports, write_report
+
+    try:
+        report = merge_reports([json.loads(path.read_text()) for path in args.reports])
+    except ValueError as exc:
+        logging.error("%s", exc)
+        return 2
+    json_path, md_path = write_report(report, args.out)
+    if write_plot(report, args.out / "bench.png") is None:
+        logging.warning("matplotlib is not installed: no PNG. Later: python -m bench plot %s", json_path)
+    sys.stdout.write(md_path.read_text())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    return _plot(args) if args.command == "plot" else _run(args)
+    handlers = {"plot": _plot, "merge": _merge}
+    return handlers.get(args.command, _run)(args)
 
 
 if __name__ == "__main__":

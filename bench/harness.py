@@ -50,6 +50,7 @@ class BenchOptions:
     seed: int = 0
     checkpoint_dir: Path | None = None  # keep the built checkpoint here (default: a temporary directory)
     model_path: Path | None = None  # serve this existing checkpoint instead of building one
+    threads: int | None = None  # torch threads of this process and of the service's worker (None: torch's)
 
     def __post_init__(self) -> None:
         unknown = set(self.systems) - set(SYSTEMS)
@@ -100,6 +101,10 @@ class _Run:
 def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run the benchmark described by `options`; returns the report, also written under `options.out_dir`."""
     options.out_dir.mkdir(parents=True, exist_ok=True)
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
     keep = options.checkpoint_dir or options.model_path
     temporary = None if keep else tempfile.mkdtemp(prefix="autoglm-bench-")
     checkpoint_dir = options.checkpoint_dir or Path(temporary or ".")
@@ -208,6 +213,7 @@ def _worker_config(
         max_batch_size=workload.max_concurrency,
         max_seq_len=workload.max_seq_len,
         max_num_batched_tokens=max(options.max_num_batched_tokens, workload.max_concurrency),
+        num_threads=options.threads,
     )
 
 
@@ -226,6 +232,7 @@ def _service_settings(
         "max_seq_len": workload.max_seq_len,
         "max_num_batched_tokens": max(options.max_num_batched_tokens, workload.max_concurrency),
         "max_queue_depth": max(256, workload.requests_for_level(workload.max_concurrency)),
+        "worker_threads": options.threads,
         "reflection": False,
         "grace_period": 1.0,
         "log_level": "WARNING",

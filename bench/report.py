@@ -105,6 +105,32 @@ def evaluate_targets(results: list[LevelResult], quantization: str) -> list[dict
     ]
 
 
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from runs of the same workload that measured different systems (a GPU run split in parts).
+
+    Machine, model, workload and settings come from the first; a (system, level) measured twice keeps the later.
+    """
+    first = reports[0]
+    for other in reports[1:]:
+        for key in ("kind", "workload"):
+            if other[key] != first[key]:
+                raise ValueError(f"cannot merge runs with different {key}: {first[key]!r} and {other[key]!r}")
+    results = {
+        (r["system"], r["concurrency"]): LevelResult.from_dict(r) for rep in reports for r in rep["results"]
+    }
+    measured = {(s, c) for s, c in results}
+    skipped = [s for rep in reports for s in rep["skipped"] if (s["system"], s.get("concurrency")) not in measured]
+    return build_report(
+        kind=first["kind"],
+        machine=first["machine"],
+        model=first["model"],
+        workload=first["workload"],
+        service_settings=first["service_settings"],
+        results=results.values(),
+        skipped=skipped,
+    )
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write `bench.json` and `bench.md` into `out_dir` (created); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)

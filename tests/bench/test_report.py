@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.plot import write_plot
-from bench.report import SCHEMA, build_report, render_markdown, write_report
+from bench.report import SCHEMA, build_report, merge_reports, render_markdown, write_report
 from bench.stats import RequestTiming, summarize
 
 
@@ -85,3 +85,18 @@ def test_plot_is_written_when_matplotlib_is_there(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     path = write_plot(_report(), tmp_path / "bench.png")
     assert path is not None and path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_merge_joins_parts_of_one_workload() -> None:
+    engine_part, service_part = _report(), _report()
+    engine_part["results"] = [r for r in engine_part["results"] if r["system"] != "service"]
+    service_part["results"] = [r for r in service_part["results"] if r["system"] == "service"]
+    service_part["skipped"] = []
+    merged = merge_reports([engine_part, service_part])
+    assert merged["results"] == _report()["results"]
+    assert [row["concurrency"] for row in merged["comparison"] if "service_vs_engine" in row] == [1, 4]
+    assert merged["skipped"] == engine_part["skipped"]
+    other = _report()
+    other["workload"] = {**other["workload"], "new_tokens": 16}
+    with pytest.raises(ValueError, match="workload"):
+        merge_reports([engine_part, other])

@@ -33,6 +33,7 @@ def test_cpu_run_measures_every_system_and_writes_the_report(glm_checkpoint: Pat
         max_num_batched_tokens=64,
         client_processes=2,
         model_path=glm_checkpoint,
+        threads=1,
     )
     report = run_bench(options)
     assert json.loads((tmp_path / "run" / "bench.json").read_text()) == report
@@ -53,6 +54,7 @@ def test_cpu_run_measures_every_system_and_writes_the_report(glm_checkpoint: Pat
     assert report["machine"]["torch"] == torch.__version__
     assert report["workload"]["new_tokens"] == NEW_TOKENS
     assert report["service_settings"]["max_batch_size"] == 2
+    assert report["service_settings"]["worker_threads"] == report["machine"]["torch_threads"] == 1
 
 
 def test_static_cache_decoder_matches_generate(glm_checkpoint: Path) -> None:
