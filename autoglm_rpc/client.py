@@ -121,8 +121,14 @@ def channel_credentials(
     return grpc.ssl_channel_credentials(_pem(root_certificates), _pem(private_key), _pem(certificate_chain))
 
 
-def _uses_tls(tls: bool, *pems: Pem | None) -> bool:
-    return tls or any(pem is not None for pem in pems)
+def _open_channel(transport: Any, target: str, tls: bool, *pems: Pem | None) -> Any:
+    """A channel from `transport` (`grpc` or `grpc.aio`): TLS when asked for or when any PEM is given.
+
+    pems: root certificates, certificate chain, private key (see `channel_credentials`).
+    """
+    if tls or any(pem is not None for pem in pems):
+        return transport.secure_channel(target, channel_credentials(*pems))
+    return transport.insecure_channel(target)
 
 
 def _auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
@@ -143,10 +149,9 @@ class Client:
         certificate_chain: Pem | None = None,
         private_key: Pem | None = None,
     ) -> None:
-        if channel is None and _uses_tls(tls, root_certificates, certificate_chain, private_key):
-            credentials = channel_credentials(root_certificates, certificate_chain, private_key)
-            channel = grpc.secure_channel(target, credentials)
-        self._channel = channel or grpc.insecure_channel(target)
+        self._channel = channel or _open_channel(
+            grpc, target, tls, root_certificates, certificate_chain, private_key
+        )
         self._metadata = _auth_metadata(api_key)
         self._generation = generation_pb2_grpc.GenerationServiceStub(self._channel)
         self._models = model_pb2_grpc.ModelServiceStub(self._channel)
@@ -227,10 +232,9 @@ class AsyncClient:
         certificate_chain: Pem | None = None,
         private_key: Pem | None = None,
     ) -> None:
-        if channel is None and _uses_tls(tls, root_certificates, certificate_chain, private_key):
-            credentials = channel_credentials(root_certificates, certificate_chain, private_key)
-            channel = grpc.aio.secure_channel(target, credentials)
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._channel = channel or _open_channel(
+            grpc.aio, target, tls, root_certificates, certificate_chain, private_key
+        )
         self._metadata = _auth_metadata(api_key)
         self._generation = generation_pb2_grpc.GenerationServiceStub(self._channel)
         self._models = model_pb2_grpc.ModelServiceStub(self._channel)

@@ -15,7 +15,6 @@ from collections import deque
 from bench.stats import LevelResult, RequestTiming, summarize
 from bench.workload import Workload
 from workers.engine import Engine
-from workers.loader import load_model
 from workers.protocol import SamplingParams, StoppingParams, Submit, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -23,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 def start_engine(config: WorkerConfig) -> Engine:
     """Load the model and warm the engine up, as `workers.worker` does before it reports Ready."""
-    loaded = load_model(config, lambda stage, fraction: logger.debug("engine: %s (%.0f%%)", stage, 100 * fraction))
-    engine = Engine.from_loaded(loaded, config)
-    engine.warm_up()
+    engine, _ = Engine.start(
+        config, lambda stage, fraction: logger.debug("engine: %s (%.0f%%)", stage, 100 * fraction)
+    )
     return engine
 
 

@@ -13,10 +13,11 @@ import logging
 import time
 from collections.abc import Iterable
 
-from workers.loader import LoadedModel
+from workers.loader import LoadedModel, ProgressCallback, load_model
 from workers.model_runner import ModelRunner, RunnerOutput
 from workers.protocol import (
     FailureReason,
+    ModelInfo,
     RequestDelta,
     RequestFailed,
     SamplingParams,
@@ -53,6 +54,15 @@ class Engine:
         )
         decode_mode = resolve_decode_mode(config.decode_mode, loaded.cache.spec.device)
         return cls(ModelRunner(loaded.model, loaded.cache, decode_mode), scheduler)
+
+    @classmethod
+    def start(cls, config: WorkerConfig, on_progress: ProgressCallback) -> tuple[Engine, ModelInfo]:
+        """Load the model, build the engine and warm it up: what a worker does before it reports Ready."""
+        loaded = load_model(config, on_progress)
+        engine = cls.from_loaded(loaded, config)
+        on_progress("warming up", 0.95)
+        engine.warm_up()
+        return engine, loaded.info
 
     def add(self, submit: Submit) -> None:
         """Queue a request; an invalid one becomes a `RequestFailed` (see `pop_failures`) and is not queued."""

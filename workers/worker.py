@@ -22,7 +22,6 @@ import torch
 
 from workers.engine import Engine
 from workers.faults import Faults, segfault
-from workers.loader import load_model
 from workers.protocol import (
     Cancel,
     GatewayMessage,
@@ -72,12 +71,9 @@ def _start_engine(conn: Connection, config: WorkerConfig) -> Engine:
     def on_progress(stage: str, fraction: float) -> None:
         conn.send(LoadProgress(worker_id=config.worker_id, stage=stage, fraction=fraction))
 
-    loaded = load_model(config, on_progress)
-    engine = Engine.from_loaded(loaded, config)
-    on_progress("warming up", 0.95)
-    engine.warm_up()
-    conn.send(Ready(worker_id=config.worker_id, model=loaded.info))
-    logger.info("worker %s ready: %s", config.worker_id, loaded.info)
+    engine, info = Engine.start(config, on_progress)
+    conn.send(Ready(worker_id=config.worker_id, model=info))
+    logger.info("worker %s ready: %s", config.worker_id, info)
     return engine
 
 

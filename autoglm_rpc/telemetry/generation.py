@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
@@ -93,7 +92,6 @@ class _Watcher:
         self.span = span
         self.metrics = metrics
         self.call = call
-        self.started = time.monotonic()
         self.has_first_token = False
 
     def observe(self, event: GenerationEvent) -> None:
