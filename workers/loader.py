@@ -97,11 +97,13 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
     on_progress("loading weights", 0.0)
     model = _from_pretrained(config, device, dtype, quantization)
     check_supported(model, ATTENTION_NAME)
-    max_seq_len = resolve_max_seq_len(config.max_seq_len, model.config)
+    # The language model's facts: a multimodal checkpoint (Gemma 3) keeps them in its text config.
+    text_config = model.config.get_text_config()
+    max_seq_len = resolve_max_seq_len(config.max_seq_len, text_config)
     on_progress("allocating KV cache", 0.8)
     # The cache holds K/V in the dtype the layers compute in, which is the embeddings' dtype even when quantized.
     cache_dtype = model.get_input_embeddings().weight.dtype
-    spec = plan_cache(model.config, config, max_seq_len, cache_dtype, device)
+    spec = plan_cache(text_config, config, max_seq_len, cache_dtype, device)
     cache = SlottedKVCache(spec)
     info = ModelInfo(
         model_id=config.model_id,

@@ -52,7 +52,9 @@ class ModelRunner:
         self.device = cache.spec.device
         self.vocab_size = self.lm_head.weight.shape[0]
         # Gemma 2 soft-caps its logits after the LM head (the model's forward does it; the engine calls the head).
-        self.final_logit_softcapping: float | None = getattr(model.config, "final_logit_softcapping", None)
+        self.final_logit_softcapping: float | None = getattr(
+            model.config.get_text_config(), "final_logit_softcapping", None
+        )
         # seen[s, t]: token t occurs in slot s's prompt or output (every token is fed in once, so marking the
         # inputs of each forward tracks prompt + output exactly by the time the next token is sampled).
         self.seen = torch.zeros(cache.spec.num_slots, self.vocab_size, dtype=torch.bool, device=self.device)

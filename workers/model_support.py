@@ -10,6 +10,9 @@ here. What the engine cannot reproduce is refused by `check_supported` before th
 - encoder-decoder models, and bidirectional (non-causal) attention;
 - attention layers other than full or sliding-window (chunked, linear, state-space, ...);
 - logits scaled by anything but Gemma's final soft-cap (which the model runner applies);
+- rope types that pick their frequencies from the longest position in a forward ("dynamic", "longrope": Phi-3
+  128k, Phi-3.5): under continuous batching the rows of a forward belong to different requests, so one request
+  would change another's output;
 - attention sinks (gpt-oss): found by their parameters, and by the attention function should a layer pass them.
 """
 
@@ -35,8 +38,14 @@ class UnsupportedModelError(ValueError):
 
 
 def check_supported(model: torch.nn.Module, attention_name: str) -> None:
-    """Raise `UnsupportedModelError` if the engine (attention `attention_name`) would compute `model` wrong."""
-    problem = _unsupported_feature(model, model.config, attention_name)
+    """Raise `UnsupportedModelError` if the engine (attention `attention_name`) would compute `model` wrong.
+
+    A multimodal checkpoint (Gemma 3) is judged by its language model, which is all the engine runs: prompts
+    are text, so the vision tower is never called.
+    """
+    problem = _unsupported_model(model, attention_name) or _unsupported_layers(model.config.get_text_config())
+    if problem is None and any(name.endswith("self_attn.sinks") for name, _ in model.named_parameters()):
+        problem = "attention sinks"
     if problem is not None:
         raise UnsupportedModelError(architecture_of(model), problem)
 
@@ -47,11 +56,16 @@ def architecture_of(module: torch.nn.Module) -> str:
     return (getattr(config, "architectures", None) or [type(module).__name__])[0]
 
 
-def _unsupported_feature(model: torch.nn.Module, config, attention_name: str) -> str | None:
-    if not type(model).is_backend_compatible() or getattr(config, "_attn_implementation", None) != attention_name:
+def _unsupported_model(model: torch.nn.Module, attention_name: str) -> str | None:
+    if not type(model).is_backend_compatible() or model.config._attn_implementation != attention_name:
         return "its attention does not go through transformers' AttentionInterface, which the engine replaces"
-    if getattr(config, "is_encoder_decoder", False):
+    if getattr(model.config, "is_encoder_decoder", False):
         return "it is an encoder-decoder model"
+    return None
+
+
+def _unsupported_layers(config) -> str | None:
+    """What in the language model's config the engine cannot reproduce, or None."""
     if getattr(config, "use_bidirectional_attention", False):
         return "use_bidirectional_attention (non-causal attention)"
     if getattr(config, "attention_chunk_size", None):
@@ -61,9 +75,25 @@ def _unsupported_feature(model: torch.nn.Module, config, attention_name: str) ->
         return f"layer types {other_types} (the engine runs {list(SUPPORTED_LAYER_TYPES)})"
     if getattr(config, "logit_scale", None) not in (None, 1.0):
         return f"logit_scale={config.logit_scale} (logits scaled after the LM head)"
-    if any(name.endswith("self_attn.sinks") for name, _ in model.named_parameters()):
-        return "attention sinks"
+    # transformers' `dynamic_rope_update` recomputes these frequencies from max(position_ids) + 1 of each forward.
+    rope_types = _rope_types(getattr(config, "rope_parameters", None))
+    rope_types = sorted(t for t in rope_types if "dynamic" in t or t == "longrope")
+    if rope_types:
+        return (
+            f"rope type {rope_types[0]!r}, which picks its frequencies from the longest sequence in a forward: "
+            "in a shared batch one request's length would change another's tokens"
+        )
     return None
+
+
+def _rope_types(parameters) -> set[str]:
+    """The rope types of `config.rope_parameters`: one dict, or one per layer type (Gemma 3)."""
+    if not isinstance(parameters, dict):
+        return set()
+    if isinstance(parameters.get("rope_type"), str):
+        return {parameters["rope_type"]}
+    per_layer_type = [p for p in parameters.values() if isinstance(p, dict)]
+    return {p["rope_type"] for p in per_layer_type if isinstance(p.get("rope_type"), str)}
 
 
 def attention_sinks(module: torch.nn.Module) -> UnsupportedModelError:

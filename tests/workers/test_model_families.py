@@ -69,3 +69,29 @@ def test_gemma2_logprobs_are_of_the_soft_capped_logits(make_engine, reference_mo
         logits = reference_model("gemma2")(torch.tensor([prompt])).logits[0, -1]  # soft-capped by the model
     expected = torch.log_softmax(logits.float(), dim=-1)[delta.token_ids[0]].item()
     assert delta.logprobs[0].logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_multimodal_gemma3_serves_its_language_model(checkpoint, make_engine, tmp_path, submit):
+    """Most Gemma 3 checkpoints are `Gemma3ForConditionalGeneration`: the engine runs their language model on
+    text prompts, reading the context length and the cache shape from the text config."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3Config, SiglipVisionConfig
+
+    text = AutoModelForCausalLM.from_pretrained(checkpoint("gemma3"), dtype=torch.float32)
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    vision = SiglipVisionConfig(**sizes, image_size=28, patch_size=14)
+    config = Gemma3Config(
+        text_config=text.config.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        boi_token_index=637,
+        eoi_token_index=638,
+        image_token_index=639,  # above every id `random_prompt` draws: the prompts are text only
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.model.language_model.load_state_dict(text.model.state_dict())
+    model.lm_head.load_state_dict(text.lm_head.state_dict())
+    model.save_pretrained(tmp_path)
+    engine = make_engine("gemma3", model_path=str(tmp_path), max_batch_size=4, max_num_batched_tokens=16)
+    assert type(engine.runner.model).__name__ == "Gemma3ForConditionalGeneration"
+    _parity_scenario(engine, model.eval(), submit)

@@ -12,6 +12,8 @@ from workers.model_support import UnsupportedModelError
 from workers.protocol import WorkerConfig
 
 _SMALL = {
+    "pad_token_id": 0,
+    "eos_token_id": 1,
     "vocab_size": 128,
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -22,6 +24,7 @@ _SMALL = {
     "max_position_embeddings": 64,
 }
 _MOE = {"num_local_experts": 2, "num_experts_per_tok": 1}
+_LONGROPE = {"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4, "rope_theta": 1e4}
 
 # config class, its keywords, the architecture and the feature the refusal must name.
 REFUSED = {
@@ -33,6 +36,12 @@ REFUSED = {
         {**_SMALL, "intermediate_size_mlp": 64, "num_local_experts": 1, "attention_chunk_size": 16},
         "Llama4ForCausalLM",
         "chunked attention",
+    ),
+    "longrope": (
+        "Phi3Config",
+        {**_SMALL, "rope_parameters": _LONGROPE, "original_max_position_embeddings": 32},
+        "Phi3ForCausalLM",
+        "'longrope'",
     ),
 }
 
