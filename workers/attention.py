@@ -2,13 +2,16 @@
 
 The model stays a Hugging Face model class; only its attention call is ours. The runner calls the decoder with
 an `attn_metadata=AttentionMetadata(...)` keyword, which transformers forwards untouched through the decoder
-layers to the attention function (GLM, Llama and Qwen2 in transformers 5 pass `**kwargs` all the way). There the
-new K/V are written into the slotted cache and the queries attend over the cache by absolute position.
+layers to the attention function (every family the engine supports passes `**kwargs` all the way). There the
+new K/V are written into the slotted cache and the queries attend over the cache by absolute position. Each
+module also passes its own `sliding_window` (None on full-attention layers), `softcap` (Gemma 2) and `scaling`;
+masks and scores for those come from `workers.attention_variants`, which works from positions alone.
 
 No mask function is registered in `AttentionMaskInterface` on purpose: for an implementation name that table
 does not know, `create_causal_mask` returns None at once (the path transformers keeps for engine-owned
 attention). Registering one would make it scan `position_ids` for packed sequences on every forward, a host
-sync, only for our function to ignore the result. The causal mask is built here, once per forward, instead.
+sync, only for our function to ignore the result. The causal mask is built here, once per forward, instead (and
+the mask of each sliding window once per forward, by the first layer that needs it).
 """
 
 from __future__ import annotations

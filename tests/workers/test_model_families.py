@@ -42,6 +42,15 @@ def test_greedy_equals_generate(family, decode_mode, make_engine, reference_mode
     _parity_scenario(engine, reference_model(family), submit)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", [*WINDOWED, "qwen3"])
+def test_cuda_graph_decode_equals_generate_in_float32(family, make_engine, reference_model, submit):
+    """The window masks and soft-caps inside captured decode graphs (reference: the CPU float32 model)."""
+    engine = make_engine(family, device="cuda", dtype="float32", decode_mode="cuda_graphs", max_batch_size=4)
+    _parity_scenario(engine, reference_model(family), submit)
+    assert engine.runner.static_decoder.num_graphs > 0
+
+
 @pytest.mark.parametrize("family", WINDOWED)
 def test_the_window_changes_the_output(family, checkpoint, reference_model):
     """The parity test means something only if a wrong window would change tokens: without its window (or with
