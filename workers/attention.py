@@ -2,23 +2,28 @@
 
 The model stays a Hugging Face model class; only its attention call is ours. The runner calls the decoder with
 an `attn_metadata=AttentionMetadata(...)` keyword, which transformers forwards untouched through the decoder
-layers to the attention function (GLM, Llama and Qwen2 in transformers 5 pass `**kwargs` all the way). There the
-new K/V are written into the slotted cache and the queries attend over the cache by absolute position.
+layers to the attention function (every family the engine supports passes `**kwargs` all the way). There the
+new K/V are written into the slotted cache and the queries attend over the cache by absolute position. Each
+module also passes its own `sliding_window` (None on full-attention layers), `softcap` (Gemma 2) and `scaling`;
+masks and scores for those come from `workers.attention_variants`, which works from positions alone.
 
 No mask function is registered in `AttentionMaskInterface` on purpose: for an implementation name that table
 does not know, `create_causal_mask` returns None at once (the path transformers keeps for engine-owned
 attention). Registering one would make it scan `position_ids` for packed sequences on every forward, a host
-sync, only for our function to ignore the result. The causal mask is built here, once per forward, instead.
+sync, only for our function to ignore the result. The causal mask is built here, once per forward, instead (and
+the mask of each sliding window once per forward, by the first layer that needs it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
 
+from workers.attention_variants import attend, visible_keys, window_matters
 from workers.kv_cache import SlottedKVCache
+from workers.model_support import attention_sinks
 
 ATTENTION_NAME = "autoglm_slotted"
 
@@ -33,6 +38,8 @@ class AttentionMetadata:
     kv_len: int  # attend over cache positions [0, kv_len)
     first_slot: int | None  # set when slots are consecutive from it: the cache is read as a view
     mask: torch.Tensor | None  # [B, 1, S, kv_len] bool, True = attend; None = causal from position 0
+    # The mask of each sliding window the layers use, built by the first layer that asks (see `mask_for`).
+    window_masks: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -49,8 +56,7 @@ class AttentionMetadata:
         mask = None
         if not starts_at_zero:
             # A key at position j is visible to a query at position p when j <= p.
-            cache_positions = torch.arange(kv_len, device=positions.device)
-            mask = (cache_positions[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, S, kv_len]
+            mask = visible_keys(positions, torch.arange(kv_len, device=positions.device), None)
         return cls(
             cache=cache,
             slots=slots,
@@ -59,6 +65,17 @@ class AttentionMetadata:
             first_slot=host_slots[0] if is_consecutive else None,
             mask=mask,
         )
+
+    def mask_for(self, sliding_window: int | None) -> torch.Tensor | None:
+        """The mask of a layer with this window (None: full attention); built once per forward per window."""
+        if not window_matters(sliding_window, self.kv_len):
+            return self.mask  # every key in [0, kv_len) lies inside the window of every real query
+        mask = self.window_masks.get(sliding_window)
+        if mask is None:
+            key_positions = torch.arange(self.kv_len, device=self.positions.device)
+            mask = visible_keys(self.positions, key_positions, sliding_window)  # [B, 1, S, kv_len]
+            self.window_masks[sliding_window] = mask
+        return mask
 
 
 def slotted_attention(
@@ -70,32 +87,28 @@ def slotted_attention(
     *,
     dropout: float = 0.0,
     scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
     attn_metadata: AttentionMetadata | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Write this step's K/V into the cache, then attend over the cache. Matches `sdpa_attention_forward`.
+    """Write this step's K/V into the cache, then attend over the cache. Matches `sdpa_attention_forward`, and
+    transformers' eager attention for a layer with a `sliding_window` or a logit `softcap` (Gemma 2).
 
     query: [B, Hq, S, D]; key, value: [B, Hkv, S, D] with rotary embeddings applied. Returns [B, S, Hq, D].
     """
     if attn_metadata is None:
         raise RuntimeError(f"the {ATTENTION_NAME!r} attention runs only inside the engine's model runner")
-    if kwargs.get("sliding_window") is not None:
-        raise NotImplementedError("sliding-window attention is not supported by the engine")
+    if "s_aux" in kwargs:
+        raise attention_sinks(module)
     cache = attn_metadata.cache
     cache.write(module.layer_idx, attn_metadata.slots, attn_metadata.positions, key, value)
     cached_key, cached_value = cache.read(
         module.layer_idx, attn_metadata.slots, attn_metadata.kv_len, attn_metadata.first_slot
     )
     # cached_key, cached_value: [B, Hkv, kv_len, D]
-    output = torch.nn.functional.scaled_dot_product_attention(
-        query,
-        cached_key,
-        cached_value,
-        attn_mask=attn_metadata.mask,
-        is_causal=attn_metadata.mask is None and query.shape[2] > 1,
-        scale=scaling,
-        enable_gqa=query.shape[1] != cached_key.shape[1],
-    )
+    mask = attn_metadata.mask_for(sliding_window)
+    output = attend(query, cached_key, cached_value, mask, scaling=scaling, softcap=softcap)
     return output.transpose(1, 2).contiguous(), None
 
 

@@ -1,8 +1,8 @@
 """Tiny random-weight checkpoints built locally: the demo model and the test suite's models.
 
 Nothing is downloaded. A byte-level BPE tokenizer is trained in-process on a small multilingual corpus (so
-multi-byte characters split across tokens occur), and a causal LM of a real architecture (GLM, Llama, Qwen2) with a
-few layers gets random weights. The result is an ordinary Hugging Face checkpoint directory (safetensors,
+multi-byte characters split across tokens occur), and a causal LM of a real architecture (one of `ARCHITECTURES`)
+with a few layers gets random weights. The result is an ordinary Hugging Face checkpoint directory (safetensors,
 tokenizer.json, generation_config.json) that `AutoModelForCausalLM` and `AutoTokenizer` load. Its text is noise.
 """
 
@@ -19,7 +19,19 @@ from workers.protocol import RANDOM_WEIGHTS_MARKER
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES = ("glm", "llama", "qwen2")
+# architecture -> the transformers config class of its text model.
+_CONFIG_CLASSES = {
+    "glm": "GlmConfig",
+    "glm4": "Glm4Config",
+    "llama": "LlamaConfig",
+    "qwen2": "Qwen2Config",
+    "qwen3": "Qwen3Config",
+    "mistral": "MistralConfig",
+    "phi3": "Phi3Config",
+    "gemma2": "Gemma2Config",
+    "gemma3": "Gemma3TextConfig",
+}
+ARCHITECTURES = tuple(_CONFIG_CLASSES)
 
 EOS_TOKEN = "<|endoftext|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -58,10 +70,15 @@ class TinyModelSpec:
     vocab_size: int = 640
     seed: int = 0
     has_chat_template: bool = True
+    # A sliding window on the layers the architecture slides: all of them (Mistral, Phi-3), all but the first
+    # (Qwen2, Qwen3: `use_sliding_window` from `max_window_layers` 1), or every other one (Gemma 2, Gemma 3).
+    sliding_window: int | None = None
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.sliding_window is not None and self.architecture in ("glm", "glm4", "llama"):
+            raise ValueError(f"sliding_window: {self.architecture} has no sliding-window attention")
 
 
 DEMO_SPEC = TinyModelSpec(
@@ -95,10 +112,24 @@ def train_tokenizer(vocab_size: int):  # -> tokenizers.Tokenizer
     return tokenizer
 
 
-def _model_config(spec: TinyModelSpec, vocab_size: int, eos_token_id: int):
-    from transformers import GlmConfig, LlamaConfig, Qwen2Config
+def _window_settings(spec: TinyModelSpec) -> dict:
+    """The config keywords that put `spec.sliding_window` on the layers its architecture slides."""
+    window = spec.sliding_window
+    if spec.architecture in ("gemma2", "gemma3"):
+        # Gemma always has windowed layers (4096 tokens unless told), alternating with full ones from the first.
+        layer_types = [("sliding_attention", "full_attention")[i % 2] for i in range(spec.num_hidden_layers)]
+        return {"layer_types": layer_types, **({"sliding_window": window} if window else {})}
+    if window is None:
+        return {"sliding_window": None} if spec.architecture == "mistral" else {}  # Mistral: 4096 unless told
+    if spec.architecture in ("qwen2", "qwen3"):
+        return {"use_sliding_window": True, "sliding_window": window, "max_window_layers": 1}
+    return {"sliding_window": window}
 
-    config_class = {"glm": GlmConfig, "llama": LlamaConfig, "qwen2": Qwen2Config}[spec.architecture]
+
+def _model_config(spec: TinyModelSpec, vocab_size: int, eos_token_id: int):
+    import transformers
+
+    config_class = getattr(transformers, _CONFIG_CLASSES[spec.architecture])
     return config_class(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
@@ -112,6 +143,7 @@ def _model_config(spec: TinyModelSpec, vocab_size: int, eos_token_id: int):
         pad_token_id=eos_token_id,
         bos_token_id=None,
         tie_word_embeddings=False,
+        **_window_settings(spec),
     )
 
 

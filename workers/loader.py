@@ -22,6 +22,7 @@ import torch
 from workers.attention import ATTENTION_NAME, register_attention
 from workers.kv_cache import CacheSpec, SlottedKVCache, slots_that_fit
 from workers.manifest import verify_checkpoint
+from workers.model_support import check_supported
 from workers.protocol import ModelInfo, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -95,12 +96,14 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
     check_checkpoint_files(config, on_progress)
     on_progress("loading weights", 0.0)
     model = _from_pretrained(config, device, dtype, quantization)
-    _check_supported(model)
-    max_seq_len = resolve_max_seq_len(config.max_seq_len, model.config)
+    check_supported(model, ATTENTION_NAME)
+    # The language model's facts: a multimodal checkpoint (Gemma 3) keeps them in its text config.
+    text_config = model.config.get_text_config()
+    max_seq_len = resolve_max_seq_len(config.max_seq_len, text_config)
     on_progress("allocating KV cache", 0.8)
     # The cache holds K/V in the dtype the layers compute in, which is the embeddings' dtype even when quantized.
     cache_dtype = model.get_input_embeddings().weight.dtype
-    spec = plan_cache(model.config, config, max_seq_len, cache_dtype, device)
+    spec = plan_cache(text_config, config, max_seq_len, cache_dtype, device)
     cache = SlottedKVCache(spec)
     info = ModelInfo(
         model_id=config.model_id,
@@ -167,22 +170,6 @@ def _from_pretrained(config: WorkerConfig, device: torch.device, dtype: torch.dt
         device,
     )
     return model
-
-
-def _check_supported(model: torch.nn.Module) -> None:
-    """Refuse models whose forward the engine would silently compute wrong."""
-    config = model.config
-    name = type(model).__name__
-    if getattr(config, "_attn_implementation", None) != ATTENTION_NAME:
-        raise ValueError(f"{name} does not route attention through transformers' AttentionInterface")
-    if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"{name} is an encoder-decoder model; the engine serves decoder-only causal LMs")
-    layer_types = getattr(config, "layer_types", None) or ()
-    if getattr(config, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
-        raise ValueError(f"{name} uses sliding-window or non-standard attention layers, which the engine lacks")
-    for attribute in ("final_logit_softcapping", "logit_scale"):
-        if getattr(config, attribute, None) not in (None, 1.0):
-            raise ValueError(f"{name} scales its logits ({attribute}); the engine applies the LM head alone")
 
 
 def resolve_max_seq_len(requested: int | None, model_config) -> int:

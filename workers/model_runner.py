@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workers.attention import AttentionMetadata
+from workers.attention_variants import soft_cap
 from workers.kv_cache import SlottedKVCache
 from workers.protocol import TokenLogprob
 from workers.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
@@ -50,6 +51,10 @@ class ModelRunner:
         self.cache = cache
         self.device = cache.spec.device
         self.vocab_size = self.lm_head.weight.shape[0]
+        # Gemma 2 soft-caps its logits after the LM head (the model's forward does it; the engine calls the head).
+        self.final_logit_softcapping: float | None = getattr(
+            model.config.get_text_config(), "final_logit_softcapping", None
+        )
         # seen[s, t]: token t occurs in slot s's prompt or output (every token is fed in once, so marking the
         # inputs of each forward tracks prompt + output exactly by the time the next token is sampled).
         self.seen = torch.zeros(cache.spec.num_slots, self.vocab_size, dtype=torch.bool, device=self.device)
@@ -147,6 +152,8 @@ class ModelRunner:
         """LM head on the producing rows only, then one batched sampling call and one host copy of the ids."""
         # hidden: [N, hidden_size] -> logits: [N, V]
         logits = self.lm_head(hidden).float()
+        if self.final_logit_softcapping is not None:
+            logits = soft_cap(logits, self.final_logit_softcapping)
         rows = output.rows
         sampling_rows = [SamplingRow(seq.sampling, len(seq.output_ids), seq.masked_token_ids()) for seq in rows]
         tensors = SamplingTensors.from_rows(sampling_rows, self.device)

@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import random
+from typing import Any, NamedTuple
 
 import torch
 
 from workers.protocol import SamplingParams, StepOutput, StoppingParams, Submit
 
 ARCHITECTURES = ("glm", "llama", "qwen2")
+
+
+class Family(NamedTuple):
+    """A tiny checkpoint the worker tests build: its architecture, sliding window, seed and config overrides."""
+
+    architecture: str
+    sliding_window: int | None
+    seed: int
+    config: dict[str, Any] = {}
+
+
+# The windows (8 tokens) are shorter than the tests' prompts plus outputs, so a query that saw too much or too
+# little changes tokens. Gemma 2's soft-caps are tightened from 50 and 30 so that they change tokens too.
+FAMILIES: dict[str, Family] = {
+    "glm": Family("glm", None, 11),
+    "llama": Family("llama", None, 12),
+    "qwen2": Family("qwen2", None, 13),
+    "glm4": Family("glm4", None, 14),
+    "qwen2-swa": Family("qwen2", 8, 15),
+    "qwen3": Family("qwen3", None, 16),
+    "mistral": Family("mistral", 8, 17),
+    "phi3": Family("phi3", 8, 18),
+    "gemma2": Family("gemma2", 8, 19, {"attn_logit_softcapping": 2.0, "final_logit_softcapping": 2.0}),
+    "gemma3": Family("gemma3", 8, 20),
+}
 
 
 def make_submit(

@@ -14,7 +14,6 @@ from tests.workers.factories import make_submit, random_prompt, reference, run_t
 from workers.engine import Engine
 from workers.kv_cache import CacheSpec, slots_that_fit
 from workers.loader import (
-    _check_supported,
     load_model,
     quantization_config,
     resolve_device,
@@ -65,14 +64,6 @@ def test_context_limit_resolution() -> None:
     assert resolve_max_seq_len(100, config) == 100
     with pytest.raises(ValueError, match="exceeds the checkpoint's context length 512"):
         resolve_max_seq_len(1024, config)
-
-
-def test_unsupported_models_are_refused() -> None:
-    base = {"_attn_implementation": "autoglm_slotted", "layer_types": ["full_attention"]}
-    _check_supported(SimpleNamespace(config=SimpleNamespace(**base)))
-    for change in ({"use_sliding_window": True}, {"final_logit_softcapping": 30.0}, {"_attn_implementation": "x"}):
-        with pytest.raises(ValueError):
-            _check_supported(SimpleNamespace(config=SimpleNamespace(**{**base, **change})))
 
 
 def test_model_info_and_progress(worker_config) -> None:
