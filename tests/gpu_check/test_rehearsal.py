@@ -60,7 +60,7 @@ def test_rehearsal_writes_the_results_folder(tmp_path: Path) -> None:
         in (markdown)
     )
     assert "| bf16: engine, 1 request, tok/s | >= 150 tok/s |" in markdown
-    assert "13.2 (generate(), one request)" in markdown and "2,166 (CUDA-graph decode)" in markdown
+    assert "13.2 tok/s (generate(), one request)" in markdown and "2,166 tok/s (CUDA-graph" in markdown
     assert "| nf4: engine, 2 concurrent, tok/s | >= 5,000 tok/s | not measured (bench-nf4 timed out) |" in markdown
     assert "## Benchmark, bf16" in markdown and "## Benchmark, nf4" not in markdown
     log = (out / "gpu-check.log").read_text()

@@ -103,7 +103,7 @@ TARGETS: tuple[Target, ...] = (
         150,
         "tok/s",
         _engine_tok_s(1),
-        "13.2 (generate(), one request)",
+        "13.2 tok/s (generate(), one request)",
         _graph_tok_s(1),
     ),
     Target(
@@ -113,7 +113,7 @@ TARGETS: tuple[Target, ...] = (
         10_000,
         "tok/s",
         _engine_tok_s(None),
-        "838 (continuous batching), 2,166 (CUDA-graph decode)",
+        "838 tok/s (continuous batching), 2,166 tok/s (CUDA-graph decode step)",
         _graph_tok_s(None),
     ),
     Target(
