@@ -48,6 +48,7 @@ def test_install_command_is_offline(tmp_path: Path) -> None:
 def test_gpu_test_files_are_found_by_their_marker() -> None:
     files = plan.gpu_test_files(ROOT)
     assert {"tests/e2e/test_gpu.py", "tests/bench/test_gpu.py"} <= set(files)
+    assert files[-1] == "tests/bench/test_gpu.py"
 
 
 def test_gpu_plan_benchmarks_256_streams_within_eight_minutes(tmp_path: Path) -> None:

@@ -148,9 +148,10 @@ def install_stage(layout: Layout, budget: float, rehearse: bool) -> Stage:
 
 
 def gpu_test_files(root: Path) -> list[str]:
-    """The test files that hold `gpu`-marked tests (relative paths, sorted)."""
+    """The test files that hold `gpu`-marked tests, relative paths; tests/bench/ last (the slowest, and what the
+    benchmark stages exercise at full size anyway), so a stage cut short has run the engine's and service's."""
     found = [p for p in (root / "tests").rglob("test_*.py") if _GPU_TEST_MARK.search(p.read_text())]
-    return sorted(str(p.relative_to(root)) for p in found)
+    return sorted((str(p.relative_to(root)) for p in found), key=lambda f: (f.startswith("tests/bench/"), f))
 
 
 def gpu_tests_stage(layout: Layout, budget: float) -> Stage:
@@ -198,44 +199,17 @@ def _bench_command(layout: Layout, precision: str, levels: Levels, rehearse: boo
 
 
 def _tracing_command(layout: Layout, rehearse: bool) -> list[str]:
+    # Both arms' servers share the device: a short context and a fifth of the free memory each for the KV cache
+    # (by default the first would size its cache for the checkpoint's whole context from 90 % of what is free).
     command = [
-        layout.python,
-        str(layout.root / "bench" / "tracing_overhead.py"),
-        "--model",
-        str(layout.checkpoint),
-        "--json",
-        "--sample-ratio",
-        "0.1",
-    ]
+        layout.python, str(layout.root / "bench" / "tracing_overhead.py"), "--model", str(layout.checkpoint),
+        "--json", "--sample-ratio", "0.1", "--max-seq-len", "512", "--kv-cache-memory-fraction", "0.2",
+    ]  # fmt: skip
     if rehearse:
-        return [
-            *command,
-            "--device",
-            "cpu",
-            "--rounds",
-            "1",
-            "--concurrency",
-            "2",
-            "--requests",
-            "2",
-            "--max-new-tokens",
-            "4",
-            "--worker-threads",
-            "1",
-        ]
-    return [
-        *command,
-        "--device",
-        "cuda",
-        "--rounds",
-        "4",
-        "--concurrency",
-        "32",
-        "--requests",
-        "64",
-        "--max-new-tokens",
-        "32",
-    ]
+        return [*command, "--device", "cpu", "--rounds", "1", "--concurrency", "2", "--requests", "2",
+                "--max-new-tokens", "4", "--worker-threads", "1"]  # fmt: skip
+    return [*command, "--device", "cuda", "--rounds", "4", "--concurrency", "32", "--requests", "64",
+            "--max-new-tokens", "32"]  # fmt: skip
 
 
 def select(stages: list[Stage], names: list[str] | None) -> list[Stage]:
