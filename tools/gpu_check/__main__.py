@@ -2,7 +2,7 @@
 
     python3 -m tools.gpu_check --out RESULTS [--wheels .gpu-wheels]     # on the GPU machine (make gpu-check)
     python -m tools.gpu_check --rehearse --out RESULTS                  # on the CPU (make gpu-check REHEARSE=1)
-    ... --stages bench-bf16,tracing --budget bench-bf16=150 --total-budget 300
+    ... --stages bench-bf16-engine,tracing --budget bench-bf16-engine=150 --total-budget 300
 
 The driver imports neither torch nor the project: every stage is a subprocess (see `plan` and `runner`), so a
 broken import shows as a failed stage, never as a dead driver. Exit code 0 when every stage ended ok or skipped.
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", type=Path, help="scratch folder, kept (default: a temporary one, removed)")
     parser.add_argument("--stages", help=f"run only these (and what they need): {','.join(plan.STAGES)}")
     parser.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS", help="a stage's budget")
-    parser.add_argument("--total-budget", type=float, help="seconds for the whole run (default: 460 on the GPU)")
+    parser.add_argument("--total-budget", type=float, help="seconds for the whole run (default: 465 on the GPU)")
     return parser
 
 

@@ -5,10 +5,12 @@ most, so the benchmark reports are embedded in the JSON and their tables in the 
 (with the servers' logs) is appended to the one log. Both documents are rewritten after every stage, so a run
 cut short still leaves what it measured.
 
+The driver imports this module, so it stays free of torch (bench.report is plain Python).
+
 JSON (`"schema": "autoglm-gpu-check/1"`): `mode` (gpu | rehearsal), `started`, `elapsed_s`, `total_budget_s`,
 `complete`, `levels`, `stages` (`runner.StageResult`s), `environment` (the preflight's facts), `tests` (counts and
-failures of the gpu-marked tests), `bench` (bench.json per precision, or null), `tracing` (the A/B's result, or
-null) and `targets` (`targets.evaluate` rows).
+failures of the gpu-marked tests), `bench` (per precision, the engine's and the service's bench.json merged into
+one, or null), `tracing` (the A/B's result, or null) and `targets` (`targets.evaluate` rows).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import report as bench_report
 from tools.gpu_check import targets
-from tools.gpu_check.plan import PRECISIONS, Layout, Levels
+from tools.gpu_check.plan import PARTS, PRECISIONS, Layout, Levels
 from tools.gpu_check.runner import StageResult
 
 SCHEMA = "autoglm-gpu-check/1"
@@ -44,10 +47,11 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         status = {s.name: s for s in self.stages}
-        bench = {p: _read_json(self.layout.bench_out(p) / "bench.json") for p in PRECISIONS}
+        bench = {precision: self._bench_report(precision) for precision in PRECISIONS}
         tracing = _last_json_line(status.get("tracing"))
         sources = {**bench, "tracing": tracing}
-        missing = {source: _why_missing(status.get(_stage_of(source))) for source in sources}
+        missing = {p: _why_missing([status.get(f"bench-{p}-{part}") for part in PARTS]) for p in PRECISIONS}
+        missing["tracing"] = _why_missing([status.get("tracing")])
         return {
             "schema": SCHEMA,
             "mode": "rehearsal" if self.rehearsal else "gpu",
@@ -68,6 +72,12 @@ class Record:
             "targets": targets.evaluate(sources, missing, self.levels.high),
         }
 
+    def _bench_report(self, precision: str) -> dict[str, Any] | None:
+        """The precision's engine and service reports as one (`bench.report.merge_reports`), or what there is."""
+        parts = [_read_json(self.layout.bench_out(precision, part) / "bench.json") for part in PARTS]
+        reports = [part for part in parts if part is not None]
+        return bench_report.merge_reports(reports) if reports else None
+
 
 def write(record: Record) -> dict[str, Any]:
     """Write the JSON and the markdown into the results folder; returns the JSON document."""
@@ -75,7 +85,7 @@ def write(record: Record) -> dict[str, Any]:
     out = record.layout.out
     out.mkdir(parents=True, exist_ok=True)
     (out / JSON_NAME).write_text(json.dumps(document, indent=2) + "\n")
-    (out / MARKDOWN_NAME).write_text(render_markdown(document, record.layout))
+    (out / MARKDOWN_NAME).write_text(render_markdown(document))
     return document
 
 
@@ -92,7 +102,7 @@ def test_outcomes(stage: StageResult | None) -> dict[str, Any] | None:
     }
 
 
-def render_markdown(document: dict[str, Any], layout: Layout) -> str:
+def render_markdown(document: dict[str, Any]) -> str:
     rehearsal = document["mode"] == "rehearsal"
     title = "GPU check: REHEARSAL on the CPU" if rehearsal else "GPU check"
     lines = [f"# {title}", ""]
@@ -119,10 +129,9 @@ def render_markdown(document: dict[str, Any], layout: Layout) -> str:
     lines += ["", "## Targets, this run and the anchors", ""]
     lines += targets.markdown_table(document["targets"], rehearsal)
     lines += ["", *_test_lines(document["tests"]), *_tracing_lines(document["tracing"])]
-    for precision in PRECISIONS:
-        table = layout.bench_out(precision) / "bench.md"
-        if table.is_file():
-            lines += ["", f"## Benchmark, {precision}", "", *_demote(table.read_text())]
+    for precision, bench in document["bench"].items():
+        if bench is not None:
+            lines += ["", f"## Benchmark, {precision}", "", *_demote(bench_report.render_markdown(bench))]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -175,16 +184,12 @@ def _demote(markdown: str) -> list[str]:
     return [f"#{line}" if line.startswith("## ") else line for line in body]
 
 
-def _stage_of(source: str) -> str:
-    return "tracing" if source == "tracing" else f"bench-{source}"
-
-
-def _why_missing(stage: StageResult | None) -> str:
-    if stage is None:
+def _why_missing(stages: list[StageResult | None]) -> str:
+    """Why a source's figures may be missing: the stages behind it that did not end ok."""
+    if any(stage is None for stage in stages):
         return "not run"
-    if stage.status == "ok":
-        return "not in the report"
-    return f"not measured ({stage.name} {stage.status})"
+    failed = [f"{stage.name} {stage.status}" for stage in stages if stage is not None and stage.status != "ok"]
+    return f"not measured ({', '.join(failed)})" if failed else "not in the report"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
