@@ -55,7 +55,11 @@ def check(require_cuda: bool) -> dict[str, Any]:
             traceback.print_exc()
     facts: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
     facts["versions"] = {name: _version(name) for name in DISTRIBUTIONS}
-    facts |= _torch_facts(require_cuda, problems)
+    try:
+        facts |= _torch_facts(require_cuda, problems)
+    except Exception as exc:  # torch itself does not import: the facts stay partial, the problem is said
+        problems.append(f"torch: {type(exc).__name__}: {exc}")
+        traceback.print_exc()
     facts["nvidia_smi"] = _nvidia_smi()
     facts["problems"] = problems
     return facts

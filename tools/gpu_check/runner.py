@@ -5,7 +5,8 @@ its worker processes, client processes) goes with it: when the budget runs out t
 SIGKILL after a grace period, and the stage is recorded as timed out; the group is also killed after a normal
 exit, in case the stage left something behind. The next stage then starts. A stage whose `needs` did not succeed,
 or that would get less than `MIN_STAGE_S` before the deadline, is not run. Each stage's output (stdout and stderr
-together) goes to its own file, appended to the run's log when the stage ends.
+together) goes to its own file, appended to the run's log when the stage ends, between a line with its command
+and a line with how it ended.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Runner:
             result = self.run(stage)
             self.results.append(result)
             logger.info(
-                "stage %-12s %-9s %6.1fs of %4.0fs  %s",
+                "stage %-18s %-9s %6.1fs of %4.0fs  %s",
                 stage.name,
                 result.status,
                 result.seconds,
@@ -101,6 +102,8 @@ class Runner:
             return self._not_executed(StageResult(stage.name, "not run", stage.budget_s, note=note))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{stage.name}.log"
+        with self.run_log.open("a") as run_log:  # the command first, in case the whole run is cut short
+            run_log.write(f"\n===== {stage.name}: $ {' '.join(stage.command)}\n")
         result = self._execute(stage, min(stage.budget_s, remaining), log_path)
         self._append_logs(stage, result, log_path)
         return result
@@ -114,8 +117,6 @@ class Runner:
         assert stage.command is not None
         started = time.monotonic()
         with log_path.open("w") as output:
-            output.write(f"$ {' '.join(stage.command)}\n")
-            output.flush()
             process = subprocess.Popen(
                 stage.command,
                 cwd=self.cwd,
@@ -131,7 +132,7 @@ class Runner:
                 stop_group(process)
                 seconds = time.monotonic() - started
                 cut = "the run's deadline" if budget < stage.budget_s else "its budget"
-                note = f"killed after {seconds:.0f}s ({cut}: {budget:.0f}s)"
+                note = f"killed after {seconds:.0f}s ({cut}: {budget:.0f}s); last output: {last_line(log_path)}"
                 return StageResult(stage.name, "timed out", stage.budget_s, seconds, None, note, str(log_path))
             except BaseException:  # the driver itself is being stopped: take the stage down with it
                 stop_group(process)
@@ -139,14 +140,13 @@ class Runner:
             finally:
                 _kill_group(process.pid, signal.SIGKILL)  # whatever the stage left running
         status = "ok" if code == 0 else "failed"
-        note = stage.note if code == 0 else f"exit code {code}"
+        note = stage.note if code == 0 else f"exit code {code}: {last_line(log_path)}"
         return StageResult(
             stage.name, status, stage.budget_s, time.monotonic() - started, code, note, str(log_path)
         )
 
     def _append_logs(self, stage: Stage, result: StageResult, log_path: Path) -> None:
         with self.run_log.open("a") as run_log:
-            run_log.write(f"\n===== {stage.name}: {result.status} in {result.seconds:.1f}s {result.note}\n")
             run_log.write(log_path.read_text(errors="replace"))
             for extra in stage.extra_logs:
                 if extra.is_file():
@@ -154,6 +154,7 @@ class Runner:
                         f"\n----- {stage.name}: the last {EXTRA_LOG_TAIL_BYTES // 1024} KiB of {extra}\n"
                     )
                     run_log.write(_tail(extra, EXTRA_LOG_TAIL_BYTES))
+            run_log.write(f"\n===== {stage.name}: {result.status} in {result.seconds:.1f}s: {result.note}\n")
 
 
 def stop_group(process: subprocess.Popen[Any]) -> None:
@@ -168,6 +169,13 @@ def stop_group(process: subprocess.Popen[Any]) -> None:
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
         os.killpg(pgid, sig)
+
+
+def last_line(path: Path, limit: int = 160) -> str:
+    """The last non-blank line of a stage's output, shortened to `limit` characters (for the stage table)."""
+    lines = [line.strip() for line in _tail(path, 16 * 1024).splitlines() if line.strip()]
+    line = lines[-1] if lines else "(no output)"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _tail(path: Path, num_bytes: int) -> str:
