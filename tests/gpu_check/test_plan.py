@@ -64,6 +64,14 @@ def test_gpu_plan_benchmarks_256_streams_within_eight_minutes(tmp_path: Path) ->
     assert by_name["tracing"].needs == ("checkpoint",)
 
 
+def test_the_readme_states_the_gpu_budgets() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### GPU check") :]
+    for stage, seconds in plan.GPU_BUDGETS.items():
+        assert f"| {stage} | {seconds} |" in section
+    assert f"budget of {plan.GPU_TOTAL_BUDGET_S:.0f} s" in section
+
+
 def test_stage_selection_keeps_what_a_stage_needs(tmp_path: Path) -> None:
     stages = plan.build_stages(_layout(tmp_path), rehearse=True, budgets=plan.REHEARSAL_BUDGETS)
     chosen = plan.select(stages, ["tracing"])

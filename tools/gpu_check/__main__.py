@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         document = report.write(record)  # before the scratch folder goes: the bench reports are read from it
         if temporary:
             shutil.rmtree(work, ignore_errors=True)
-    sys.stdout.write((layout.out / report.MARKDOWN_NAME).read_text())
+    sys.stdout.write(report.summary(document, layout.out / report.MARKDOWN_NAME))
     return 0 if all(s["status"] in ("ok", "skipped") for s in document["stages"]) else 1
 
 

@@ -66,7 +66,7 @@ class Record:
             },
             "stages": [s.to_dict() for s in self.stages],
             "environment": _read_json(self.layout.preflight_json),
-            "tests": test_outcomes(status.get("gpu-tests")),
+            "tests": gpu_test_outcomes(status.get("gpu-tests")),
             "bench": bench,
             "tracing": tracing,
             "targets": targets.evaluate(sources, missing, self.levels.high),
@@ -89,7 +89,15 @@ def write(record: Record) -> dict[str, Any]:
     return document
 
 
-def test_outcomes(stage: StageResult | None) -> dict[str, Any] | None:
+def summary(document: dict[str, Any], markdown_path: Path) -> str:
+    """The markdown without the benchmark tables, which a terminal (or the last lines of a remote command's
+    output) has less room for; they are in `markdown_path`."""
+    text = render_markdown(document)
+    cut = text.find("\n## Benchmark")
+    return text if cut < 0 else f"{text[:cut]}\n\nThe benchmark tables: {markdown_path}\n"
+
+
+def gpu_test_outcomes(stage: StageResult | None) -> dict[str, Any] | None:
     """Counts by outcome and the tests that failed, read from pytest's verbose output (a cut-off one too)."""
     if stage is None or not stage.log or not Path(stage.log).is_file():
         return None
