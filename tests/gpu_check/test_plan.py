@@ -10,7 +10,7 @@ import pytest
 from bench.report import build_report
 from bench.stats import RequestTiming, summarize
 from tools.gpu_check import plan, targets, wheels
-from tools.gpu_check.__main__ import parse_budgets
+from tools.gpu_check.__main__ import parse_budgets, prepare_work
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,3 +125,17 @@ def test_targets_read_a_gpu_report_and_say_why_a_figure_is_missing() -> None:
     row = "| bf16: engine, 256 concurrent, tok/s | >= 10,000 tok/s | 8,000 tok/s | **no** | 2,000 tok/s |"
     assert row in table
     assert "| nf4: engine, 1 request, tok/s | >= 150 tok/s | not measured (bench-nf4 timed out) | — |" in table
+
+
+def test_a_scratch_folder_is_cleared_only_when_this_tool_made_it(tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="refusing to clear it"):
+        prepare_work(precious)
+    assert (precious / "notes.txt").exists()
+
+    work, temporary = prepare_work(tmp_path / "work")
+    (work / "stale.json").write_text("{}")
+    assert prepare_work(work) == (work, False) and not temporary
+    assert not (work / "stale.json").exists()

@@ -88,13 +88,15 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     budgets = parse_budgets(args.budget, args.rehearse)
+    names = _names(args.stages)
+    plan.check_names(names or [])
     total = args.total_budget or (plan.REHEARSAL_TOTAL_BUDGET_S if args.rehearse else plan.GPU_TOTAL_BUDGET_S)
     started = time.monotonic()
     work, temporary = prepare_work(args.work)
     layout = plan.Layout(ROOT, args.out.resolve(), work.resolve(), args.wheels.resolve(), sys.executable)
     record = report.Record(layout, args.rehearse, plan.levels_for(args.rehearse), total)
     try:
-        stages = plan.select(plan.build_stages(layout, args.rehearse, budgets), _names(args.stages))
+        stages = plan.select(plan.build_stages(layout, args.rehearse, budgets), names)
         layout.out.mkdir(parents=True, exist_ok=True)
         (layout.out / report.LOG_NAME).write_text(f"gpu-check ({'rehearsal' if args.rehearse else 'gpu'})\n")
         report.write(record)

@@ -194,11 +194,16 @@ def select(stages: list[Stage], names: list[str] | None) -> list[Stage]:
     """`stages` restricted to `names` and what they need (install always), in the stages' order."""
     if not names:
         return stages
-    unknown = sorted(set(names) - set(STAGES))
-    if unknown:
-        raise ValueError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    check_names(names)
     by_name = {stage.name: stage for stage in stages}
     wanted = {"install", *names}
     for name in list(wanted):
         wanted.update(by_name[name].needs)
     return [stage for stage in stages if stage.name in wanted]
+
+
+def check_names(names: list[str]) -> None:
+    """ValueError naming any of `names` that is not a stage."""
+    unknown = sorted(set(names) - set(STAGES))
+    if unknown:
+        raise ValueError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
