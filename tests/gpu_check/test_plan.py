@@ -72,6 +72,17 @@ def test_the_readme_states_the_gpu_budgets() -> None:
     assert f"budget of {plan.GPU_TOTAL_BUDGET_S:.0f} s" in section
 
 
+def test_the_gpu_benchmark_commands_parse(tmp_path: Path) -> None:
+    """The rehearsal runs `bench cpu`; the GPU's `bench gpu` options are checked against its parser here."""
+    from bench.__main__ import build_parser
+
+    for stage in plan.build_stages(_layout(tmp_path), rehearse=False, budgets=plan.GPU_BUDGETS):
+        if stage.name.startswith("bench-"):
+            assert stage.command is not None
+            args = build_parser().parse_args(list(stage.command[3:]))
+            assert (args.command, args.dtype, args.concurrency) == ("gpu", stage.name.split("-")[1], "1,256")
+
+
 def test_stage_selection_keeps_what_a_stage_needs(tmp_path: Path) -> None:
     stages = plan.build_stages(_layout(tmp_path), rehearse=True, budgets=plan.REHEARSAL_BUDGETS)
     chosen = plan.select(stages, ["tracing"])
