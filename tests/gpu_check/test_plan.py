@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _layout(tmp_path: Path) -> plan.Layout:
     return plan.Layout(ROOT, tmp_path / "out", tmp_path / "work", tmp_path / "wheels", sys.executable)
+
+
+def test_the_driver_imports_neither_torch_nor_the_service() -> None:
+    code = "import sys, tools.gpu_check.__main__; print(' '.join(sys.modules))"
+    finished = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = set(finished.stdout.split())
+    assert not {"torch", "transformers", "grpc", "autoglm_rpc", "workers"} & loaded
 
 
 def test_only_missing_or_too_old_wheels_are_installed() -> None:

@@ -4,8 +4,9 @@
     python -m tools.gpu_check --rehearse --out RESULTS                  # on the CPU (make gpu-check REHEARSE=1)
     ... --stages bench-bf16-engine,tracing --budget bench-bf16-engine=150 --total-budget 300
 
-The driver imports neither torch nor the project: every stage is a subprocess (see `plan` and `runner`), so a
-broken import shows as a failed stage, never as a dead driver. Exit code 0 when every stage ended ok or skipped.
+The driver imports no torch, no gateway and no worker code (only plain-Python `bench.report`): every stage is a
+subprocess (see `plan` and `runner`), so a broken import shows as a failed stage, never as a dead driver. Exit
+code 0 when every stage ended ok or skipped.
 """
 
 from __future__ import annotations
