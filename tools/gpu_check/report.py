@@ -94,7 +94,7 @@ def summary(document: dict[str, Any], markdown_path: Path) -> str:
     output) has less room for; they are in `markdown_path`."""
     text = render_markdown(document)
     cut = text.find("\n## Benchmark")
-    return text if cut < 0 else f"{text[:cut]}\n\nThe benchmark tables: {markdown_path}\n"
+    return text if cut < 0 else f"{text[:cut].rstrip()}\n\nThe benchmark tables: {markdown_path}\n"
 
 
 def gpu_test_outcomes(stage: StageResult | None) -> dict[str, Any] | None:
