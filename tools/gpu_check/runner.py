@@ -154,7 +154,8 @@ class Runner:
                         f"\n----- {stage.name}: the last {EXTRA_LOG_TAIL_BYTES // 1024} KiB of {extra}\n"
                     )
                     run_log.write(_tail(extra, EXTRA_LOG_TAIL_BYTES))
-            run_log.write(f"\n===== {stage.name}: {result.status} in {result.seconds:.1f}s: {result.note}\n")
+            note = f": {result.note}" if result.note else ""
+            run_log.write(f"\n===== {stage.name}: {result.status} in {result.seconds:.1f}s{note}\n")
 
 
 def stop_group(process: subprocess.Popen[Any]) -> None:
