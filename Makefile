@@ -27,7 +27,7 @@ GO_MAPPINGS := $(foreach p,$(PROTOS:proto/%=%),--go_opt=M$(p)=$(GO_MODULE)/autog
 VERSION ?=
 
 .PHONY: install proto lint format test soak run demo-model clean bench bench-gpu bench-tracing node-deps buf \
-	release-proto go-client
+	release-proto go-client gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -145,6 +145,22 @@ bench: $(BENCH_STAMP)
 bench-gpu:
 	$(PY) -m bench gpu --dtype $(DTYPE) --prompt-len $(PROMPT_LEN) --new-tokens $(NEW_TOKENS) \
 		--concurrency $(CONCURRENCY) --out $(OUT) $(BENCH_ARGS)
+
+# One prepared run on a CUDA GPU machine (README "GPU check"): install the wheels brought in $(GPU_WHEELS), the
+# gpu-marked tests, bf16 and nf4 at 1 and 256 streams, the tracing A/B; results in OUT (an OUT from the command
+# line or the environment, else bench-results/gpu-check). It installs nothing from a registry and runs the
+# machine's python3; REHEARSE=1 runs it on the CPU here with the demo model. GPU_CHECK_ARGS passes options.
+GPU_WHEELS ?= .gpu-wheels
+GPU_CHECK_ARGS ?=
+GPU_CHECK_OUT := $(if $(filter command environment,$(origin OUT)),$(OUT),bench-results/gpu-check)
+gpu-check:
+	$(if $(REHEARSE),$(PY),python3) -m tools.gpu_check --out $(GPU_CHECK_OUT) --wheels $(GPU_WHEELS) \
+		$(if $(REHEARSE),--rehearse) $(GPU_CHECK_ARGS)
+
+# Downloads the wheels gpu-check brings (CPython 3.12, manylinux x86_64) into $(GPU_WHEELS) and reports their size
+# against what the device machine carries.
+gpu-wheels:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m tools.gpu_check.wheels --dest $(GPU_WHEELS)
 
 demo-model: $(STAMP)
 	$(VENV)/bin/autoglm-rpc demo-model --output $(DEMO_MODEL)

@@ -10,7 +10,8 @@ worker process, read from /proc), which other processes' load barely moves. The 
 throughput and under 1 ms p50 TTFT. It is a benchmark, not a test: it asserts nothing.
 
     .venv/bin/python bench/tracing_overhead.py                 # CPU, the demo-sized random checkpoint
-    .venv/bin/python bench/tracing_overhead.py --device cuda --model /models/glm-4-9b-chat-hf
+    .venv/bin/python bench/tracing_overhead.py --device cuda --model /models/glm-4-9b-chat-hf \
+        --max-seq-len 512 --kv-cache-memory-fraction 0.2     # both servers' KV caches fit on one GPU
 """
 
 from __future__ import annotations
@@ -161,6 +162,11 @@ def settings_for(args: argparse.Namespace, model: str, **overrides: object) -> S
         "log_level": "WARNING",
         "worker_threads": args.worker_threads,
     }
+    # Two servers share one device: on a GPU, each must keep its KV cache small enough to leave room for the other.
+    if args.max_seq_len is not None:
+        values["max_seq_len"] = args.max_seq_len
+    if args.kv_cache_memory_fraction is not None:
+        values["kv_cache_memory_fraction"] = args.kv_cache_memory_fraction
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -174,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=32, help="requests per round")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--worker-threads", type=int, default=None)
+    parser.add_argument("--max-seq-len", type=int, default=None, help="context limit (default: the checkpoint's)")
+    parser.add_argument(
+        "--kv-cache-memory-fraction", type=float, default=None, help="each server's share of free memory for KV"
+    )
     parser.add_argument("--sample-ratio", type=float, default=0.1)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args(argv)
