@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from autoglm.v1 import generation_pb2, model_pb2, model_pb2_grpc
-from autoglm_rpc import convert
+from autoglm_rpc import wire
 from autoglm_rpc.config import Settings
 from autoglm_rpc.devices import plan_workers
 from autoglm_rpc.errors import ServerDraining
@@ -228,7 +228,7 @@ def _generation_handlers(servicer: GenerationServicer) -> grpc.GenericRpcHandler
 
     def checked(message_class: type) -> object:
         def deserialize(data: bytes) -> Checked:
-            return Checked(message_class.FromString(data), convert.count_input_fields(data))
+            return Checked(message_class.FromString(data), wire.count_oneof_members(data))
 
         return deserialize
 
