@@ -167,10 +167,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(settings.log_level, settings.log_format)
     from autoglm_rpc.server import serve
+    from autoglm_rpc.text.errors import CheckpointFileError
 
     try:
         return serve(settings)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, CheckpointFileError) as exc:
         logger.error("cannot serve: %s", exc)
         return 1
 

@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from autoglm.v1 import generation_pb2, model_pb2, model_pb2_grpc
-from autoglm_rpc import wire
+from autoglm_rpc import binding, wire
 from autoglm_rpc.config import Settings
 from autoglm_rpc.devices import plan_workers
 from autoglm_rpc.errors import ServerDraining
@@ -68,6 +68,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # headless Service re-resolve DNS and start using pods added since they connected; calls in flight
         # finish on the old connection (no max_connection_age_grace: it is unbounded).
         ("grpc.max_connection_age_ms", 300_000),
+        binding.NO_PORT_SHARING,
     ]
 
 
@@ -211,15 +212,11 @@ def build_app(settings: Settings) -> App:
     if settings.reflection:
         names = (GENERATION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    address = f"{settings.host}:{settings.port}"
+    credentials = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         credentials = tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-        port = server.add_secure_port(address, credentials)
         logger.info("TLS on; client certificates %s", "required" if settings.tls_client_ca else "not required")
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    port = binding.bind(server, settings.host, settings.port, credentials)
     return App(settings, server, port, pool, frontend, health_servicer, telemetry)
 
 
