@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from autoglm_rpc.telemetry import semconv
 from autoglm_rpc.telemetry.calls import CallRecord, current_call
 from autoglm_rpc.telemetry.generation import SERVER_FAULT_CODES
+from autoglm_rpc.telemetry.logs import text_value
 from autoglm_rpc.telemetry.metrics import GatewayMetrics
 
 access_logger = logging.getLogger("autoglm_rpc.access")
@@ -218,5 +219,5 @@ def _access_log(
         "time_to_first_token_ms",
         "finish_reason",
     )
-    text = " ".join(f"{key}={fields[key]}" for key in shown if key in fields)
+    text = " ".join(f"{key}={text_value(fields[key])}" for key in shown if key in fields)
     access_logger.info("%s %s %s", record.method, code.name, text, extra=fields)
