@@ -54,6 +54,11 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--restart-window", type=float, help="seconds over which worker deaths count (300)")
     serve.add_argument(
+        "--worker-hang-timeout",
+        type=float,
+        help="seconds without progress before a worker is restarted (120; 0: off)",
+    )
+    serve.add_argument(
         "--stream-buffer-messages", type=int, help="pending messages of an unread stream before merging (64)"
     )
     serve.add_argument(

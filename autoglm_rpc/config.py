@@ -68,6 +68,9 @@ class Settings:
     restart_backoff_max: float = 30.0
     max_restarts_per_window: int = 5
     restart_window: float = 300.0
+    # A ready worker silent this long (no engine step, no answer to a liveness ping) is hung: killed and restarted
+    # (see autoglm_rpc/pool/watchdog.py for the sizing); 0 turns the watchdog off.
+    worker_hang_timeout: float = 120.0
     # Worker messages a stream that is not being read may hold; past it new tokens merge into the last one.
     stream_buffer_messages: int = 64
     log_level: str = "INFO"
@@ -170,6 +173,8 @@ class Settings:
             raise ValueError(f"max_restarts_per_window must be 0 or more, got {self.max_restarts_per_window}")
         if self.stream_buffer_messages < 1:
             raise ValueError(f"stream_buffer_messages must be at least 1, got {self.stream_buffer_messages}")
+        if not self.worker_hang_timeout >= 0:
+            raise ValueError(f"worker_hang_timeout must be 0 (off) or more, got {self.worker_hang_timeout}")
 
     def _validate_observability(self) -> None:
         _check_choice("log_format", self.log_format, LOG_FORMATS)

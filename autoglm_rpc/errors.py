@@ -129,6 +129,15 @@ class WorkerCrashed(ServiceError):
         )
 
 
+class WorkerHung(ServiceError):
+    def __init__(self, worker_id: int, timeout: float) -> None:
+        super().__init__(
+            f"worker {worker_id} made no progress for {timeout:g}s and is being restarted; retry",
+            grpc.StatusCode.UNAVAILABLE,
+            "WORKER_HUNG",
+        )
+
+
 class DeadlineExceeded(ServiceError):
     def __init__(self) -> None:
         super().__init__(

@@ -98,6 +98,8 @@ class App:
     async def wait_until_ready(self, timeout: float | None = None) -> None:
         """Wait for the workers to load; raise RuntimeError if none could."""
         await self.pool.wait_until_settled(timeout or self.settings.worker_start_timeout)
+        if self.pool.fatal_error:
+            raise RuntimeError(f"{self.pool.fatal_error}; fix the checkpoint or the settings")
         if not self.pool.num_ready:
             raise RuntimeError("no worker could load the model; the log above says why")
 
@@ -186,7 +188,9 @@ def build_app(settings: Settings) -> App:
         max_restarts=settings.max_restarts_per_window,
         window=settings.restart_window,
     )
-    pool = WorkerPool(configs, settings.max_queue_depth, policy, settings.stream_buffer_messages)
+    pool = WorkerPool(
+        configs, settings.max_queue_depth, policy, settings.stream_buffer_messages, settings.worker_hang_timeout
+    )
     pool.observer = telemetry.pool_observer(pool)
     limiter = RateLimiter(settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute)
     frontend = Frontend(served, pool, limiter)

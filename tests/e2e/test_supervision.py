@@ -84,7 +84,6 @@ def test_a_checkpoint_no_worker_can_load_ends_the_server(glm_checkpoint: Path, t
         (broken / item.name).write_bytes(item.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     flags = ["--model", str(broken), "--port", "0", "--device", "cpu", "--workers", "1", "--worker-threads", "1"]
-    flags += ["--max-restarts-per-window", "0"]  # no restart: the first failed load is the end
     result = subprocess.run(
         [sys.executable, "-m", "autoglm_rpc.cli", "serve", *flags],
         cwd=ROOT,
@@ -94,5 +93,5 @@ def test_a_checkpoint_no_worker_can_load_ends_the_server(glm_checkpoint: Path, t
         check=False,
     )
     assert result.returncode == 1, result.stderr
-    assert "crash loop" in result.stderr
-    assert "no worker could load the model" in result.stderr
+    # A corrupt weights file fails the same way every time: no restart is tried (tests/hardening has more).
+    assert "cannot load the model" in result.stderr and "restarting in" not in result.stderr

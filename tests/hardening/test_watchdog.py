@@ -1,0 +1,77 @@
+"""The watchdog, with SIGSTOP on a real worker: a stopped worker is found, its requests end UNAVAILABLE /
+WORKER_HUNG, it is killed and restarted, and GetServerInfo shows what happened; then it serves again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from autoglm.v1 import model_pb2
+from autoglm_rpc.client import AutoglmError, Client
+from tests.support import ServerThread, server_settings
+
+HANG_TIMEOUT = 4.0
+
+
+def _wait_for(client: Client, condition: Callable[[model_pb2.GetServerInfoResponse], bool], timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.server_info(timeout=10)
+        if condition(info):
+            return info
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last answer:\n{info}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def watched(glm_checkpoint: Path) -> Iterator[ServerThread]:
+    settings = server_settings(
+        glm_checkpoint, workers=1, worker_hang_timeout=HANG_TIMEOUT, restart_backoff_initial=0.1
+    )
+    server = ServerThread(settings).start()
+    yield server
+    server.stop()
+
+
+def _ready_again(client: Client, old_pid: int) -> model_pb2.WorkerInfo:
+    ready = model_pb2.WORKER_STATE_READY
+    info = _wait_for(client, lambda i: i.workers[0].state == ready and i.workers[0].pid != old_pid, 120)
+    return info.workers[0]
+
+
+def test_a_stopped_worker_mid_stream_ends_the_stream_worker_hung_and_restarts(watched: ServerThread) -> None:
+    with watched.client() as client:
+        info = client.server_info(timeout=10)
+        assert info.worker_hang_timeout_seconds == HANG_TIMEOUT
+        pid = info.workers[0].pid
+        received, stopped = [], False
+        with pytest.raises(AutoglmError) as failure:
+            stream = client.stream(
+                "Hello", max_new_tokens=500, stopping={"ignore_eos": True}, return_token_ids=True, timeout=120
+            )
+            for message in stream:
+                received.append(message)
+                if message.token_ids and not stopped:
+                    os.kill(pid, signal.SIGSTOP)  # the worker is frozen mid-generation, as a wedged GPU call
+                    stopped = True
+        assert stopped and not received[-1].finish_reason, "the stream finished before the worker was stopped"
+        assert (failure.value.code.name, failure.value.reason) == ("UNAVAILABLE", "WORKER_HUNG")
+        worker = _ready_again(client, pid)
+        assert worker.hangs == 1 and worker.restarts == 1
+        assert "SIGKILL" in worker.last_exit and "hung" in worker.last_exit
+        assert client.generate("Hello", max_new_tokens=3, timeout=60).usage.completion_tokens == 3
+
+
+def test_an_idle_stopped_worker_is_found_by_its_liveness_ping(watched: ServerThread) -> None:
+    with watched.client() as client:
+        before = client.server_info(timeout=10).workers[0]
+        os.kill(before.pid, signal.SIGSTOP)
+        worker = _ready_again(client, before.pid)
+        assert worker.hangs == before.hangs + 1
+        assert client.generate("Hello", max_new_tokens=3, timeout=60).usage.completion_tokens == 3
