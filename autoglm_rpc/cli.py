@@ -76,6 +76,7 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-stop-sequence-chars", type=int, help="characters per stop sequence (default 256)")
     limits.add_argument("--max-top-logprobs", type=int, help="output.top_logprobs at most (default 20)")
     limits.add_argument("--max-prompt-chars", type=int, help="prompt characters (default 16 per context token)")
+    limits.add_argument("--max-health-watchers", type=int, help="open Health/Watch streams at most (default 100)")
     security = serve.add_argument_group("security")
     security.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
     security.add_argument("--tls-key", help="PEM private key of --tls-cert")

@@ -92,6 +92,7 @@ class Settings:
     max_stop_sequence_chars: int = 256
     max_top_logprobs: int = 20
     max_prompt_chars: int | None = None  # text of one prompt or chat; default: 16 per token of the context
+    max_health_watchers: int = 100  # open Health/Watch streams (open without a key); more get RESOURCE_EXHAUSTED
     # Security: TLS (mutual when tls_client_ca is set), API keys, per-key rate limits, checkpoint integrity.
     tls_cert: str | None = None  # PEM certificate chain of the server
     tls_key: str | None = None  # PEM private key of the server
@@ -196,6 +197,8 @@ class Settings:
         for name in ("max_stop_sequences", "max_stop_sequence_chars", "max_top_logprobs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.max_health_watchers < 1:
+            raise ValueError(f"max_health_watchers must be at least 1, got {self.max_health_watchers}")
         if self.max_prompt_chars is not None and self.max_prompt_chars < 1:
             raise ValueError(f"max_prompt_chars must be at least 1, got {self.max_prompt_chars}")
 

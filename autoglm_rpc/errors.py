@@ -87,6 +87,17 @@ class RateLimited(ServiceError):
         super().__init__(message, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", retry_after)
 
 
+class TooManyWatchers(ServiceError):
+    """Health/Watch streams are open to anyone, so their number is capped (security/health_watch.py)."""
+
+    def __init__(self, max_streams: int) -> None:
+        super().__init__(
+            f"too many open Health/Watch streams (at most {max_streams}); use Check, or retry later",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "TOO_MANY_HEALTH_WATCHERS",
+        )
+
+
 class Unauthenticated(ServiceError):
     """No API key, or one that is not known. Carries no reason (CONTRACT.md)."""
 

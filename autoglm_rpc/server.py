@@ -35,6 +35,7 @@ from autoglm_rpc.pool.supervisor import RestartPolicy
 from autoglm_rpc.requests import RequestLimits
 from autoglm_rpc.security import tls
 from autoglm_rpc.security.auth import AuthInterceptor
+from autoglm_rpc.security.health_watch import HealthWatchLimit
 from autoglm_rpc.security.keys import ApiKeys
 from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.servicers.generation import Checked, GenerationServicer
@@ -199,6 +200,7 @@ def build_app(settings: Settings) -> App:
     interceptors: list[grpc.aio.ServerInterceptor] = [
         telemetry.interceptor(frozenset({GENERATION_SERVICE, MODEL_SERVICE})),
         MalformedRequestInterceptor(),
+        HealthWatchLimit(settings.max_health_watchers),
     ]
     if keys is not None:
         logger.info("API keys required (%d key(s) of %d owner(s)); health stays open", len(keys.entries),
