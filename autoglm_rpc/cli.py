@@ -84,6 +84,9 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     security.add_argument("--api-keys-file", help="file of `sha256:<hex>  <name>` lines: calls need a key")
     security.add_argument("--rate-limit-requests-per-minute", type=int, help="per key; 0 = off (default)")
     security.add_argument("--rate-limit-tokens-per-minute", type=int, help="per key; 0 = off (default)")
+    security.add_argument(
+        "--high-priority-owners", help="comma-separated key owners that may send PRIORITY_HIGH (with API keys)"
+    )
     security.add_argument("--weights-manifest", help="sha256sum-format file the checkpoint's files must match")
     security.add_argument(
         "--allow-pickle-weights", action="store_const", const=True, help="load .bin weights (pickle can run code)"

@@ -101,6 +101,7 @@ class Settings:
     api_keys: str | None = None  # the same lines inline (newline- or comma-separated), e.g. from a secret
     rate_limit_requests_per_minute: int = 0  # per key (or for all callers when no keys are set); 0 = off
     rate_limit_tokens_per_minute: int = 0  # prompt + max_new_tokens reserved per key, unused part refunded
+    high_priority_owners: str | None = None  # comma-separated key owners that may send PRIORITY_HIGH (with keys)
     weights_manifest: str | None = None  # `sha256sum`-format file every checkpoint file must match
     allow_pickle_weights: bool = False  # let .bin/.pt weights (pickle: can run code) load when no safetensors
 

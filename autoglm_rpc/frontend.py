@@ -31,6 +31,7 @@ from autoglm_rpc.requests import (
     Timings,
     TokenPrompt,
 )
+from autoglm_rpc.security.priority import PriorityPolicy
 from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.text.checkpoint import CheckpointFacts
 from autoglm_rpc.text.output import TextStream
@@ -88,10 +89,17 @@ PROMPT_CHARS_PER_TOKEN = 16
 class Frontend:
     """Runs requests against one served model through a `WorkerPool`. Lives on the event loop."""
 
-    def __init__(self, model: ServedModel, pool: WorkerPool, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        model: ServedModel,
+        pool: WorkerPool,
+        limiter: RateLimiter | None = None,
+        priority: PriorityPolicy | None = None,
+    ) -> None:
         self.model = model
         self.pool = pool
         self.limiter = limiter or RateLimiter()
+        self.priority = priority or PriorityPolicy()
         self.num_active = 0  # admitted calls whose caller has not had its last event yet
         self._idle = asyncio.Event()
         self._idle.set()
@@ -240,6 +248,7 @@ class Frontend:
         arrival = time.monotonic()
         # Refuse before tokenizing when the answer is already no (draining, no worker, over capacity).
         self.check_model(request.model)
+        self.priority.check(request.priority, owner)
         self.pool.check_admission()
         if _is_long(request.prompt):
             # Tokenizing a long prompt takes milliseconds; the tokenizer releases the GIL, so run it off the loop.

@@ -37,6 +37,7 @@ from autoglm_rpc.security import tls
 from autoglm_rpc.security.auth import AuthInterceptor
 from autoglm_rpc.security.health_watch import HealthWatchLimit
 from autoglm_rpc.security.keys import ApiKeys
+from autoglm_rpc.security.priority import PriorityPolicy
 from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.servicers.generation import Checked, GenerationServicer
 from autoglm_rpc.servicers.malformed import MalformedRequestInterceptor
@@ -194,8 +195,9 @@ def build_app(settings: Settings) -> App:
     )
     pool.observer = telemetry.pool_observer(pool)
     limiter = RateLimiter(settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute)
-    frontend = Frontend(served, pool, limiter)
     keys = ApiKeys.from_settings(settings.api_keys_file, settings.api_keys)
+    priority = PriorityPolicy.from_setting(settings.high_priority_owners, keys.names if keys else None)
+    frontend = Frontend(served, pool, limiter, priority)
     # Order: telemetry sees every call (also refused ones), then authentication, then malformed bytes.
     interceptors: list[grpc.aio.ServerInterceptor] = [
         telemetry.interceptor(frozenset({GENERATION_SERVICE, MODEL_SERVICE})),
