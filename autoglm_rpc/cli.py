@@ -149,7 +149,8 @@ def _health_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoglm-rpc", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())  # the docstring's first paragraph, whole
+    parser = argparse.ArgumentParser(prog="autoglm-rpc", description=summary)
     commands = parser.add_subparsers(dest="command", required=True)
     _serve_parser(commands)
     _generate_parser(commands)

@@ -250,6 +250,7 @@ class Frontend:
         self.check_model(request.model)
         self.priority.check(request.priority, owner)
         self.pool.check_admission()
+        self.check_prompt_size(request.prompt)  # by length alone, before any tokenizer work (also off the loop)
         if _is_long(request.prompt):
             # Tokenizing a long prompt takes milliseconds; the tokenizer releases the GIL, so run it off the loop.
             submit = await asyncio.to_thread(self.resolve, request, deadline, carrier or {}, owner)

@@ -11,8 +11,11 @@ import threading
 import time
 
 import grpc
+import pytest
 
 from autoglm.v1 import generation_pb2, generation_pb2_grpc
+from autoglm_rpc.cli import build_parser
+from autoglm_rpc.client import AutoglmError
 from autoglm_rpc.wire import count_oneof_members
 from tests.support import ServerThread
 
@@ -89,3 +92,15 @@ def test_a_request_of_millions_of_fields_does_not_stall_a_live_stream(glm_server
     window = [t for t in streamer.arrivals if started <= t] + [ended + 0.5]
     gaps = [later - earlier for earlier, later in zip([started, *window], window, strict=False)]
     assert max(gaps) < MAX_GAP_SECONDS, f"the stream paused {max(gaps):.1f}s while the big request was handled"
+
+
+def test_a_prompt_far_over_the_context_is_refused_by_its_length(glm_server: ServerThread) -> None:
+    """16 characters per context token at most (here 512 tokens): refused before any tokenizer work."""
+    with glm_server.client() as client, pytest.raises(AutoglmError) as caught:
+        client.generate("x" * (16 * 512 + 1), max_new_tokens=2, timeout=60)
+    assert caught.value.reason == "PROMPT_TOO_LONG" and "8193 characters" in caught.value.message
+
+
+def test_the_command_line_help_says_its_summary_whole() -> None:
+    description = build_parser().description or ""
+    assert description.endswith("`demo-model`.") and "\n" not in description
