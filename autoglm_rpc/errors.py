@@ -1,4 +1,4 @@
-"""The gateway's error taxonomy and its one map to gRPC status codes (CONTRACT.md's table).
+"""The gateway's error taxonomy and its one map to gRPC status codes (docs/contract.md's table).
 
 Code behind the servicers raises a `ServiceError` subclass; the servicer boundary turns it into the call's
 status with a `google.rpc.ErrorInfo` detail (domain "autoglm", the reason) and, for QUEUE_FULL, a `RetryInfo`.
@@ -99,7 +99,7 @@ class TooManyWatchers(ServiceError):
 
 
 class Unauthenticated(ServiceError):
-    """No API key, or one that is not known. Carries no reason (CONTRACT.md)."""
+    """No API key, or one that is not known. Carries no reason (docs/contract.md)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, grpc.StatusCode.UNAUTHENTICATED, "")
