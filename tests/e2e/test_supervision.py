@@ -7,28 +7,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from autoglm.v1 import model_pb2
-from autoglm_rpc.client import Client
 from tests.support import ServerThread, server_settings
+from tests.support import wait_for_info as _wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _wait_for(client: Client, condition: Callable[[model_pb2.GetServerInfoResponse], bool], timeout: float):
-    """Poll GetServerInfo (a test's view from outside) until `condition` holds; return that answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = client.server_info(timeout=10)
-        if condition(info):
-            return info
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last answer:\n{info}")
-        time.sleep(0.1)
 
 
 def test_segfault_before_the_first_token_is_retried_on_another_worker(

@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from autoglm.v1 import model_pb2
 from autoglm_rpc.client import AutoglmError, Client
-from tests.support import ServerThread, server_settings
+from tests.support import ServerThread, server_settings, wait_for_info
 
 HANG_TIMEOUT = 4.0
-
-
-def _wait_for(client: Client, condition: Callable[[model_pb2.GetServerInfoResponse], bool], timeout: float):
-    deadline = time.monotonic() + timeout
-    while True:
-        info = client.server_info(timeout=10)
-        if condition(info):
-            return info
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last answer:\n{info}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +29,7 @@ def watched(glm_checkpoint: Path) -> Iterator[ServerThread]:
 
 def _ready_again(client: Client, old_pid: int) -> model_pb2.WorkerInfo:
     ready = model_pb2.WORKER_STATE_READY
-    info = _wait_for(client, lambda i: i.workers[0].state == ready and i.workers[0].pid != old_pid, 120)
+    info = wait_for_info(client, lambda i: i.workers[0].state == ready and i.workers[0].pid != old_pid, 120)
     return info.workers[0]
 
 
