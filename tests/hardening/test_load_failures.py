@@ -32,7 +32,14 @@ def _mismatch_shapes(checkpoint: Path) -> None:
     (checkpoint / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("breakage", [_truncate_weights, _remove_weights, _mismatch_shapes])
+def _impossible_context(checkpoint: Path) -> None:
+    """A context so long that not one request's KV cache fits in the machine's memory."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["max_position_embeddings"] = 2**40
+    (checkpoint / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("breakage", [_truncate_weights, _remove_weights, _mismatch_shapes, _impossible_context])
 def test_a_load_that_would_fail_again_ends_the_server_at_once(
     breakage: Callable[[Path], None], glm_checkpoint: Path, tmp_path: Path
 ) -> None:
