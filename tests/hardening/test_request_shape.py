@@ -2,7 +2,8 @@
 
 The message is valid and just under the 16 MiB limit: about eight million empty `model` fields, then a prompt.
 A live stream beside it keeps receiving messages; the longest pause between two of its messages while the big
-request is handled stays short (the bound is generous for a loaded machine: before the fix it was 14 to 17 s).
+request is handled stays short. The bound is generous for a loaded machine: several times the 0.3 s measured
+after the fix, and half the 5.4 s measured before it, on the same shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from autoglm_rpc.client import AutoglmError
 from autoglm_rpc.wire import count_oneof_members
 from tests.support import ServerThread
 
-MAX_GAP_SECONDS = 5.0
+MAX_GAP_SECONDS = 2.5
 
 
 def _many_fields_request(size: int) -> bytes:
