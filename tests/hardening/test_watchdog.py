@@ -63,3 +63,20 @@ def test_an_idle_stopped_worker_is_found_by_its_liveness_ping(watched: ServerThr
         worker = _ready_again(client, before.pid)
         assert worker.hangs == before.hangs + 1
         assert client.generate("Hello", max_new_tokens=3, timeout=60).usage.completion_tokens == 3
+
+
+def test_a_request_that_got_nothing_from_a_hung_worker_is_retried_on_another(glm_checkpoint: Path) -> None:
+    settings = server_settings(glm_checkpoint, workers=2, worker_hang_timeout=HANG_TIMEOUT)
+    server = ServerThread(settings).start()
+    try:
+        with server.client() as client:
+            ready = model_pb2.WORKER_STATE_READY
+            info = wait_for_info(client, lambda i: all(w.state == ready for w in i.workers), 120)
+            os.kill(info.workers[0].pid, signal.SIGSTOP)
+            # Both idle: the request goes to worker 0, which is stopped; the watchdog moves it to worker 1.
+            result = client.generate("Hello", max_new_tokens=3, timeout=120)
+            assert result.usage.completion_tokens == 3
+            assert server.call(lambda: server.app.pool.num_retried) == 1
+            assert wait_for_info(client, lambda i: i.workers[0].hangs == 1, 60).workers[1].hangs == 0
+    finally:
+        server.stop()
