@@ -54,6 +54,11 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--restart-window", type=float, help="seconds over which worker deaths count (300)")
     serve.add_argument(
+        "--worker-hang-timeout",
+        type=float,
+        help="seconds without progress before a worker is restarted (120; 0: off)",
+    )
+    serve.add_argument(
         "--stream-buffer-messages", type=int, help="pending messages of an unread stream before merging (64)"
     )
     serve.add_argument(
@@ -71,6 +76,7 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-stop-sequence-chars", type=int, help="characters per stop sequence (default 256)")
     limits.add_argument("--max-top-logprobs", type=int, help="output.top_logprobs at most (default 20)")
     limits.add_argument("--max-prompt-chars", type=int, help="prompt characters (default 16 per context token)")
+    limits.add_argument("--max-health-watchers", type=int, help="open Health/Watch streams at most (default 100)")
     security = serve.add_argument_group("security")
     security.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
     security.add_argument("--tls-key", help="PEM private key of --tls-cert")
@@ -78,6 +84,9 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     security.add_argument("--api-keys-file", help="file of `sha256:<hex>  <name>` lines: calls need a key")
     security.add_argument("--rate-limit-requests-per-minute", type=int, help="per key; 0 = off (default)")
     security.add_argument("--rate-limit-tokens-per-minute", type=int, help="per key; 0 = off (default)")
+    security.add_argument(
+        "--high-priority-owners", help="comma-separated key owners that may send PRIORITY_HIGH (with API keys)"
+    )
     security.add_argument("--weights-manifest", help="sha256sum-format file the checkpoint's files must match")
     security.add_argument(
         "--allow-pickle-weights", action="store_const", const=True, help="load .bin weights (pickle can run code)"
@@ -140,7 +149,8 @@ def _health_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoglm-rpc", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())  # the docstring's first paragraph, whole
+    parser = argparse.ArgumentParser(prog="autoglm-rpc", description=summary)
     commands = parser.add_subparsers(dest="command", required=True)
     _serve_parser(commands)
     _generate_parser(commands)
@@ -167,10 +177,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(settings.log_level, settings.log_format)
     from autoglm_rpc.server import serve
+    from autoglm_rpc.text.errors import CheckpointFileError
 
     try:
         return serve(settings)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, CheckpointFileError) as exc:
         logger.error("cannot serve: %s", exc)
         return 1
 

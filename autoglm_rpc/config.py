@@ -68,6 +68,9 @@ class Settings:
     restart_backoff_max: float = 30.0
     max_restarts_per_window: int = 5
     restart_window: float = 300.0
+    # A ready worker silent this long (no engine step, no answer to a liveness ping) is hung: killed and restarted
+    # (see autoglm_rpc/pool/watchdog.py for the sizing); 0 turns the watchdog off.
+    worker_hang_timeout: float = 120.0
     # Worker messages a stream that is not being read may hold; past it new tokens merge into the last one.
     stream_buffer_messages: int = 64
     log_level: str = "INFO"
@@ -89,6 +92,7 @@ class Settings:
     max_stop_sequence_chars: int = 256
     max_top_logprobs: int = 20
     max_prompt_chars: int | None = None  # text of one prompt or chat; default: 16 per token of the context
+    max_health_watchers: int = 100  # open Health/Watch streams (open without a key); more get RESOURCE_EXHAUSTED
     # Security: TLS (mutual when tls_client_ca is set), API keys, per-key rate limits, checkpoint integrity.
     tls_cert: str | None = None  # PEM certificate chain of the server
     tls_key: str | None = None  # PEM private key of the server
@@ -97,6 +101,7 @@ class Settings:
     api_keys: str | None = None  # the same lines inline (newline- or comma-separated), e.g. from a secret
     rate_limit_requests_per_minute: int = 0  # per key (or for all callers when no keys are set); 0 = off
     rate_limit_tokens_per_minute: int = 0  # prompt + max_new_tokens reserved per key, unused part refunded
+    high_priority_owners: str | None = None  # comma-separated key owners that may send PRIORITY_HIGH (with keys)
     weights_manifest: str | None = None  # `sha256sum`-format file every checkpoint file must match
     allow_pickle_weights: bool = False  # let .bin/.pt weights (pickle: can run code) load when no safetensors
 
@@ -170,6 +175,8 @@ class Settings:
             raise ValueError(f"max_restarts_per_window must be 0 or more, got {self.max_restarts_per_window}")
         if self.stream_buffer_messages < 1:
             raise ValueError(f"stream_buffer_messages must be at least 1, got {self.stream_buffer_messages}")
+        if not self.worker_hang_timeout >= 0:
+            raise ValueError(f"worker_hang_timeout must be 0 (off) or more, got {self.worker_hang_timeout}")
 
     def _validate_observability(self) -> None:
         _check_choice("log_format", self.log_format, LOG_FORMATS)
@@ -191,6 +198,8 @@ class Settings:
         for name in ("max_stop_sequences", "max_stop_sequence_chars", "max_top_logprobs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.max_health_watchers < 1:
+            raise ValueError(f"max_health_watchers must be at least 1, got {self.max_health_watchers}")
         if self.max_prompt_chars is not None and self.max_prompt_chars < 1:
             raise ValueError(f"max_prompt_chars must be at least 1, got {self.max_prompt_chars}")
 

@@ -116,11 +116,11 @@ def _prompt(message: AnyGenerateRequest) -> Prompt:
         case "chat":
             return chat_prompt(message.chat, "chat")
         case "prompt_token_ids":
+            if len(message.prompt_token_ids.ids) > MAX_PROMPT_TOKEN_IDS:
+                raise InvalidParameter("prompt_token_ids.ids", f"at most {MAX_PROMPT_TOKEN_IDS} ids")
             ids = tuple(message.prompt_token_ids.ids)
             if not ids:
                 raise InvalidParameter("prompt_token_ids.ids", "must not be empty")
-            if len(ids) > MAX_PROMPT_TOKEN_IDS:
-                raise InvalidParameter("prompt_token_ids.ids", f"at most {MAX_PROMPT_TOKEN_IDS} ids")
             return TokenPrompt(ids)
     raise InvalidParameter("input", "set one of prompt, chat and prompt_token_ids")
 
@@ -173,9 +173,10 @@ def _stopping(options: types_pb2.StopOptions, limits: RequestLimits) -> StopRequ
         raise InvalidParameter("stopping.max_new_tokens", "must be at least 1 (leave it unset for the default)")
     if max_new is not None and options.min_new_tokens > max_new:
         raise InvalidParameter("stopping.min_new_tokens", f"must not exceed max_new_tokens ({max_new})")
-    stops = tuple(options.stop_sequences)
-    if len(stops) > limits.max_stop_sequences:
+    # Lengths first: a repeated field is copied into Python only once it is known to be small.
+    if len(options.stop_sequences) > limits.max_stop_sequences:
         raise InvalidParameter("stopping.stop_sequences", f"at most {limits.max_stop_sequences}")
+    stops = tuple(options.stop_sequences)
     for index, stop in enumerate(stops):
         if not 0 < len(stop) <= limits.max_stop_sequence_chars:
             raise InvalidParameter(
@@ -215,45 +216,6 @@ def _output(options: types_pb2.OutputOptions, limits: RequestLimits) -> OutputRe
         raise InvalidParameter("output.top_logprobs", "needs output.return_logprobs")
     skip = options.skip_special_tokens if options.HasField("skip_special_tokens") else True
     return OutputRequest(options.return_token_ids, options.return_logprobs, options.top_logprobs, skip)
-
-
-def count_input_fields(data: bytes, field_numbers: frozenset[int] = frozenset({3, 4, 5})) -> int:
-    """How many distinct `input` oneof fields a serialized request carries.
-
-    Protobuf parsing keeps only the last member of a oneof, so "two inputs" is only visible on the wire.
-    Malformed data returns 0: the parser then reports it.
-    """
-    seen: set[int] = set()
-    position = 0
-    try:
-        while position < len(data):
-            tag, position = _varint(data, position)
-            number, wire_type = tag >> 3, tag & 7
-            if number in field_numbers:
-                seen.add(number)
-            if wire_type == 0:
-                _, position = _varint(data, position)
-            elif wire_type == 2:
-                length, position = _varint(data, position)
-                position += length
-            elif wire_type in (1, 5):
-                position += 8 if wire_type == 1 else 4
-            else:
-                return 0
-    except IndexError:
-        return 0
-    return len(seen)
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, position
-        shift += 7
 
 
 # ---------------------------------------------------------------------------------------------------------------

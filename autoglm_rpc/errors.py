@@ -1,4 +1,4 @@
-"""The gateway's error taxonomy and its one map to gRPC status codes (CONTRACT.md's table).
+"""The gateway's error taxonomy and its one map to gRPC status codes (docs/contract.md's table).
 
 Code behind the servicers raises a `ServiceError` subclass; the servicer boundary turns it into the call's
 status with a `google.rpc.ErrorInfo` detail (domain "autoglm", the reason) and, for QUEUE_FULL, a `RetryInfo`.
@@ -87,8 +87,19 @@ class RateLimited(ServiceError):
         super().__init__(message, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", retry_after)
 
 
+class TooManyWatchers(ServiceError):
+    """Health/Watch streams are open to anyone, so their number is capped (security/health_watch.py)."""
+
+    def __init__(self, max_streams: int) -> None:
+        super().__init__(
+            f"too many open Health/Watch streams (at most {max_streams}); use Check, or retry later",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "TOO_MANY_HEALTH_WATCHERS",
+        )
+
+
 class Unauthenticated(ServiceError):
-    """No API key, or one that is not known. Carries no reason (CONTRACT.md)."""
+    """No API key, or one that is not known. Carries no reason (docs/contract.md)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, grpc.StatusCode.UNAUTHENTICATED, "")
@@ -126,6 +137,15 @@ class WorkerCrashed(ServiceError):
             f"worker {worker_id} stopped while serving this request; retry",
             grpc.StatusCode.UNAVAILABLE,
             "WORKER_CRASHED",
+        )
+
+
+class WorkerHung(ServiceError):
+    def __init__(self, worker_id: int, timeout: float) -> None:
+        super().__init__(
+            f"worker {worker_id} made no progress for {timeout:g}s and is being restarted; retry",
+            grpc.StatusCode.UNAVAILABLE,
+            "WORKER_HUNG",
         )
 
 

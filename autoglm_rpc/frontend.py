@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from autoglm_rpc import errors
+from autoglm_rpc import errors, request_ids
 from autoglm_rpc.pool.pool import InFlight, WorkerPool
 from autoglm_rpc.requests import (
     Admitted,
@@ -31,6 +31,7 @@ from autoglm_rpc.requests import (
     Timings,
     TokenPrompt,
 )
+from autoglm_rpc.security.priority import PriorityPolicy
 from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.text.checkpoint import CheckpointFacts
 from autoglm_rpc.text.output import TextStream
@@ -88,11 +89,17 @@ PROMPT_CHARS_PER_TOKEN = 16
 class Frontend:
     """Runs requests against one served model through a `WorkerPool`. Lives on the event loop."""
 
-    def __init__(self, model: ServedModel, pool: WorkerPool, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        model: ServedModel,
+        pool: WorkerPool,
+        limiter: RateLimiter | None = None,
+        priority: PriorityPolicy | None = None,
+    ) -> None:
         self.model = model
         self.pool = pool
         self.limiter = limiter or RateLimiter()
-        self._owners: dict[str, str] = {}  # request id -> API key owner, while its caller is attached
+        self.priority = priority or PriorityPolicy()
         self.num_active = 0  # admitted calls whose caller has not had its last event yet
         self._idle = asyncio.Event()
         self._idle.set()
@@ -100,10 +107,6 @@ class Frontend:
     async def wait_until_idle(self) -> None:
         """Return once every admitted call has ended (its last message written, or its caller gone)."""
         await self._idle.wait()
-
-    def owner_of(self, request_id: str) -> str | None:
-        """The API key owner of an in-flight request (None without authentication, or when not in flight)."""
-        return self._owners.get(request_id)
 
     # -- resolving ----------------------------------------------------------------------------------------------
 
@@ -161,8 +164,12 @@ class Frontend:
             case str():
                 return self.model.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
-    def resolve(self, request: GenerationRequest, deadline: float | None, carrier: dict[str, str]) -> Submit:
-        """Check the request against the model and build the worker's `Submit` (with every default applied)."""
+    def resolve(
+        self, request: GenerationRequest, deadline: float | None, carrier: dict[str, str], owner: str | None = None
+    ) -> Submit:
+        """Check the request against the model and build the worker's `Submit` (with every default applied).
+
+        The Submit's request id is scoped to `owner` (see `request_ids`)."""
         self.check_model(request.model)
         prompt_ids = self.encode(request.prompt)
         if not prompt_ids:
@@ -176,7 +183,7 @@ class Frontend:
             raise errors.InvalidParameter("output.top_logprobs", f"must not exceed the vocabulary ({vocab_size})")
         stop = request.stopping
         return Submit(
-            request_id=request.request_id or uuid.uuid4().hex,
+            request_id=request_ids.scoped(owner, request.request_id or uuid.uuid4().hex),
             prompt_ids=tuple(prompt_ids),
             sampling=self._sampling(request),
             stopping=StoppingParams(
@@ -241,12 +248,14 @@ class Frontend:
         arrival = time.monotonic()
         # Refuse before tokenizing when the answer is already no (draining, no worker, over capacity).
         self.check_model(request.model)
+        self.priority.check(request.priority, owner)
         self.pool.check_admission()
+        self.check_prompt_size(request.prompt)  # by length alone, before any tokenizer work (also off the loop)
         if _is_long(request.prompt):
             # Tokenizing a long prompt takes milliseconds; the tokenizer releases the GIL, so run it off the loop.
-            submit = await asyncio.to_thread(self.resolve, request, deadline, carrier or {})
+            submit = await asyncio.to_thread(self.resolve, request, deadline, carrier or {}, owner)
         else:
-            submit = self.resolve(request, deadline, carrier or {})
+            submit = self.resolve(request, deadline, carrier or {}, owner)
         flight = self._admit(submit, owner)
         text = TextStream(
             self.model.tokenizer,
@@ -254,11 +263,11 @@ class Frontend:
             include_stop_sequence=request.stopping.include_stop_sequence,
             skip_special_tokens=request.output.skip_special_tokens,
         )
-        run = _Run(submit, flight, arrival, text)
+        run = _Run(submit, flight, arrival, text, request_ids.public(owner, submit.request_id))
         self.num_active += 1
         self._idle.clear()
         try:
-            yield Admitted(submit.request_id, self.model.model_id, len(submit.prompt_ids), submit.sampling.seed)
+            yield Admitted(run.request_id, self.model.model_id, len(submit.prompt_ids), submit.sampling.seed)
             while not run.is_done:
                 for event in run.handle(await flight.events.get()):
                     yield event
@@ -269,7 +278,6 @@ class Frontend:
             self.num_active -= 1
             if not self.num_active:
                 self._idle.set()
-            self._owners.pop(submit.request_id, None)
             self.limiter.refund_tokens(owner, submit.stopping.max_new_tokens - len(text.token_ids))
 
     def _admit(self, submit: Submit, owner: str | None) -> InFlight:
@@ -278,13 +286,13 @@ class Frontend:
         cost = len(submit.prompt_ids) + submit.stopping.max_new_tokens
         self.limiter.reserve_tokens(owner, cost)
         try:
-            flight = self.pool.submit(submit)
+            return self.pool.submit(submit)
+        except errors.DuplicateRequestId:
+            self.limiter.refund_tokens(owner, cost)
+            raise errors.DuplicateRequestId(request_ids.public(owner, submit.request_id)) from None
         except BaseException:
             self.limiter.refund_tokens(owner, cost)
             raise
-        if owner is not None:
-            self._owners[submit.request_id] = owner
-        return flight
 
 
 def _is_long(prompt: Prompt) -> bool:
@@ -299,8 +307,11 @@ def _is_long(prompt: Prompt) -> bool:
 class _Run:
     """The state of one admitted request: turns worker events into text events."""
 
-    def __init__(self, submit: Submit, flight: InFlight, arrival: float, text: TextStream) -> None:
+    def __init__(
+        self, submit: Submit, flight: InFlight, arrival: float, text: TextStream, request_id: str
+    ) -> None:
         self.submit = submit
+        self.request_id = request_id  # as its caller knows it (the Submit's is scoped to the owner)
         self.flight = flight
         self.arrival = arrival
         self.submitted_at = time.monotonic()
@@ -316,7 +327,7 @@ class _Run:
             case errors.ServiceError():
                 raise event
             case RequestFailed(reason=reason, message=message):
-                raise _worker_failure(self.submit.request_id, reason, message)
+                raise _worker_failure(self.request_id, reason, message)
             case RequestDelta():
                 return self._on_delta(event)
         raise TypeError(f"unexpected worker event {event!r}")

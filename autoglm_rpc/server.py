@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from autoglm.v1 import generation_pb2, model_pb2, model_pb2_grpc
-from autoglm_rpc import convert
+from autoglm_rpc import binding, wire
 from autoglm_rpc.config import Settings
 from autoglm_rpc.devices import plan_workers
 from autoglm_rpc.errors import ServerDraining
@@ -35,7 +35,9 @@ from autoglm_rpc.pool.supervisor import RestartPolicy
 from autoglm_rpc.requests import RequestLimits
 from autoglm_rpc.security import tls
 from autoglm_rpc.security.auth import AuthInterceptor
+from autoglm_rpc.security.health_watch import HealthWatchLimit
 from autoglm_rpc.security.keys import ApiKeys
+from autoglm_rpc.security.priority import PriorityPolicy
 from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.servicers.generation import Checked, GenerationServicer
 from autoglm_rpc.servicers.malformed import MalformedRequestInterceptor
@@ -68,6 +70,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # headless Service re-resolve DNS and start using pods added since they connected; calls in flight
         # finish on the old connection (no max_connection_age_grace: it is unbounded).
         ("grpc.max_connection_age_ms", 300_000),
+        binding.NO_PORT_SHARING,
     ]
 
 
@@ -97,6 +100,8 @@ class App:
     async def wait_until_ready(self, timeout: float | None = None) -> None:
         """Wait for the workers to load; raise RuntimeError if none could."""
         await self.pool.wait_until_settled(timeout or self.settings.worker_start_timeout)
+        if self.pool.fatal_error:
+            raise RuntimeError(f"{self.pool.fatal_error}; fix the checkpoint or the settings")
         if not self.pool.num_ready:
             raise RuntimeError("no worker could load the model; the log above says why")
 
@@ -185,15 +190,19 @@ def build_app(settings: Settings) -> App:
         max_restarts=settings.max_restarts_per_window,
         window=settings.restart_window,
     )
-    pool = WorkerPool(configs, settings.max_queue_depth, policy, settings.stream_buffer_messages)
+    pool = WorkerPool(
+        configs, settings.max_queue_depth, policy, settings.stream_buffer_messages, settings.worker_hang_timeout
+    )
     pool.observer = telemetry.pool_observer(pool)
     limiter = RateLimiter(settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute)
-    frontend = Frontend(served, pool, limiter)
     keys = ApiKeys.from_settings(settings.api_keys_file, settings.api_keys)
+    priority = PriorityPolicy.from_setting(settings.high_priority_owners, keys.names if keys else None)
+    frontend = Frontend(served, pool, limiter, priority)
     # Order: telemetry sees every call (also refused ones), then authentication, then malformed bytes.
     interceptors: list[grpc.aio.ServerInterceptor] = [
         telemetry.interceptor(frozenset({GENERATION_SERVICE, MODEL_SERVICE})),
         MalformedRequestInterceptor(),
+        HealthWatchLimit(settings.max_health_watchers),
     ]
     if keys is not None:
         logger.info("API keys required (%d key(s) of %d owner(s)); health stays open", len(keys.entries),
@@ -211,15 +220,11 @@ def build_app(settings: Settings) -> App:
     if settings.reflection:
         names = (GENERATION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    address = f"{settings.host}:{settings.port}"
+    credentials = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         credentials = tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-        port = server.add_secure_port(address, credentials)
         logger.info("TLS on; client certificates %s", "required" if settings.tls_client_ca else "not required")
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    port = binding.bind(server, settings.host, settings.port, credentials)
     return App(settings, server, port, pool, frontend, health_servicer, telemetry)
 
 
@@ -228,7 +233,7 @@ def _generation_handlers(servicer: GenerationServicer) -> grpc.GenericRpcHandler
 
     def checked(message_class: type) -> object:
         def deserialize(data: bytes) -> Checked:
-            return Checked(message_class.FromString(data), convert.count_input_fields(data))
+            return Checked(message_class.FromString(data), wire.count_oneof_members(data))
 
         return deserialize
 

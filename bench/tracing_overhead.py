@@ -6,7 +6,7 @@ in-process sink. The same streaming workload then runs against A and B in altern
 drift in the machine's load hits both alike. Reported: output tokens per second and client-side time to first
 token (p50) per arm, as the median over rounds, and B relative to A; and, since wall-clock figures on a shared
 machine are noisy, the CPU time each arm spent per 1,000 output tokens (the gateway's event-loop thread plus the
-worker process, read from /proc), which other processes' load barely moves. The budget (TRACING.md): under 1 %
+worker process, read from /proc), which other processes' load barely moves. The budget (docs/tracing.md): under 1 %
 throughput and under 1 ms p50 TTFT. It is a benchmark, not a test: it asserts nothing.
 
     .venv/bin/python bench/tracing_overhead.py                 # CPU, the demo-sized random checkpoint

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from autoglm.v1 import model_pb2
 from autoglm_rpc.client import Client
 from autoglm_rpc.config import Settings
 from autoglm_rpc.server import App, build_app
@@ -96,3 +99,15 @@ class ServerThread:
 
 async def _invoke(function, *args):
     return function(*args)
+
+
+def wait_for_info(client: Client, condition: Callable[[model_pb2.GetServerInfoResponse], bool], timeout: float):
+    """Poll GetServerInfo (a test's view from outside) until `condition` holds; return that answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.server_info(timeout=10)
+        if condition(info):
+            return info
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last answer:\n{info}")
+        time.sleep(0.1)

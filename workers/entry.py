@@ -32,7 +32,7 @@ def main(conn: Connection, config: WorkerConfig) -> None:
     # A terminate from the gateway unwinds normally, so that the spans recorded so far are flushed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if config.telemetry.kernel_capture != "off":
-        # Without this, every step after a profiled one stays slower (CUPTI left attached; see TRACING.md).
+        # Without this, every step after a profiled one stays slower (CUPTI left attached; see docs/tracing.md).
         os.environ.setdefault("TEARDOWN_CUPTI", "1")
     _configure_logging(config)
     faults = Faults.from_environ(config.worker_id)  # test-only; see workers/faults.py

@@ -4,8 +4,8 @@ This is the only module both sides import, so it uses the standard library alone
 torch and the workers must not pull in grpc. Messages carry token ids only, never text. A worker sends one
 `StepOutput` per engine step with the new tokens of every running request, never one message per token.
 
-Gateway -> worker: `Submit`, `Cancel`, `Shutdown`.
-Worker -> gateway: `LoadProgress`, `Ready`, `StepOutput`, `RequestFailed`, `WorkerFailed`.
+Gateway -> worker: `Submit`, `Cancel`, `Shutdown`, `Ping`.
+Worker -> gateway: `LoadProgress`, `Ready`, `StepOutput`, `RequestFailed`, `WorkerFailed`, `Pong`.
 
 Times are `time.monotonic()` seconds. On Linux that clock (CLOCK_MONOTONIC) is shared by every process on the
 machine, so an absolute deadline computed in the gateway is meaningful in a worker.
@@ -165,6 +165,13 @@ class Shutdown:
     """Finish nothing more, release the model and exit."""
 
 
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Liveness: the serving loop answers with `Pong` between two engine steps (for the gateway's watchdog)."""
+
+    sequence: int
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Worker -> gateway
 # ---------------------------------------------------------------------------------------------------------------
@@ -270,7 +277,18 @@ class WorkerFailed:
 
     worker_id: int
     message: str
+    # The failure came from loading (files, weights, shapes, settings, an unsupported model) and a restart would
+    # fail the same way; an out-of-memory or device error while loading may not repeat and leaves this False.
+    will_repeat: bool = False
 
 
-GatewayMessage = Submit | Cancel | Shutdown
-WorkerMessage = LoadProgress | Ready | StepOutput | RequestFailed | WorkerFailed
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to `Ping`, sent by the serving loop (not a helper thread), so it shows that steps progress."""
+
+    worker_id: int
+    sequence: int
+
+
+GatewayMessage = Submit | Cancel | Shutdown | Ping
+WorkerMessage = LoadProgress | Ready | StepOutput | RequestFailed | WorkerFailed | Pong

@@ -26,6 +26,8 @@ from workers.protocol import (
     Cancel,
     GatewayMessage,
     LoadProgress,
+    Ping,
+    Pong,
     Ready,
     Shutdown,
     Submit,
@@ -47,24 +49,44 @@ def run_worker(
     `faults` (tests only, see `workers.faults`) makes the worker fail on purpose.
     """
     faults = faults or Faults()
+    engine: Engine | None = None
     try:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         if faults.oom_at_load:
             raise MemoryError(f"injected by {Faults.__module__}: out of memory while loading the model")
         engine = _start_engine(conn, config)
-        _serve(conn, engine, telemetry or WorkerTelemetry(), faults)
+        _serve(conn, engine, telemetry or WorkerTelemetry(), faults, config.worker_id)
         logger.info("worker %s stops", config.worker_id)
         return 0
     except (BrokenPipeError, EOFError, ConnectionResetError):
         logger.info("the gateway closed the pipe; worker %s stops", config.worker_id)
         return 0
     except Exception as exc:
-        logger.exception("worker %s failed", config.worker_id)
+        repeats = engine is None and load_failure_repeats(exc)
+        if repeats:  # an operator's problem (files, settings): the message says it; the stack is for debugging
+            logger.error("worker %s cannot load the model: %s: %s", config.worker_id, type(exc).__name__, exc)
+            logger.debug("the failure's stack", exc_info=True)
+        else:
+            logger.exception("worker %s failed", config.worker_id)
+        failed = WorkerFailed(config.worker_id, f"{type(exc).__name__}: {exc}", will_repeat=repeats)
         # If the gateway is gone too, the exit code tells the rest.
         with contextlib.suppress(OSError):
-            conn.send(WorkerFailed(worker_id=config.worker_id, message=f"{type(exc).__name__}: {exc}"))
+            conn.send(failed)
         return 1
+
+
+def load_failure_repeats(error: BaseException) -> bool:
+    """Whether a failure while loading would happen again on a restart.
+
+    Files, weights, shapes, settings and unsupported models fail the same way every time. Running out of memory
+    and device (CUDA, NCCL) errors may be transient (another process held the memory, a GPU reset) and are not.
+    """
+    if isinstance(error, MemoryError | torch.OutOfMemoryError):
+        return False
+    text = str(error)
+    transient = ("out of memory", "CUDA error", "NCCL", "CUDA driver")
+    return not (isinstance(error, RuntimeError) and any(marker in text for marker in transient))
 
 
 def _start_engine(conn: Connection, config: WorkerConfig) -> Engine:
@@ -77,7 +99,7 @@ def _start_engine(conn: Connection, config: WorkerConfig) -> Engine:
     return engine
 
 
-def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, faults: Faults) -> None:
+def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, faults: Faults, worker_id: int) -> None:
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_read_pipe, args=(conn, inbox), name="pipe-reader", daemon=True).start()
     while True:
@@ -90,6 +112,8 @@ def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, faults:
                 if faults.segfault_on_submit:
                     segfault()
                 telemetry.on_submit(message)
+            if isinstance(message, Ping):  # answered here, between steps: a wedged step answers nothing
+                conn.send(Pong(worker_id, message.sequence))
             if not _handle(message, engine):
                 return
             message = _get_nowait(inbox)
@@ -110,6 +134,8 @@ def _handle(message: GatewayMessage, engine: Engine) -> bool:
             engine.cancel(request_ids)
         case Shutdown():
             return False
+        case Ping():
+            pass  # answered by the serving loop
         case _:
             logger.warning("ignoring an unexpected message: %r", type(message).__name__)
     return True

@@ -35,13 +35,15 @@ _EXIT_AFTER_EOF = 5.0
 
 class WorkerState(enum.Enum):
     """STARTING: spawned, loading the model. READY: takes requests. RESTARTING: died, a restart is scheduled.
-    CRASH_LOOP: died too often within the restart window, not restarted. STOPPED: shut down by the gateway."""
+    CRASH_LOOP: died too often within the restart window, not restarted. STOPPED: shut down by the gateway.
+    HUNG: made no progress within the watchdog's timeout; killed, and RESTARTING once its exit is seen."""
 
     STARTING = "starting"
     READY = "ready"
     RESTARTING = "restarting"
     CRASH_LOOP = "crash_loop"
     STOPPED = "stopped"
+    HUNG = "hung"
 
 
 def describe_exit(exit_code: int | None) -> str:
@@ -158,8 +160,10 @@ class WorkerHandle:
         self.model: ModelInfo | None = None
         self.num_in_flight = 0  # requests routed here and not yet finished by the worker
         self.num_restarts = 0  # processes started after the first one
+        self.num_hangs = 0  # times the watchdog found it hung
         self.last_exit = ""  # how the previous process ended, for operators ("killed by signal SIGKILL")
         self.failure = ""  # what the current process reported in WorkerFailed, if anything
+        self.failure_will_repeat = False  # it failed loading in a way a restart would repeat
         self._loop = loop
         self._on_message = on_message
         self._on_exit = on_exit
@@ -185,6 +189,7 @@ class WorkerHandle:
         self.state = WorkerState.STARTING
         self.model = None
         self.failure = ""
+        self.failure_will_repeat = False
         self._current = _Process(self)
         logger.info("worker %d started (pid %d)", self.worker_id, self._current.pid)
 

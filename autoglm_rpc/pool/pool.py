@@ -13,6 +13,12 @@ has seen at most the stream's first message (request id and prompt size, which a
 exactly, since the `Submit` carries the resolved seed), so it is sent, once, to the least-loaded other ready
 worker. A request is retried at most once, and not when its caller has gone or cancelled it, or when the pool
 is stopping. The dead worker is restarted by the `Supervisor` (backoff, crash-loop detection).
+
+A ready worker that stops making progress is found by the `Watchdog` (`watchdog.py`): it turns HUNG, its requests
+end with UNAVAILABLE / WORKER_HUNG (or are retried once, as after a crash), and it is killed; its exit then goes
+the way of any death. A worker that fails while loading with an error a restart would repeat (`WorkerFailed.
+will_repeat`: bad files, weights, shapes or settings) is not restarted; if no worker has been ready yet, that
+failure is fatal (`fatal_error`): the model cannot be served, and the server ends instead of retrying.
 """
 
 from __future__ import annotations
@@ -31,14 +37,17 @@ from autoglm_rpc.errors import (
     ServerDraining,
     ServiceError,
     WorkerCrashed,
+    WorkerHung,
 )
 from autoglm_rpc.pool.buffer import EventBuffer, WorkerEvent
 from autoglm_rpc.pool.handle import WorkerHandle, WorkerState
 from autoglm_rpc.pool.supervisor import RestartPolicy, Supervisor
+from autoglm_rpc.pool.watchdog import Watchdog
 from workers.protocol import (
     Cancel,
     LoadProgress,
     ModelInfo,
+    Pong,
     Ready,
     RequestDelta,
     RequestFailed,
@@ -92,7 +101,9 @@ class WorkerPool:
         max_queue_depth: int,
         restart_policy: RestartPolicy | None = None,
         stream_buffer_messages: int = DEFAULT_STREAM_BUFFER,
+        hang_timeout: float = 0.0,
     ) -> None:
+        """`hang_timeout` 0 turns the watchdog off."""
         if not configs:
             raise ValueError("workers: at least one worker is needed")
         self._configs = configs
@@ -106,6 +117,9 @@ class WorkerPool:
         self._listeners: list[Callable[[], None]] = []
         self._is_draining = False
         self._is_stopping = False
+        self._has_served = False  # a worker has been ready at least once
+        self.watchdog = Watchdog(hang_timeout, lambda: self._workers, self._on_hung) if hang_timeout > 0 else None
+        self.fatal_error: str | None = None  # a load failure that every restart would repeat; nothing can serve
         self.observer: PoolObserver | None = None
         self.num_retried = 0  # requests moved to another worker after theirs died before any token
         self.num_merged = 0  # deltas merged into a pending one because their stream was not being read
@@ -118,12 +132,15 @@ class WorkerPool:
             worker = WorkerHandle(config, loop, self._on_message, self._on_exit)
             self._workers.append(worker)
             worker.start()
+        if self.watchdog is not None:
+            self.watchdog.start()
 
     async def wait_until_settled(self, timeout: float) -> None:
-        """Wait until at least one worker is ready or none can become so; raise TimeoutError past `timeout`."""
+        """Wait until at least one worker is ready or none can become so (also after a `fatal_error`); raise
+        TimeoutError past `timeout`."""
         coming = (WorkerState.STARTING, WorkerState.RESTARTING)
         async with asyncio.timeout(timeout):
-            while not self.num_ready and any(w.state in coming for w in self._workers):
+            while not self.num_ready and not self.fatal_error and any(w.state in coming for w in self._workers):
                 self._state_changed.clear()
                 await self._state_changed.wait()
 
@@ -148,6 +165,8 @@ class WorkerPool:
         """Shut every worker down (killing any that do not exit in time); requests still in flight fail."""
         self._is_stopping = True
         self._supervisor.cancel()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         await asyncio.gather(*(w.stop(timeout) for w in self._workers))
         for worker in self._workers:
             worker.state = WorkerState.STOPPED
@@ -255,6 +274,10 @@ class WorkerPool:
     # -- messages from workers (loop thread) --------------------------------------------------------------------
 
     def _on_message(self, worker: WorkerHandle, message: WorkerMessage) -> None:
+        if worker.state is WorkerState.HUNG:
+            return  # its requests have ended or moved; it is being killed
+        if self.watchdog is not None:
+            self.watchdog.heard(worker)
         match message:
             case StepOutput(deltas=deltas):
                 if self.observer is not None:
@@ -265,19 +288,26 @@ class WorkerPool:
                 self._deliver(request_id, message, is_last=True)
             case LoadProgress(stage=stage, fraction=fraction):
                 logger.info("worker %d: %s (%.0f%%)", worker.worker_id, stage, 100 * fraction)
+            case Pong():
+                pass  # being heard from is all it says
             case Ready(model=model):
                 worker.model = model
                 worker.state = WorkerState.READY
+                self._has_served = True
                 logger.info(
                     "worker %d ready: %s (%s, %s, quantization %s) on %s, context %d tokens",
                     worker.worker_id, model.model_id, model.architecture, model.dtype,
                     model.quantization, model.device, model.max_context_tokens,
                 )  # fmt: skip
                 self._notify()
-            case WorkerFailed(message=text):
+            case WorkerFailed(message=text, will_repeat=will_repeat):
                 # The process exits right after this; its exit decides what happens next.
                 logger.error("worker %d failed: %s", worker.worker_id, text)
                 worker.failure = text
+                worker.failure_will_repeat = will_repeat
+                if will_repeat and not self._has_served:
+                    self.fatal_error = f"worker {worker.worker_id} cannot load the model: {text}"
+                    self._notify()
             case _:
                 logger.error("worker %d sent an unknown message %r", worker.worker_id, type(message))
 
@@ -308,6 +338,11 @@ class WorkerPool:
         elif self._is_draining:  # the server is going away: a restart would only be shut down again
             worker.state = WorkerState.STOPPED
             logger.error("worker %d died while the server drains: %s", worker.worker_id, worker.last_exit)
+        elif worker.failure_will_repeat:
+            worker.state = WorkerState.CRASH_LOOP
+            logger.error(
+                "worker %d is not restarted: loading would fail again (%s)", worker.worker_id, worker.failure
+            )
         else:
             logger.error("worker %d died: %s", worker.worker_id, worker.last_exit)
             self._supervisor.worker_died(worker)  # RESTARTING or CRASH_LOOP: no longer routed to
@@ -315,6 +350,24 @@ class WorkerPool:
             if not self._retry(flight):
                 error = ServerDraining() if self._is_stopping else WorkerCrashed(worker.worker_id)
                 self._deliver(flight.request_id, error, is_last=True)
+        self._notify()
+
+    def _on_hung(self, worker: WorkerHandle) -> None:
+        """The watchdog found `worker` silent: end or move its requests, then kill it (its exit restarts it)."""
+        timeout = self.watchdog.timeout if self.watchdog is not None else 0.0
+        flights = [f for f in self._in_flight.values() if f.worker is worker]
+        logger.error(
+            "worker %d is hung: no engine step and no answer to a liveness ping for %.0fs; killing it "
+            "(%d request(s) in flight end with WORKER_HUNG or move to another worker)",
+            worker.worker_id, timeout, len(flights),
+        )  # fmt: skip
+        worker.state = WorkerState.HUNG
+        worker.num_hangs += 1
+        worker.failure = f"hung: no progress for {timeout:g}s"
+        for flight in flights:
+            if not self._retry(flight):
+                self._deliver(flight.request_id, WorkerHung(worker.worker_id, timeout), is_last=True)
+        worker.kill()
         self._notify()
 
     def _retry(self, flight: InFlight) -> bool:

@@ -11,8 +11,8 @@ from typing import Generic, TypeVar
 import grpc
 
 from autoglm.v1 import generation_pb2, types_pb2
-from autoglm_rpc import convert
-from autoglm_rpc.errors import InvalidParameter, PermissionDenied
+from autoglm_rpc import convert, request_ids
+from autoglm_rpc.errors import InvalidParameter
 from autoglm_rpc.frontend import Frontend
 from autoglm_rpc.requests import Admitted, Completed, GenerationRequest, RequestLimits, TextDelta
 from autoglm_rpc.security.auth import current_principal
@@ -104,17 +104,13 @@ class GenerationServicer:
             raise InvalidParameter("request_ids", "at least one id is needed")
         if len(request.request_ids) > MAX_CANCEL_IDS:
             raise InvalidParameter("request_ids", f"at most {MAX_CANCEL_IDS} ids")
-        caller = current_principal()
         for index, request_id in enumerate(request.request_ids):
             convert.request_id(request_id, f"request_ids[{index}]")
-            owner = self._frontend.owner_of(request_id)
-            if caller is not None and owner is not None and owner != caller:
-                raise PermissionDenied(f"request_ids[{index}]: {request_id!r} belongs to another API key")
+        caller = current_principal()  # ids are scoped to it: another key's requests are NOT_FOUND
         results = []
         for request_id in request.request_ids:
-            results.append(
-                generation_pb2.CancelGenerationResult(request_id=request_id, outcome=self._cancel(request_id))
-            )
+            outcome = self._cancel(request_ids.scoped(caller, request_id))
+            results.append(generation_pb2.CancelGenerationResult(request_id=request_id, outcome=outcome))
         return generation_pb2.CancelGenerationResponse(results=results)
 
     def _admit(self) -> str | None:

@@ -8,6 +8,7 @@ from autoglm.v1 import model_pb2, types_pb2
 from autoglm_rpc import __version__
 from autoglm_rpc.frontend import Frontend
 from autoglm_rpc.pool.handle import WorkerHandle, WorkerState
+from autoglm_rpc.pool.watchdog import Watchdog
 from autoglm_rpc.servicers import errors
 
 API_VERSION = "autoglm.v1"
@@ -57,8 +58,9 @@ class ModelServicer:
             total_workers=pool.num_workers,
             max_queue_depth=pool.max_queue_depth,
             reflection_enabled=self._reflection_enabled,
-            workers=[_worker_info(worker) for worker in pool.workers],
+            workers=[_worker_info(worker, pool.watchdog) for worker in pool.workers],
             draining=pool.is_draining,
+            worker_hang_timeout_seconds=pool.watchdog.timeout if pool.watchdog else 0.0,
         )
 
 
@@ -68,10 +70,11 @@ _STATES = {
     WorkerState.RESTARTING: model_pb2.WORKER_STATE_RESTARTING,
     WorkerState.CRASH_LOOP: model_pb2.WORKER_STATE_CRASH_LOOP,
     WorkerState.STOPPED: model_pb2.WORKER_STATE_STOPPED,
+    WorkerState.HUNG: model_pb2.WORKER_STATE_HUNG,
 }
 
 
-def _worker_info(worker: WorkerHandle) -> model_pb2.WorkerInfo:
+def _worker_info(worker: WorkerHandle, watchdog: Watchdog | None) -> model_pb2.WorkerInfo:
     config = worker.config
     gpu = config.cuda_visible_devices
     return model_pb2.WorkerInfo(
@@ -82,4 +85,6 @@ def _worker_info(worker: WorkerHandle) -> model_pb2.WorkerInfo:
         in_flight_requests=worker.num_in_flight,
         last_exit=worker.last_exit,
         device=f"{config.device}:{gpu}" if gpu is not None else config.device,
+        hangs=worker.num_hangs,
+        seconds_since_heard=(watchdog.silent_for(worker) or 0.0) if watchdog and worker.pid else 0.0,
     )

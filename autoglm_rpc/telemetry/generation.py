@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from autoglm_rpc.errors import ServiceError
 from autoglm_rpc.requests import Admitted, ChatPrompt, Completed, GenerationEvent, GenerationRequest, TextDelta
 from autoglm_rpc.telemetry import semconv
+from autoglm_rpc.telemetry.attach import attached
 from autoglm_rpc.telemetry.calls import CallRecord, current_call
 from autoglm_rpc.telemetry.logs import current_request_id
 from autoglm_rpc.telemetry.metrics import GatewayMetrics
@@ -64,7 +65,7 @@ class GenerationTelemetry:
         )
         watcher = _Watcher(span, self._metrics, call)
         try:
-            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            with attached(span):  # not use_span: the caller may go away, see attach.py
                 async with aclosing(frontend.generate(request, deadline, carrier, owner)) as events:
                     async for event in events:
                         watcher.observe(event)

@@ -19,13 +19,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from autoglm_rpc.telemetry import semconv
+from autoglm_rpc.telemetry.attach import attached, reset_here
 from autoglm_rpc.telemetry.calls import CallRecord, current_call
 from autoglm_rpc.telemetry.generation import SERVER_FAULT_CODES
+from autoglm_rpc.telemetry.logs import text_value
 from autoglm_rpc.telemetry.metrics import GatewayMetrics
 
 access_logger = logging.getLogger("autoglm_rpc.access")
@@ -93,27 +94,24 @@ class _Call:
     def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             span, record, started = self._begin(context)
-            # Attached by hand, not with `use_span`: when the caller goes away, grpc closes this generator from
-            # another context, where resetting these tokens raises (and did crash the process). Then the
-            # context they were set in is being dropped anyway, so they are only reset where they were set.
+            # Not `use_span`: when the caller goes away, grpc may close this generator from another Context,
+            # where resetting the tokens raises (see attach.py).
             call_token = current_call.set(record)
-            otel_token = otel_context.attach(trace.set_span_in_context(span))
             error: BaseException | None = None
             try:
-                result = behavior(request, context)
-                if inspect.isawaitable(result):  # a handler that writes with context.write()
-                    await result
-                else:
-                    async for message in result:
-                        yield message
+                with attached(span):
+                    result = behavior(request, context)
+                    if inspect.isawaitable(result):  # a handler that writes with context.write()
+                        await result
+                    else:
+                        async for message in result:
+                            yield message
             except BaseException as exc:
                 error = exc
                 raise
             finally:
                 self._end(span, record, context, error, started)
-                if trace.get_current_span() is span and current_call.get() is record:
-                    otel_context.detach(otel_token)
-                    current_call.reset(call_token)
+                reset_here(current_call, call_token)
 
         return stream
 
@@ -218,5 +216,5 @@ def _access_log(
         "time_to_first_token_ms",
         "finish_reason",
     )
-    text = " ".join(f"{key}={fields[key]}" for key in shown if key in fields)
+    text = " ".join(f"{key}={text_value(fields[key])}" for key in shown if key in fields)
     access_logger.info("%s %s %s", record.method, code.name, text, extra=fields)

@@ -12,6 +12,7 @@ import contextvars
 import datetime
 import json
 import logging
+import re
 import sys
 
 from opentelemetry import trace
@@ -21,6 +22,18 @@ current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# A value shown bare in a text line's `key=value` pairs; anything else is quoted (see `text_value`).
+_BARE_VALUE = re.compile(r"[A-Za-z0-9_.:/@+-]+")
+
+
+def text_value(value: object) -> str:
+    """`value` for a `key=value` pair of a text log line: bare when it is one plain word, else a JSON string.
+
+    Quoting keeps a caller-chosen value (a request id such as `x code=OK level=CRITICAL`) from reading as extra
+    fields, and escapes quotes, backslashes and control characters, so one value cannot forge another line.
+    """
+    text = str(value)
+    return text if _BARE_VALUE.fullmatch(text) else json.dumps(text)
 
 
 class JsonFormatter(logging.Formatter):

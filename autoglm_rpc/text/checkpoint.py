@@ -2,10 +2,17 @@
 
 Plain JSON reading, so the gateway learns the context limit, the end-of-sequence ids and the sampling defaults
 without importing transformers. Values are resolved the way transformers' `generate()` resolves them.
+
+A sampling default in generation_config.json outside the range a request may set (top_p 1.5, a negative
+temperature, NaN) is ignored with a warning naming the file and the field, and transformers' own default is used:
+the checkpoint stays servable, and requests that set the field themselves were never affected. Refusing to start
+would take a whole model down for one value a request can override.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,16 @@ GENERATION_CONFIG_FILE = "generation_config.json"
 _CONTEXT_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length", "n_ctx")
 # transformers' generate() fills these when generation_config leaves them unset.
 _HF_DEFAULT_TOP_K = 50
+# What a request may set (convert.py checks requests against the same): (low, high, is the low end excluded).
+_SAMPLING_RANGES = {
+    "temperature": (0.0, 100.0, False),
+    "top_p": (0.0, 1.0, True),
+    "top_k": (0.0, 1_000_000.0, False),
+    "repetition_penalty": (0.0, 10.0, True),
+    "max_new_tokens": (1.0, math.inf, False),
+}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +108,31 @@ def read_checkpoint_facts(path: str | Path) -> CheckpointFacts:
             if isinstance(quantization_config, dict)
             else None
         ),
-        defaults=_generation_defaults(generation),
+        defaults=_generation_defaults(_valid_defaults(generation, directory / GENERATION_CONFIG_FILE)),
     )
+
+
+def _valid_defaults(generation: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`generation` without the sampling defaults a request could not set; each one dropped is logged."""
+    valid = dict(generation)
+    for name, (low, high, low_open) in _SAMPLING_RANGES.items():
+        value = generation.get(name)
+        if value is None:
+            continue
+        number = _optional_float(value)
+        if (
+            number is None
+            or not math.isfinite(number)
+            or not low <= number <= high
+            or (low_open and number == low)
+        ):
+            bracket = "(" if low_open else "["
+            logger.warning(
+                "%s: %s is %r, outside %s%g, %g]; ignoring it (transformers' default applies)",
+                path, name, value, bracket, low, high,
+            )  # fmt: skip
+            del valid[name]
+    return valid
 
 
 def _generation_defaults(generation: dict[str, Any]) -> GenerationDefaults:
@@ -101,9 +141,9 @@ def _generation_defaults(generation: dict[str, Any]) -> GenerationDefaults:
     top_k = _optional_int(generation.get("top_k"))
     return GenerationDefaults(
         do_sample=do_sample,
-        temperature=max(temperature if temperature is not None else 1.0, 0.0) if do_sample else 0.0,
+        temperature=(temperature if temperature is not None else 1.0) if do_sample else 0.0,
         top_p=_optional_float(generation.get("top_p")) or 1.0,
-        top_k=_HF_DEFAULT_TOP_K if top_k is None else max(top_k, 0),
+        top_k=_HF_DEFAULT_TOP_K if top_k is None else top_k,
         repetition_penalty=_optional_float(generation.get("repetition_penalty")) or 1.0,
         max_new_tokens=_optional_int(generation.get("max_new_tokens")),
         max_length=_optional_int(generation.get("max_length")),

@@ -7,28 +7,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from autoglm.v1 import model_pb2
-from autoglm_rpc.client import Client
 from tests.support import ServerThread, server_settings
+from tests.support import wait_for_info as _wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _wait_for(client: Client, condition: Callable[[model_pb2.GetServerInfoResponse], bool], timeout: float):
-    """Poll GetServerInfo (a test's view from outside) until `condition` holds; return that answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = client.server_info(timeout=10)
-        if condition(info):
-            return info
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last answer:\n{info}")
-        time.sleep(0.1)
 
 
 def test_segfault_before_the_first_token_is_retried_on_another_worker(
@@ -84,7 +71,6 @@ def test_a_checkpoint_no_worker_can_load_ends_the_server(glm_checkpoint: Path, t
         (broken / item.name).write_bytes(item.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     flags = ["--model", str(broken), "--port", "0", "--device", "cpu", "--workers", "1", "--worker-threads", "1"]
-    flags += ["--max-restarts-per-window", "0"]  # no restart: the first failed load is the end
     result = subprocess.run(
         [sys.executable, "-m", "autoglm_rpc.cli", "serve", *flags],
         cwd=ROOT,
@@ -94,5 +80,5 @@ def test_a_checkpoint_no_worker_can_load_ends_the_server(glm_checkpoint: Path, t
         check=False,
     )
     assert result.returncode == 1, result.stderr
-    assert "crash loop" in result.stderr
-    assert "no worker could load the model" in result.stderr
+    # A corrupt weights file fails the same way every time: no restart is tried (tests/hardening has more).
+    assert "cannot load the model" in result.stderr and "restarting in" not in result.stderr

@@ -71,14 +71,20 @@ def test_health_is_open_and_reflection_needs_a_key(keyed_server: ServerThread) -
         assert "autoglm.v1.GenerationService" in names
 
 
-def test_only_the_owner_may_cancel_a_request(keyed_server: ServerThread) -> None:
+def test_request_ids_are_scoped_to_their_owner(keyed_server: ServerThread) -> None:
+    """Another key can neither probe an id (its cancel finds nothing) nor squat it (it may use the same id)."""
     target = keyed_server.target
+    long = {"max_new_tokens": 400, "stopping": {"ignore_eos": True}}
     with Client(target, api_key=ALICE) as alice, Client(target, api_key=BOB) as bob:
-        stream = alice.stream("Hello", request_id="alice-1", max_new_tokens=400, stopping={"ignore_eos": True})
+        stream = alice.stream("Hello", request_id="alice-1", **long)
         assert next(stream).request_id == "alice-1"
-        error = _code(lambda: bob.cancel("unrelated", "alice-1"))
-        assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "")
-        assert "request_ids[1]" in error.message
+        error = _code(lambda: alice.generate("Hello", request_id="alice-1", max_new_tokens=2))
+        assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "DUPLICATE_REQUEST_ID")
+        assert "'alice-1'" in error.message and "alice/" not in error.message  # the owner's own id, unscoped
+        outcomes = [r.outcome for r in bob.cancel("unrelated", "alice-1").results]
+        assert outcomes == [generation_pb2.CANCEL_OUTCOME_NOT_FOUND] * 2
+        assert bob.generate("Hello", request_id="alice-1", max_new_tokens=2).request_id == "alice-1"
+        assert bob.cancel("alice-1").results[0].outcome == generation_pb2.CANCEL_OUTCOME_ALREADY_FINISHED
         outcome = alice.cancel("alice-1").results[0].outcome
         assert outcome == generation_pb2.CANCEL_OUTCOME_CANCELLED
         *_, last = stream

@@ -35,6 +35,9 @@ MESSAGES = [
     ),
     p.RequestFailed("r3", p.FailureReason.GPU_OUT_OF_MEMORY, "out of memory"),
     p.WorkerFailed(1, "could not load"),
+    p.WorkerFailed(1, "config.json: unsupported", will_repeat=True),
+    p.Ping(7),
+    p.Pong(1, 7),
     p.WorkerConfig(worker_id=0, model_path="/m", model_id="m"),
 ]
 

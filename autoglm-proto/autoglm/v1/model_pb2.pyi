@@ -16,12 +16,14 @@ class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_STATE_RESTARTING: _ClassVar[WorkerState]
     WORKER_STATE_CRASH_LOOP: _ClassVar[WorkerState]
     WORKER_STATE_STOPPED: _ClassVar[WorkerState]
+    WORKER_STATE_HUNG: _ClassVar[WorkerState]
 WORKER_STATE_UNSPECIFIED: WorkerState
 WORKER_STATE_STARTING: WorkerState
 WORKER_STATE_READY: WorkerState
 WORKER_STATE_RESTARTING: WorkerState
 WORKER_STATE_CRASH_LOOP: WorkerState
 WORKER_STATE_STOPPED: WorkerState
+WORKER_STATE_HUNG: WorkerState
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -62,7 +64,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("server_version", "api_version", "default_model", "ready_workers", "total_workers", "max_queue_depth", "reflection_enabled", "workers", "draining")
+    __slots__ = ("server_version", "api_version", "default_model", "ready_workers", "total_workers", "max_queue_depth", "reflection_enabled", "workers", "draining", "worker_hang_timeout_seconds")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     API_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +74,7 @@ class GetServerInfoResponse(_message.Message):
     REFLECTION_ENABLED_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    WORKER_HANG_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     api_version: str
     default_model: str
@@ -81,10 +84,11 @@ class GetServerInfoResponse(_message.Message):
     reflection_enabled: bool
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     draining: bool
-    def __init__(self, server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., default_model: _Optional[str] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., reflection_enabled: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+    worker_hang_timeout_seconds: float
+    def __init__(self, server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., default_model: _Optional[str] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., reflection_enabled: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., draining: _Optional[bool] = ..., worker_hang_timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "state", "pid", "restarts", "in_flight_requests", "last_exit", "device")
+    __slots__ = ("worker_id", "state", "pid", "restarts", "in_flight_requests", "last_exit", "device", "hangs", "seconds_since_heard")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +96,8 @@ class WorkerInfo(_message.Message):
     IN_FLIGHT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     LAST_EXIT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    HANGS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_HEARD_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     state: WorkerState
     pid: int
@@ -99,4 +105,6 @@ class WorkerInfo(_message.Message):
     in_flight_requests: int
     last_exit: str
     device: str
-    def __init__(self, worker_id: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., in_flight_requests: _Optional[int] = ..., last_exit: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    hangs: int
+    seconds_since_heard: float
+    def __init__(self, worker_id: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., in_flight_requests: _Optional[int] = ..., last_exit: _Optional[str] = ..., device: _Optional[str] = ..., hangs: _Optional[int] = ..., seconds_since_heard: _Optional[float] = ...) -> None: ...

@@ -1,0 +1,82 @@
+"""The watchdog, with SIGSTOP on a real worker: a stopped worker is found, its requests end UNAVAILABLE /
+WORKER_HUNG, it is killed and restarted, and GetServerInfo shows what happened; then it serves again."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from autoglm.v1 import model_pb2
+from autoglm_rpc.client import AutoglmError, Client
+from tests.support import ServerThread, server_settings, wait_for_info
+
+HANG_TIMEOUT = 4.0
+
+
+@pytest.fixture(scope="module")
+def watched(glm_checkpoint: Path) -> Iterator[ServerThread]:
+    settings = server_settings(
+        glm_checkpoint, workers=1, worker_hang_timeout=HANG_TIMEOUT, restart_backoff_initial=0.1
+    )
+    server = ServerThread(settings).start()
+    yield server
+    server.stop()
+
+
+def _ready_again(client: Client, old_pid: int) -> model_pb2.WorkerInfo:
+    ready = model_pb2.WORKER_STATE_READY
+    info = wait_for_info(client, lambda i: i.workers[0].state == ready and i.workers[0].pid != old_pid, 120)
+    return info.workers[0]
+
+
+def test_a_stopped_worker_mid_stream_ends_the_stream_worker_hung_and_restarts(watched: ServerThread) -> None:
+    with watched.client() as client:
+        info = client.server_info(timeout=10)
+        assert info.worker_hang_timeout_seconds == HANG_TIMEOUT
+        pid = info.workers[0].pid
+        received, stopped = [], False
+        with pytest.raises(AutoglmError) as failure:
+            stream = client.stream(
+                "Hello", max_new_tokens=500, stopping={"ignore_eos": True}, return_token_ids=True, timeout=120
+            )
+            for message in stream:
+                received.append(message)
+                if message.token_ids and not stopped:
+                    os.kill(pid, signal.SIGSTOP)  # the worker is frozen mid-generation, as a wedged GPU call
+                    stopped = True
+        assert stopped and not received[-1].finish_reason, "the stream finished before the worker was stopped"
+        assert (failure.value.code.name, failure.value.reason) == ("UNAVAILABLE", "WORKER_HUNG")
+        worker = _ready_again(client, pid)
+        assert worker.hangs == 1 and worker.restarts == 1
+        assert "SIGKILL" in worker.last_exit and "hung" in worker.last_exit
+        assert client.generate("Hello", max_new_tokens=3, timeout=60).usage.completion_tokens == 3
+
+
+def test_an_idle_stopped_worker_is_found_by_its_liveness_ping(watched: ServerThread) -> None:
+    with watched.client() as client:
+        before = client.server_info(timeout=10).workers[0]
+        os.kill(before.pid, signal.SIGSTOP)
+        worker = _ready_again(client, before.pid)
+        assert worker.hangs == before.hangs + 1
+        assert client.generate("Hello", max_new_tokens=3, timeout=60).usage.completion_tokens == 3
+
+
+def test_a_request_that_got_nothing_from_a_hung_worker_is_retried_on_another(glm_checkpoint: Path) -> None:
+    settings = server_settings(glm_checkpoint, workers=2, worker_hang_timeout=HANG_TIMEOUT)
+    server = ServerThread(settings).start()
+    try:
+        with server.client() as client:
+            ready = model_pb2.WORKER_STATE_READY
+            info = wait_for_info(client, lambda i: all(w.state == ready for w in i.workers), 120)
+            os.kill(info.workers[0].pid, signal.SIGSTOP)
+            # Both idle: the request goes to worker 0, which is stopped; the watchdog moves it to worker 1.
+            result = client.generate("Hello", max_new_tokens=3, timeout=120)
+            assert result.usage.completion_tokens == 3
+            assert server.call(lambda: server.app.pool.num_retried) == 1
+            assert wait_for_info(client, lambda i: i.workers[0].hangs == 1, 60).workers[1].hangs == 0
+    finally:
+        server.stop()
