@@ -24,7 +24,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
 from workers import entry
-from workers.protocol import GatewayMessage, ModelInfo, Shutdown, WorkerConfig, WorkerMessage
+from workers.protocol import GatewayMessage, ModelInfo, Shutdown, StepOutput, WorkerConfig, WorkerMessage
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ class WorkerHandle:
         self.num_restarts = 0  # processes started after the first one
         self.last_exit = ""  # how the previous process ended, for operators ("killed by signal SIGKILL")
         self.failure = ""  # what the current process reported in WorkerFailed, if anything
+        self.last_step: StepOutput | None = None  # the current process's latest step report (its load, KV blocks)
         self._loop = loop
         self._on_message = on_message
         self._on_exit = on_exit
@@ -185,6 +186,7 @@ class WorkerHandle:
         self.state = WorkerState.STARTING
         self.model = None
         self.failure = ""
+        self.last_step = None
         self._current = _Process(self)
         logger.info("worker %d started (pid %d)", self.worker_id, self._current.pid)
 

@@ -257,6 +257,7 @@ class WorkerPool:
     def _on_message(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         match message:
             case StepOutput(deltas=deltas):
+                worker.last_step = message
                 if self.observer is not None:
                     self.observer.stepped(worker, message)
                 for delta in deltas:

@@ -59,6 +59,8 @@ class ModelServicer:
             reflection_enabled=self._reflection_enabled,
             workers=[_worker_info(worker) for worker in pool.workers],
             draining=pool.is_draining,
+            prefix_caching_enabled=any(worker.config.enable_prefix_caching for worker in pool.workers),
+            cached_prompt_tokens=sum(w.last_step.cached_prompt_tokens for w in pool.workers if w.last_step),
         )
 
 
@@ -72,7 +74,7 @@ _STATES = {
 
 
 def _worker_info(worker: WorkerHandle) -> model_pb2.WorkerInfo:
-    config = worker.config
+    config, step = worker.config, worker.last_step
     gpu = config.cuda_visible_devices
     return model_pb2.WorkerInfo(
         worker_id=worker.worker_id,
@@ -82,4 +84,8 @@ def _worker_info(worker: WorkerHandle) -> model_pb2.WorkerInfo:
         in_flight_requests=worker.num_in_flight,
         last_exit=worker.last_exit,
         device=f"{config.device}:{gpu}" if gpu is not None else config.device,
+        kv_cache_blocks_total=worker.model.kv_cache_blocks if worker.model else 0,
+        kv_cache_blocks_used=step.kv_blocks_used if step else 0,
+        kv_cache_block_size=worker.model.kv_block_size if worker.model else 0,
+        prefix_cache_hit_rate=step.cached_prompt_tokens / max(1, step.prompt_tokens) if step else 0.0,
     )

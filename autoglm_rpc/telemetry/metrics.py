@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 if TYPE_CHECKING:
     from autoglm_rpc.pool.pool import WorkerPool
+    from workers.protocol import StepOutput
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,23 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 
 @dataclass(frozen=True, slots=True)
 class WorkerLoad:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
+    """A worker's last step report (`StepOutput` less its deltas); the counters run since its process started."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
+    kv_blocks_used: int = 0
+    kv_blocks_free: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    preemptions: int = 0
+
+    @classmethod
+    def of(cls, output: StepOutput) -> WorkerLoad:
+        return cls(
+            output.num_running, output.num_waiting, output.kv_cache_usage, output.kv_blocks_used,
+            output.kv_blocks_free, output.prompt_tokens, output.cached_prompt_tokens, output.preemptions,
+        )  # fmt: skip
 
 
 class GatewayMetrics:
@@ -83,8 +98,8 @@ class GatewayMetrics:
         self._requests.labels(self.model_id, code).inc()
         self.request_duration.observe(duration)
 
-    def record_load(self, worker_id: int, num_running: int, num_waiting: int, kv_cache_usage: float) -> None:
-        self._loads[worker_id] = WorkerLoad(num_running, num_waiting, kv_cache_usage)
+    def record_load(self, worker_id: int, output: StepOutput) -> None:
+        self._loads[worker_id] = WorkerLoad.of(output)
 
     def record_worker_restart(self, worker_id: int) -> None:
         """For the worker supervisor: a worker process was started again."""
@@ -113,28 +128,44 @@ class GatewayMetrics:
     def collect_workers(self) -> Iterator[Metric]:
         labels = ["model", "worker"]
         up = GaugeMetricFamily("autoglm_worker_up", "1 while the worker is ready to serve, else 0.", labels=labels)
-        running = GaugeMetricFamily("autoglm_running_requests", "Requests in the worker's batch.", labels=labels)
-        queued = GaugeMetricFamily(
-            "autoglm_queue_depth", "Requests admitted to the worker, waiting for a batch slot.", labels=labels
-        )
-        kv_cache = GaugeMetricFamily(
-            "autoglm_kv_cache_usage_ratio", "Fraction of the worker's KV-cache token capacity in use.",
-            labels=labels, unit="ratio",
-        )  # fmt: skip
         restarts = CounterMetricFamily(
             "autoglm_worker_restarts", "Times the worker process was restarted.", labels=labels
         )
+        loads = _load_families(labels)
         for worker in self._pool.workers if self._pool is not None else ():
             values = [self.model_id, str(worker.worker_id)]
             # A worker that is not ready serves nothing, whatever it last reported.
             load = self._loads.get(worker.worker_id) if worker.is_ready else None
-            load = load or WorkerLoad(0, 0, 0.0)
             up.add_metric(values, 1.0 if worker.is_ready else 0.0)
-            running.add_metric(values, load.num_running)
-            queued.add_metric(values, load.num_waiting)
-            kv_cache.add_metric(values, load.kv_cache_usage)
             restarts.add_metric(values, self._restarts[worker.worker_id])
-        yield from (up, running, queued, kv_cache, restarts)
+            for family, value_of in loads:
+                family.add_metric(values, value_of(load or WorkerLoad()))
+        yield from (up, *(family for family, _ in loads), restarts)
+
+
+def _load_families(labels: list[str]) -> list[tuple[Metric, Callable[[WorkerLoad], float]]]:
+    """The per-worker families read from its last step report, each with how to read its value."""
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    return [
+        (gauge("autoglm_running_requests", "Requests in the worker's batch.", labels=labels),
+         lambda load: load.num_running),
+        (gauge("autoglm_queue_depth", "Requests admitted to the worker, waiting for a batch slot.", labels=labels),
+         lambda load: load.num_waiting),
+        (gauge("autoglm_kv_cache_usage_ratio", "Fraction of the worker's KV-cache blocks in use.", labels=labels,
+               unit="ratio"), lambda load: load.kv_cache_usage),
+        (gauge("autoglm_kv_cache_blocks_used", "KV-cache blocks held by running requests.", labels=labels),
+         lambda load: load.kv_blocks_used),
+        (gauge("autoglm_kv_cache_blocks_free", "KV-cache blocks free or holding evictable cached prefixes.",
+               labels=labels), lambda load: load.kv_blocks_free),
+        (counter("autoglm_prefix_cache_prompt_tokens", "Prompt tokens admitted by the worker's process.",
+                 labels=labels, unit="tokens"), lambda load: load.prompt_tokens),
+        (counter("autoglm_prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache, not prefilled.",
+                 labels=labels, unit="tokens"), lambda load: load.cached_prompt_tokens),
+        (gauge("autoglm_prefix_cache_hit_ratio", "Share of admitted prompt tokens found in the prefix cache.",
+               labels=labels, unit="ratio"), lambda load: load.cached_prompt_tokens / max(1, load.prompt_tokens)),
+        (counter("autoglm_kv_cache_preemptions", "Requests preempted (and later recomputed) for lack of blocks.",
+                 labels=labels), lambda load: load.preemptions),
+    ]  # fmt: skip
 
 
 class _PoolCollector:

@@ -60,3 +60,28 @@ def test_preempted_requests_resume_with_the_tokens_generate_gives(
         expected = reference(model, request.prompt_ids, 24, repetition_penalty=request.sampling.repetition_penalty)
         assert tokens_of(deltas[request.request_id]) == expected, request.request_id
     assert engine.scheduler.pool.num_used == 0
+
+
+def test_many_short_requests_run_together_in_a_cache_that_holds_one_full_context(
+    make_engine, reference_model, submit
+):
+    """256 tokens of cache and a 256-token context: a slotted cache would run one request at a time."""
+    engine = make_engine(
+        "llama", kv_cache_tokens=256, max_seq_len=256, max_batch_size=16, max_num_batched_tokens=128
+    )
+    assert engine.scheduler.max_seq_len == 256
+    requests = [submit(f"s{i}", random_prompt(6, seed=50 + i), 8) for i in range(16)]
+    for request in requests:
+        engine.add(request)
+    deltas = {request.request_id: [] for request in requests}
+    output = engine.step()
+    assert (output.num_running, output.num_waiting, output.kv_blocks_used) == (16, 0, 16)  # one block each
+    for delta in output.deltas:
+        deltas[delta.request_id].append(delta)
+    for request_id, more in run_to_end(engine).items():
+        deltas[request_id].extend(more)
+    model = reference_model("llama")
+    for request in requests[:4]:
+        assert tokens_of(deltas[request.request_id]) == reference(model, request.prompt_ids, 8)
+    assert all(len(tokens_of(deltas[request.request_id])) == 8 for request in requests)
+    assert engine.scheduler.stats.num_preemptions == 0

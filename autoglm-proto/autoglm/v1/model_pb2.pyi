@@ -62,7 +62,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("server_version", "api_version", "default_model", "ready_workers", "total_workers", "max_queue_depth", "reflection_enabled", "workers", "draining")
+    __slots__ = ("server_version", "api_version", "default_model", "ready_workers", "total_workers", "max_queue_depth", "reflection_enabled", "workers", "draining", "prefix_caching_enabled", "cached_prompt_tokens")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     API_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,8 @@ class GetServerInfoResponse(_message.Message):
     REFLECTION_ENABLED_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHING_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     api_version: str
     default_model: str
@@ -81,10 +83,12 @@ class GetServerInfoResponse(_message.Message):
     reflection_enabled: bool
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     draining: bool
-    def __init__(self, server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., default_model: _Optional[str] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., reflection_enabled: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+    prefix_caching_enabled: bool
+    cached_prompt_tokens: int
+    def __init__(self, server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., default_model: _Optional[str] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., reflection_enabled: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., draining: _Optional[bool] = ..., prefix_caching_enabled: _Optional[bool] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "state", "pid", "restarts", "in_flight_requests", "last_exit", "device")
+    __slots__ = ("worker_id", "state", "pid", "restarts", "in_flight_requests", "last_exit", "device", "kv_cache_blocks_total", "kv_cache_blocks_used", "kv_cache_block_size", "prefix_cache_hit_rate")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +96,10 @@ class WorkerInfo(_message.Message):
     IN_FLIGHT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     LAST_EXIT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCKS_USED_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     state: WorkerState
     pid: int
@@ -99,4 +107,8 @@ class WorkerInfo(_message.Message):
     in_flight_requests: int
     last_exit: str
     device: str
-    def __init__(self, worker_id: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., in_flight_requests: _Optional[int] = ..., last_exit: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    kv_cache_blocks_total: int
+    kv_cache_blocks_used: int
+    kv_cache_block_size: int
+    prefix_cache_hit_rate: float
+    def __init__(self, worker_id: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., in_flight_requests: _Optional[int] = ..., last_exit: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_blocks_total: _Optional[int] = ..., kv_cache_blocks_used: _Optional[int] = ..., kv_cache_block_size: _Optional[int] = ..., prefix_cache_hit_rate: _Optional[float] = ...) -> None: ...
