@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from workers.attention import ATTENTION_NAME, register_attention
+from workers.kv_blocks import blocks_for
 from workers.kv_cache import CacheSpec, PagedKVCache, blocks_that_fit
 from workers.manifest import verify_checkpoint
 from workers.protocol import ModelInfo, WorkerConfig
@@ -100,7 +101,7 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
     on_progress("allocating KV cache", 0.8)
     # The cache holds K/V in the dtype the layers compute in, which is the embeddings' dtype even when quantized.
     cache_dtype = model.get_input_embeddings().weight.dtype
-    spec = plan_cache(model.config, config, cache_dtype, device)
+    spec = plan_cache(model.config, config, max_seq_len, cache_dtype, device)
     max_seq_len = fit_context(max_seq_len, spec.num_tokens)
     cache = PagedKVCache(spec)
     info = ModelInfo(
@@ -202,9 +203,13 @@ def resolve_max_seq_len(requested: int | None, model_config) -> int:
     return requested
 
 
-def plan_cache(model_config, config: WorkerConfig, dtype: torch.dtype, device: torch.device) -> CacheSpec:
+def plan_cache(
+    model_config, config: WorkerConfig, max_seq_len: int, dtype: torch.dtype, device: torch.device
+) -> CacheSpec:
     """Size the paged cache: exactly `kv_cache_tokens` when set, else `kv_cache_memory_fraction` of the memory
-    free now (after the weights loaded). Raises ValueError when not one block fits."""
+    free now (after the weights loaded). On the CPU that memory is the host's, shared with everything else, so
+    there the fraction gives at most what a full batch of full contexts needs (max_batch_size x max_seq_len).
+    Raises ValueError when not one block fits."""
     one_block = CacheSpec.for_model(model_config, 1, dtype, device, block_size=config.kv_block_size)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -216,6 +221,8 @@ def plan_cache(model_config, config: WorkerConfig, dtype: torch.dtype, device: t
     num_blocks = blocks_that_fit(
         one_block.bytes_per_block, config.kv_block_size, free, fraction, config.kv_cache_tokens
     )
+    if device.type == "cpu" and config.kv_cache_tokens is None:
+        num_blocks = min(num_blocks, 1 + config.max_batch_size * blocks_for(max_seq_len, config.kv_block_size))
     if num_blocks < 2:
         raise ValueError(
             f"the KV cache needs {one_block.bytes_per_block / 2**20:.2f} MiB per block of {config.kv_block_size} "

@@ -118,6 +118,11 @@ def test_a_cache_smaller_than_the_context_caps_the_context(worker_config, caplog
     assert (engine.scheduler.max_seq_len, engine.scheduler.max_batch_size) == (48, 4)
 
 
+def test_on_the_cpu_the_fraction_gives_at_most_a_full_batch_of_full_contexts(worker_config) -> None:
+    loaded = load_model(worker_config("glm", max_seq_len=128, max_batch_size=4), lambda stage, fraction: None)
+    assert loaded.cache.spec.num_blocks == 1 + 4 * 128 // 16
+
+
 def test_a_cache_without_room_for_one_block_refuses_to_load(worker_config) -> None:
     config = worker_config("glm", kv_cache_memory_fraction=1e-12)
     with pytest.raises(ValueError, match=r"per block of 16 tokens.* raise kv_cache_memory_fraction"):
