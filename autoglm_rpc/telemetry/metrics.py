@@ -14,15 +14,15 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from workers.protocol import StepOutput
+
 if TYPE_CHECKING:
     from autoglm_rpc.pool.pool import WorkerPool
-    from workers.protocol import StepOutput
 
 logger = logging.getLogger(__name__)
 
@@ -31,25 +31,8 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerLoad:
-    """A worker's last step report (`StepOutput` less its deltas); the counters run since its process started."""
-
-    num_running: int = 0
-    num_waiting: int = 0
-    kv_cache_usage: float = 0.0
-    kv_blocks_used: int = 0
-    kv_blocks_free: int = 0
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    preemptions: int = 0
-
-    @classmethod
-    def of(cls, output: StepOutput) -> WorkerLoad:
-        return cls(
-            output.num_running, output.num_waiting, output.kv_cache_usage, output.kv_blocks_used,
-            output.kv_blocks_free, output.prompt_tokens, output.cached_prompt_tokens, output.preemptions,
-        )  # fmt: skip
+# What a worker that has not reported yet (or is not ready) counts as.
+_IDLE = StepOutput(deltas=())
 
 
 class GatewayMetrics:
@@ -87,7 +70,7 @@ class GatewayMetrics:
             "autoglm_requests_total", "Generate and GenerateStream calls by final gRPC status.", ["model", "code"],
             registry=registry,
         )  # fmt: skip
-        self._loads: dict[int, WorkerLoad] = {}
+        self._loads: dict[int, StepOutput] = {}  # each worker's latest step report (its load and KV counters)
         self._restarts: collections.Counter[int] = collections.Counter()
         self._pool: WorkerPool | None = None
         self._server: Any = None
@@ -99,7 +82,7 @@ class GatewayMetrics:
         self.request_duration.observe(duration)
 
     def record_load(self, worker_id: int, output: StepOutput) -> None:
-        self._loads[worker_id] = WorkerLoad.of(output)
+        self._loads[worker_id] = output
 
     def record_worker_restart(self, worker_id: int) -> None:
         """For the worker supervisor: a worker process was started again."""
@@ -139,11 +122,11 @@ class GatewayMetrics:
             up.add_metric(values, 1.0 if worker.is_ready else 0.0)
             restarts.add_metric(values, self._restarts[worker.worker_id])
             for family, value_of in loads:
-                family.add_metric(values, value_of(load or WorkerLoad()))
+                family.add_metric(values, value_of(load or _IDLE))
         yield from (up, *(family for family, _ in loads), restarts)
 
 
-def _load_families(labels: list[str]) -> list[tuple[Metric, Callable[[WorkerLoad], float]]]:
+def _load_families(labels: list[str]) -> list[tuple[Metric, Callable[[StepOutput], float]]]:
     """The per-worker families read from its last step report, each with how to read its value."""
     gauge, counter = GaugeMetricFamily, CounterMetricFamily
     return [
