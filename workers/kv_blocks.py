@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 SCRATCH_BLOCK = 0
 
@@ -148,3 +149,16 @@ class BlockPool:
 
     def ref_count(self, block: int) -> int:
         return self._ref_counts[block]
+
+
+@dataclass(slots=True)
+class PrefixStats:
+    """Counters since the worker started: prompt tokens admitted, those found in the prefix cache, preemptions."""
+
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_preemptions: int = 0
+
+    def record(self, num_prompt_tokens: int, num_cached_tokens: int) -> None:
+        self.num_prompt_tokens += num_prompt_tokens
+        self.num_cached_tokens += num_cached_tokens

@@ -44,7 +44,15 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from workers.kv_blocks import DEFAULT_BLOCK_SIZE, ROOT_HASH, BlockPool, blocks_for, chain_hash, prefix_hashes
+from workers.kv_blocks import (
+    DEFAULT_BLOCK_SIZE,
+    ROOT_HASH,
+    BlockPool,
+    PrefixStats,
+    blocks_for,
+    chain_hash,
+    prefix_hashes,
+)
 from workers.protocol import Finish, FinishReason, Priority, SamplingParams, StoppingParams, Submit
 
 logger = logging.getLogger(__name__)
@@ -457,16 +465,3 @@ class Scheduler:
         self.pool.release(seq.block_table)
         seq.block_table = []
         seq.slot = None
-
-
-@dataclass(slots=True)
-class PrefixStats:
-    """Counters since the worker started: prompt tokens admitted, those found in the prefix cache, preemptions."""
-
-    num_prompt_tokens: int = 0
-    num_cached_tokens: int = 0
-    num_preemptions: int = 0
-
-    def record(self, num_prompt_tokens: int, num_cached_tokens: int) -> None:
-        self.num_prompt_tokens += num_prompt_tokens
-        self.num_cached_tokens += num_cached_tokens
