@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workers.attention import AttentionMetadata
-from workers.kv_blocks import SCRATCH_BLOCK
+from workers.kv_blocks import SCRATCH_BLOCK, blocks_for
 from workers.kv_cache import PagedKVCache
 from workers.protocol import TokenLogprob
 from workers.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
@@ -144,7 +144,7 @@ class ModelRunner:
 
     def _block_tables(self, seqs: list[Sequence], kv_len: int) -> torch.Tensor:
         """The rows' block tables covering [0, kv_len), padded with the scratch block: [B, N] on the device."""
-        num_blocks = -(-kv_len // self.block_size)
+        num_blocks = blocks_for(kv_len, self.block_size)
         tables = [
             [*seq.block_table[:num_blocks], *[SCRATCH_BLOCK] * (num_blocks - len(seq.block_table))] for seq in seqs
         ]
