@@ -154,7 +154,11 @@ class Engine:
             return FailureReason.INVALID_PARAMETER, "the prompt is empty"
         if len(prompt) >= self.scheduler.max_seq_len:
             limit = self.scheduler.max_seq_len
-            return FailureReason.PROMPT_TOO_LONG, f"the prompt has {len(prompt)} tokens; the limit is {limit - 1}"
+            return (
+                FailureReason.PROMPT_TOO_LONG,
+                f"the prompt has {len(prompt)} tokens; the limit is {limit - 1} (the context, or the KV cache's "
+                f"{self.scheduler.pool.capacity * self.scheduler.pool.block_size} tokens if that is smaller)",
+            )
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             return FailureReason.INVALID_PARAMETER, f"prompt token ids must be in [0, {self.vocab_size})"
         if submit.stopping.max_new_tokens < 1:

@@ -20,7 +20,7 @@ from workers.loader import (
     resolve_dtype,
     resolve_max_seq_len,
 )
-from workers.protocol import FinishReason
+from workers.protocol import FailureReason, FinishReason
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None
@@ -116,6 +116,9 @@ def test_a_cache_smaller_than_the_context_caps_the_context(worker_config, caplog
     assert "holds 48 tokens, fewer than max_seq_len 128" in caplog.text
     engine = Engine.from_loaded(loaded, config)
     assert (engine.scheduler.max_seq_len, engine.scheduler.max_batch_size) == (48, 4)
+    engine.add(make_submit("long", random_prompt(60, seed=1)))  # within the checkpoint's context, not the cache
+    (failure,) = engine.pop_failures()
+    assert failure.reason is FailureReason.PROMPT_TOO_LONG and "KV cache's 48 tokens" in failure.message
 
 
 def test_on_the_cpu_the_fraction_gives_at_most_a_full_batch_of_full_contexts(worker_config) -> None:
