@@ -301,12 +301,11 @@ class Scheduler:
         `sampled` pairs each request that produced a token (decodes, and prefills whose last chunk ran) with its
         token. Returns the requests that finished in this call; their blocks are already released.
         """
-        for seq in batch.decodes:
-            seq.num_computed_tokens += 1
-            self._cache_full_blocks(seq)
-        for chunk in batch.prefills:
-            chunk.seq.num_computed_tokens += len(chunk.token_ids)
-            self._cache_full_blocks(chunk.seq)
+        advanced = [(seq, 1) for seq in batch.decodes] + [(c.seq, len(c.token_ids)) for c in batch.prefills]
+        for seq, num_tokens in advanced:
+            if not seq.is_finished:  # a request that failed in this step was aborted: its blocks are gone
+                seq.num_computed_tokens += num_tokens
+                self._cache_full_blocks(seq)
         finished = []
         for seq, token_id in sampled:
             if seq.is_finished:

@@ -147,3 +147,13 @@ def test_a_request_alone_always_fits_and_the_preempted_one_runs_after_it() -> No
 def test_the_block_logic_imports_without_torch() -> None:
     code = "import sys, workers.kv_blocks, workers.scheduler; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_request_aborted_mid_step_releases_its_blocks_and_caches_none() -> None:
+    scheduler = Scheduler(max_batch_size=2, max_seq_len=32, max_num_batched_tokens=32, pool=BlockPool(9, 4))
+    seq = make_seq("failed", 10)
+    scheduler.add(seq)
+    batch = scheduler.schedule(0.0)
+    scheduler.abort(seq)  # what the engine does when the request's forward ran out of memory
+    assert scheduler.postprocess(batch, [], 0.0) == []
+    assert (scheduler.pool.num_used, scheduler.pool.num_cached, seq.num_computed_tokens) == (0, 0, 0)
