@@ -20,10 +20,9 @@ Preemption by recomputation: when a running request needs a block and none is fr
 most recently admitted request of those not yet scheduled in this step (possibly itself) is preempted: its
 blocks are released and it goes back to the head of its priority in the waiting queue, keeping its tokens.
 When admitted again it prefills its prompt and the tokens it already produced (most of it found again in the
-prefix cache when its blocks were not evicted meanwhile), and its last chunk produces its next token. So it
-resumes with exactly the tokens it would have produced, and nothing is lost or sent twice. Recomputation rather
-than swapping to host memory: it needs no second memory pool nor copy engine, it is exact, and with prefix
-caching it recomputes only what was evicted. No request is admitted in a step that preempted one.
+prefix cache when its blocks were not evicted meanwhile), and its last chunk produces its next token: it resumes
+with exactly the tokens it would have produced. No request is admitted in a step that preempted one. Why
+recomputation and not swapping: docs/kv-cache.md.
 
 A long prompt is thus spread over several steps (chunked prefill) while the decodes around it keep running.
 The budget must be at least `max_batch_size` so that the decode pass always fits.
@@ -44,15 +43,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from workers.kv_blocks import (
-    DEFAULT_BLOCK_SIZE,
-    ROOT_HASH,
-    BlockPool,
-    PrefixStats,
-    blocks_for,
-    chain_hash,
-    prefix_hashes,
-)
+from workers.block_tables import BlockTables
+from workers.kv_blocks import DEFAULT_BLOCK_SIZE, BlockPool, PrefixStats, blocks_for
 from workers.protocol import Finish, FinishReason, Priority, SamplingParams, StoppingParams, Submit
 
 logger = logging.getLogger(__name__)
@@ -213,6 +205,7 @@ class Scheduler:
         self.max_seq_len = max_seq_len
         self.max_num_batched_tokens = max_num_batched_tokens
         self.pool = pool
+        self.blocks = BlockTables(pool)
         self.stats = PrefixStats()
         self.requests: dict[str, Sequence] = {}
         self._waiting: list[Sequence] = []  # sorted by Sequence.order: the head is the next to admit
@@ -287,7 +280,7 @@ class Scheduler:
         ):
             seq = self._waiting.pop(0)
             num_tokens = min(budget, seq.prefill_target - seq.num_computed_tokens)
-            self._grow(seq, seq.num_computed_tokens + num_tokens)
+            self.blocks.grow(seq, seq.num_computed_tokens + num_tokens)
             batch.prefills.append(self._chunk(seq, num_tokens, is_first=True))
             budget -= num_tokens
         return batch
@@ -305,7 +298,7 @@ class Scheduler:
         for seq, num_tokens in advanced:
             if not seq.is_finished:  # a request that failed in this step was aborted: its blocks are gone
                 seq.num_computed_tokens += num_tokens
-                self._cache_full_blocks(seq)
+                self.blocks.cache_full_blocks(seq)
         finished = []
         for seq, token_id in sampled:
             if seq.is_finished:
@@ -321,16 +314,8 @@ class Scheduler:
 
     def _admit(self, seq: Sequence, now: float) -> bool:
         """Admit `seq` if the blocks of its whole prefill (less its cached prefix) are free; takes the prefix."""
-        pool = self.pool
-        hashes = self._prefix_hashes(seq)
-        cached = pool.match_prefix(hashes)
-        needed = blocks_for(seq.prefill_target, pool.block_size) - len(cached) + pool.num_evictable(cached)
-        if needed > pool.num_free:
+        if not self.blocks.try_admit(seq):
             return False
-        pool.take(cached)
-        seq.block_table = list(cached)
-        seq.block_hashes = hashes[: len(cached)]
-        seq.num_cached_tokens = seq.num_computed_tokens = len(cached) * pool.block_size
         if seq.num_preemptions == 0:
             self.stats.record(seq.num_prompt_tokens, seq.num_cached_tokens)
         seq.slot = heapq.heappop(self._free_rows)
@@ -340,24 +325,13 @@ class Scheduler:
         self.running.append(seq)
         return True
 
-    def _prefix_hashes(self, seq: Sequence) -> list[bytes]:
-        """Hashes of the full blocks before the last token to prefill (that one is always computed)."""
-        if not self.pool.enable_prefix_caching:
-            return []
-        size = self.pool.block_size
-        num_blocks = (seq.prefill_target - 1) // size
-        return prefix_hashes(seq.token_ids(0, num_blocks * size), size, num_blocks)
-
     def _reserve(self, seq: Sequence, wanted: int, queue: list[Sequence]) -> tuple[int, bool]:
         """Blocks for up to `wanted` more tokens of a running request, preempting from the end of `queue` (the
         requests not yet scheduled this step, lowest priority last) and finally `seq` itself when none is free.
         Returns (tokens reserved, whether a request was preempted); 0 tokens means `seq` was preempted."""
-        pool = self.pool
         preempted = False
         while True:
-            room = (
-                len(seq.block_table) * pool.block_size - seq.num_computed_tokens + pool.num_free * pool.block_size
-            )
+            room = self.blocks.room(seq)
             if room >= 1:
                 break
             victim = queue.pop() if queue else seq
@@ -366,24 +340,8 @@ class Scheduler:
             if victim is seq:
                 return 0, True
         num_tokens = min(wanted, room)
-        self._grow(seq, seq.num_computed_tokens + num_tokens)
+        self.blocks.grow(seq, seq.num_computed_tokens + num_tokens)
         return num_tokens, preempted
-
-    def _grow(self, seq: Sequence, num_tokens: int) -> None:
-        """Extend the block table to hold `num_tokens` positions; the caller checked the blocks are free."""
-        for _ in range(blocks_for(num_tokens, self.pool.block_size) - len(seq.block_table)):
-            seq.block_table.append(self.pool.allocate())
-
-    def _cache_full_blocks(self, seq: Sequence) -> None:
-        """Register every block that the computed tokens filled since the last call in the prefix cache."""
-        pool = self.pool
-        if not pool.enable_prefix_caching:
-            return
-        size = pool.block_size
-        for index in range(len(seq.block_hashes), seq.num_computed_tokens // size):
-            parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
-            seq.block_hashes.append(chain_hash(parent, seq.token_ids(index * size, (index + 1) * size)))
-            pool.register(seq.block_table[index], seq.block_hashes[-1])
 
     def _preempt(self, seq: Sequence) -> None:
         """Free a running request's blocks and row and queue it again; it recomputes its tokens when readmitted."""
@@ -461,6 +419,5 @@ class Scheduler:
     def _release_blocks(self, seq: Sequence) -> None:
         self.running.remove(seq)
         heapq.heappush(self._free_rows, seq.slot)
-        self.pool.release(seq.block_table)
-        seq.block_table = []
+        self.blocks.release(seq)
         seq.slot = None
