@@ -26,8 +26,8 @@ GO_PATH := $(CURDIR)/.gopath:/usr/share/gocode
 GO_MAPPINGS := $(foreach p,$(PROTOS:proto/%=%),--go_opt=M$(p)=$(GO_MODULE)/autoglmv1 --go-grpc_opt=M$(p)=$(GO_MODULE)/autoglmv1)
 VERSION ?=
 
-.PHONY: install proto lint format test soak run demo-model clean bench bench-gpu bench-tracing node-deps buf \
-	release-proto go-client gpu-check gpu-wheels
+.PHONY: install proto lint format test soak run demo-model clean bench bench-gpu bench-tracing bench-kv-cache node-deps \
+	buf release-proto go-client gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -139,6 +139,12 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) -m bench cpu --out bench-results/cpu $(BENCH_ARGS)
 	$(MAKE) bench-tracing
+	$(MAKE) bench-kv-cache
+
+# The paged KV cache against the slotted layout at one KV budget, and prefix caching on and off (README
+# "Paged KV cache and prefix caching"); results in bench-results/kv-cache/.
+bench-kv-cache: $(STAMP)
+	$(PY) -m bench.kv_cache --threads 1 --out bench-results/kv-cache
 
 # The GLM-4-9B shape on a CUDA GPU, every baseline beside the engine and the service. Installs nothing (a GPU
 # machine may be offline); point PY at its Python if it is not $(PY): make bench-gpu PY=python3 DTYPE=nf4

@@ -64,6 +64,17 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--kv-cache-memory-fraction", type=float, help="share of free memory after the weights for the KV cache"
     )
+    serve.add_argument(
+        "--kv-cache-tokens", type=int, help="exact KV-cache size in tokens per worker (instead of the fraction)"
+    )
+    serve.add_argument("--kv-block-size", type=int, help="tokens per KV-cache block (default 16)")
+    serve.add_argument(
+        "--no-prefix-caching",
+        dest="enable_prefix_caching",
+        action="store_const",
+        const=False,
+        help="do not reuse the KV blocks of shared prompt prefixes",
+    )
     serve.add_argument("--decode-mode", choices=DECODE_MODES, help="default auto: cuda_graphs on GPU, else eager")
     serve.add_argument(
         "--no-reflection", dest="reflection", action="store_const", const=False, help="turn server reflection off"

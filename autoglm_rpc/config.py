@@ -52,6 +52,9 @@ class Settings:
     max_num_batched_tokens: int = 512  # per-step token budget of chunked prefill
     max_queue_depth: int = 256  # requests waiting beyond the running batches before QUEUE_FULL
     kv_cache_memory_fraction: float = 0.9  # share of the memory free after the weights load for the KV cache
+    kv_cache_tokens: int | None = None  # exact KV-cache size in tokens per worker (instead of the fraction)
+    kv_block_size: int = 16  # tokens per KV-cache block (see docs/kv-cache.md)
+    enable_prefix_caching: bool = True  # reuse the KV blocks of prompt prefixes already computed
     decode_mode: str = "auto"  # eager | static | cuda_graphs; auto: cuda_graphs on GPU, eager on CPU
     default_max_new_tokens: int = 256  # when neither the request nor generation_config sets one
     max_message_bytes: int = 16 * 1024 * 1024
@@ -145,7 +148,9 @@ class Settings:
         for name in ("max_batch_size", "max_num_batched_tokens", "default_max_new_tokens", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("workers", "max_seq_len", "worker_threads"):
+        if not 1 <= self.kv_block_size <= 1024:
+            raise ValueError(f"kv_block_size must be in 1..1024, got {self.kv_block_size}")
+        for name in ("workers", "max_seq_len", "worker_threads", "kv_cache_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

@@ -213,8 +213,15 @@ def _worker_config(
         max_batch_size=workload.max_concurrency,
         max_seq_len=workload.max_seq_len,
         max_num_batched_tokens=max(options.max_num_batched_tokens, workload.max_concurrency),
+        kv_cache_tokens=_kv_cache_tokens(workload),
         num_threads=options.threads,
     )
+
+
+def _kv_cache_tokens(workload: Workload) -> int:
+    """A full context for every request in flight: the workload never preempts, and the engine's cache takes the
+    same memory in process and in the service (not a share of whatever the device has free at the time)."""
+    return workload.max_concurrency * workload.max_seq_len
 
 
 def _service_settings(
@@ -232,6 +239,7 @@ def _service_settings(
         "max_seq_len": workload.max_seq_len,
         "max_num_batched_tokens": max(options.max_num_batched_tokens, workload.max_concurrency),
         "max_queue_depth": max(256, workload.requests_for_level(workload.max_concurrency)),
+        "kv_cache_tokens": _kv_cache_tokens(workload),
         "worker_threads": options.threads,
         "reflection": False,
         "grace_period": 1.0,

@@ -3,15 +3,15 @@
 The model stays a Hugging Face model class; only its attention call is ours. The runner calls the decoder with
 an `attn_metadata=AttentionMetadata(...)` keyword, which transformers forwards untouched through the decoder
 layers to the attention function (every family the engine supports passes `**kwargs` all the way). There the
-new K/V are written into the slotted cache and the queries attend over the cache by absolute position. Each
-module also passes its own `sliding_window` (None on full-attention layers), `softcap` (Gemma 2) and `scaling`;
-masks and scores for those come from `workers.attention_variants`, which works from positions alone.
+new K/V are written into the paged cache and the queries attend over each row's blocks by absolute position.
+Each module also passes its own `sliding_window` (None on full-attention layers), `softcap` (Gemma 2) and
+`scaling`; masks and scores for those come from `workers.attention_variants`, which works from positions alone.
 
 No mask function is registered in `AttentionMaskInterface` on purpose: for an implementation name that table
 does not know, `create_causal_mask` returns None at once (the path transformers keeps for engine-owned
 attention). Registering one would make it scan `position_ids` for packed sequences on every forward, a host
-sync, only for our function to ignore the result. The causal mask is built here, once per forward, instead (and
-the mask of each sliding window once per forward, by the first layer that needs it).
+sync, only for our function to ignore the result. The causal mask is built here, once per forward, instead
+(`attention_mask`), and the mask of each sliding window once per forward, by the first layer that needs it.
 """
 
 from __future__ import annotations
@@ -22,21 +22,21 @@ import torch
 from transformers import AttentionInterface
 
 from workers.attention_variants import attend, visible_keys, window_matters
-from workers.kv_cache import SlottedKVCache
+from workers.kv_cache import PagedKVCache
 from workers.model_support import attention_sinks
 
-ATTENTION_NAME = "autoglm_slotted"
+ATTENTION_NAME = "autoglm_paged"
 
 
 @dataclass(frozen=True, slots=True)
 class AttentionMetadata:
     """Per-forward facts every layer's attention needs; built once per forward by the model runner."""
 
-    cache: SlottedKVCache
-    slots: torch.Tensor  # [B] int64: the cache slot of each row
+    cache: PagedKVCache
+    slot_mapping: torch.Tensor  # [B, S] int64: the flat cache slot each new token's K/V goes to
+    block_tables: torch.Tensor  # [B, N] int64: each row's blocks, padded with the scratch block
     positions: torch.Tensor  # [B, S] int64: absolute position of each new token
-    kv_len: int  # attend over cache positions [0, kv_len)
-    first_slot: int | None  # set when slots are consecutive from it: the cache is read as a view
+    kv_len: int  # attend over positions [0, kv_len) of each row
     mask: torch.Tensor | None  # [B, 1, S, kv_len] bool, True = attend; None = causal from position 0
     # The mask of each sliding window the layers use, built by the first layer that asks (see `mask_for`).
     window_masks: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -44,26 +44,21 @@ class AttentionMetadata:
     @classmethod
     def build(
         cls,
-        cache: SlottedKVCache,
-        slots: torch.Tensor,
+        cache: PagedKVCache,
+        slot_mapping: torch.Tensor,
+        block_tables: torch.Tensor,
         positions: torch.Tensor,
-        host_slots: list[int],
         kv_len: int,
     ) -> AttentionMetadata:
-        """Metadata for rows at `positions` in `host_slots` (the same slots, on the host, to avoid a sync)."""
-        is_consecutive = host_slots == list(range(host_slots[0], host_slots[0] + len(host_slots)))
+        """Metadata for rows of new tokens at `positions`, written at `slot_mapping`, reading `block_tables`."""
         starts_at_zero = positions.shape == (1, kv_len)  # one row holding the whole context: plain causal
-        mask = None
-        if not starts_at_zero:
-            # A key at position j is visible to a query at position p when j <= p.
-            mask = visible_keys(positions, torch.arange(kv_len, device=positions.device), None)
         return cls(
             cache=cache,
-            slots=slots,
+            slot_mapping=slot_mapping,
+            block_tables=block_tables,
             positions=positions,
             kv_len=kv_len,
-            first_slot=host_slots[0] if is_consecutive else None,
-            mask=mask,
+            mask=None if starts_at_zero else attention_mask(positions, kv_len),
         )
 
     def mask_for(self, sliding_window: int | None) -> torch.Tensor | None:
@@ -78,7 +73,16 @@ class AttentionMetadata:
         return mask
 
 
-def slotted_attention(
+def attention_mask(positions: torch.Tensor, kv_len: int) -> torch.Tensor:
+    """Which cache positions each query sees: [B, 1, S, kv_len] bool from the queries' positions [B, S].
+
+    A key at position j is visible to a query at position p when j <= p. Positions past a row's own tokens are
+    never visible (they are > p), which is what makes the scratch-padded block tables safe to read.
+    """
+    return visible_keys(positions, torch.arange(kv_len, device=positions.device), None)
+
+
+def paged_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -102,10 +106,8 @@ def slotted_attention(
     if "s_aux" in kwargs:
         raise attention_sinks(module)
     cache = attn_metadata.cache
-    cache.write(module.layer_idx, attn_metadata.slots, attn_metadata.positions, key, value)
-    cached_key, cached_value = cache.read(
-        module.layer_idx, attn_metadata.slots, attn_metadata.kv_len, attn_metadata.first_slot
-    )
+    cache.write(module.layer_idx, attn_metadata.slot_mapping, key, value)
+    cached_key, cached_value = cache.read(module.layer_idx, attn_metadata.block_tables, attn_metadata.kv_len)
     # cached_key, cached_value: [B, Hkv, kv_len, D]
     mask = attn_metadata.mask_for(sliding_window)
     output = attend(query, cached_key, cached_value, mask, scaling=scaling, softcap=softcap)
@@ -114,5 +116,5 @@ def slotted_attention(
 
 def register_attention() -> str:
     """Make the engine's attention selectable as `attn_implementation=ATTENTION_NAME`; idempotent."""
-    AttentionInterface.register(ATTENTION_NAME, slotted_attention)
+    AttentionInterface.register(ATTENTION_NAME, paged_attention)
     return ATTENTION_NAME

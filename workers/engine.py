@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from workers.kv_blocks import BlockPool
 from workers.loader import LoadedModel, ProgressCallback, load_model
 from workers.model_runner import ModelRunner, RunnerOutput
 from workers.protocol import (
@@ -46,14 +47,13 @@ class Engine:
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, config: WorkerConfig) -> Engine:
-        # The cache may hold fewer requests than asked for (see `plan_cache`): it decides the running batch.
-        scheduler = Scheduler(
-            max_batch_size=loaded.cache.spec.num_slots,
-            max_seq_len=loaded.info.max_context_tokens,
-            max_num_batched_tokens=config.max_num_batched_tokens,
-        )
-        decode_mode = resolve_decode_mode(config.decode_mode, loaded.cache.spec.device)
-        return cls(ModelRunner(loaded.model, loaded.cache, decode_mode), scheduler)
+        spec = loaded.cache.spec
+        pool = BlockPool(spec.num_blocks, spec.block_size, enable_prefix_caching=config.enable_prefix_caching)
+        max_seq_len = loaded.info.max_context_tokens
+        scheduler = Scheduler(config.max_batch_size, max_seq_len, config.max_num_batched_tokens, pool)
+        decode_mode = resolve_decode_mode(config.decode_mode, spec.device)
+        runner = ModelRunner(loaded.model, loaded.cache, config.max_batch_size, max_seq_len, decode_mode)
+        return cls(runner, scheduler)
 
     @classmethod
     def start(cls, config: WorkerConfig, on_progress: ProgressCallback) -> tuple[Engine, ModelInfo]:
@@ -124,18 +124,19 @@ class Engine:
             for seq, token_id, logprob in zip(output.rows, output.token_ids, output.logprobs, strict=True)
         ]
         deltas.extend(RequestDelta(seq.request_id, token_ids=(), finish=seq.finish) for seq in batch.retired)
+        scheduler = self.scheduler
+        pool, stats = scheduler.pool, scheduler.stats
         return StepOutput(
             deltas=tuple(deltas),
-            num_running=self.scheduler.num_running,
-            num_waiting=self.scheduler.num_waiting,
-            kv_cache_usage=self.kv_cache_usage(),
+            num_running=scheduler.num_running,
+            num_waiting=scheduler.num_waiting,
+            kv_cache_usage=pool.num_used / pool.capacity,
+            kv_blocks_used=pool.num_used,
+            kv_blocks_free=pool.num_free,
+            prompt_tokens=stats.num_prompt_tokens,
+            cached_prompt_tokens=stats.num_cached_tokens,
+            preemptions=stats.num_preemptions,
         )
-
-    def kv_cache_usage(self) -> float:
-        """The fraction of the cache's token capacity that the running requests' tokens fill."""
-        scheduler = self.scheduler
-        num_cached = sum(seq.num_computed_tokens for seq in scheduler.running)
-        return num_cached / (scheduler.max_batch_size * scheduler.max_seq_len)
 
     def _fail_requests(self, failed: list[tuple[Sequence, BaseException]]) -> None:
         for seq, exc in failed:
@@ -153,7 +154,11 @@ class Engine:
             return FailureReason.INVALID_PARAMETER, "the prompt is empty"
         if len(prompt) >= self.scheduler.max_seq_len:
             limit = self.scheduler.max_seq_len
-            return FailureReason.PROMPT_TOO_LONG, f"the prompt has {len(prompt)} tokens; the limit is {limit - 1}"
+            return (
+                FailureReason.PROMPT_TOO_LONG,
+                f"the prompt has {len(prompt)} tokens; the limit is {limit - 1} (the context, or the KV cache's "
+                f"{self.scheduler.pool.capacity * self.scheduler.pool.block_size} tokens if that is smaller)",
+            )
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             return FailureReason.INVALID_PARAMETER, f"prompt token ids must be in [0, {self.vocab_size})"
         if submit.stopping.max_new_tokens < 1:

@@ -1,9 +1,9 @@
 """Which static shapes the decode forward runs at: the bucket grid for CUDA graphs (torch-free).
 
 A CUDA graph replays fixed shapes, so decode runs at a few (batch rows, KV length) buckets instead of the exact
-shape of each step. Rows are KV-cache slots: bucket `rows = b` runs slots 0..b-1 whether or not each holds a
-decoding request (the scheduler hands out the lowest free slot, so running requests stay packed at the low end),
-which lets attention read the cache as a view instead of gathering it. The KV bucket bounds how many cache
+shape of each step. Rows are batch rows (`Sequence.slot`): bucket `rows = b` runs rows 0..b-1 whether or not each
+holds a decoding request (the scheduler hands out the lowest free row, so running requests stay packed at the
+low end, and small batches run small buckets). The KV bucket bounds how many cache
 positions each row attends over, so a step's attention reads what the batch needs rather than the whole context.
 
 The grid is small on purpose: every bucket is one captured graph holding its own activations' addresses.

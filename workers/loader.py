@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from workers.attention import ATTENTION_NAME, register_attention
-from workers.kv_cache import CacheSpec, SlottedKVCache, slots_that_fit
+from workers.kv_blocks import blocks_for
+from workers.kv_cache import CacheSpec, PagedKVCache, blocks_that_fit
 from workers.manifest import verify_checkpoint
 from workers.model_support import check_supported
 from workers.protocol import ModelInfo, WorkerConfig
@@ -39,8 +40,8 @@ class LoadedModel:
     """A model ready for the engine: weights on the device, its KV cache allocated, its facts for the gateway."""
 
     model: torch.nn.Module
-    cache: SlottedKVCache
-    info: ModelInfo
+    cache: PagedKVCache
+    info: ModelInfo  # info.max_context_tokens is the context limit, at most what the cache holds
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,7 +105,8 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
     # The cache holds K/V in the dtype the layers compute in, which is the embeddings' dtype even when quantized.
     cache_dtype = model.get_input_embeddings().weight.dtype
     spec = plan_cache(text_config, config, max_seq_len, cache_dtype, device)
-    cache = SlottedKVCache(spec)
+    max_seq_len = fit_context(max_seq_len, spec.num_tokens)
+    cache = PagedKVCache(spec)
     info = ModelInfo(
         model_id=config.model_id,
         source=config.model_path,
@@ -113,8 +115,11 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
         quantization=config.quantization,
         device=str(device),
         max_context_tokens=max_seq_len,
-        max_batch_size=spec.num_slots,
+        max_batch_size=config.max_batch_size,
         vocab_size=model.get_output_embeddings().weight.shape[0],
+        kv_cache_blocks=spec.num_blocks - 1,
+        kv_block_size=spec.block_size,
+        prefix_caching=config.enable_prefix_caching,
     )
     on_progress("model loaded", 0.9)
     return LoadedModel(model=model, cache=cache, info=info)
@@ -185,13 +190,14 @@ def resolve_max_seq_len(requested: int | None, model_config) -> int:
     return requested
 
 
-def plan_cache(model_config, config: WorkerConfig, max_seq_len: int, dtype: torch.dtype, device) -> CacheSpec:
-    """Size the cache from the memory free now (after the weights loaded): `kv_cache_memory_fraction` of it.
-
-    The cache gets `max_batch_size` slots when they fit and fewer (with a warning) when they do not; the worker
-    reports the number it got, and the gateway admits against that. Raises ValueError when not one slot fits.
-    """
-    one_slot = CacheSpec.for_model(model_config, 1, max_seq_len, dtype, device)
+def plan_cache(
+    model_config, config: WorkerConfig, max_seq_len: int, dtype: torch.dtype, device: torch.device
+) -> CacheSpec:
+    """Size the paged cache: exactly `kv_cache_tokens` when set, else `kv_cache_memory_fraction` of the memory
+    free now (after the weights loaded). On the CPU that memory is the host's, shared with everything else, so
+    there the fraction gives at most what a full batch of full contexts needs (max_batch_size x max_seq_len).
+    Raises ValueError when not one block fits."""
+    one_block = CacheSpec.for_model(model_config, 1, dtype, device, block_size=config.kv_block_size)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         where = "GPU memory"
@@ -199,17 +205,34 @@ def plan_cache(model_config, config: WorkerConfig, max_seq_len: int, dtype: torc
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         where = "host memory"
     fraction = config.kv_cache_memory_fraction
-    num_slots = slots_that_fit(one_slot.bytes_per_slot, free, fraction, config.max_batch_size)
-    per_slot_gib = one_slot.bytes_per_slot / 2**30
-    if num_slots == 0:
+    num_blocks = blocks_that_fit(
+        one_block.bytes_per_block, config.kv_block_size, free, fraction, config.kv_cache_tokens
+    )
+    if device.type == "cpu" and config.kv_cache_tokens is None:
+        num_blocks = min(num_blocks, 1 + config.max_batch_size * blocks_for(max_seq_len, config.kv_block_size))
+    if num_blocks < 2:
         raise ValueError(
-            f"the KV cache needs {per_slot_gib:.2f} GiB per request of max_seq_len {max_seq_len} tokens, but "
-            f"{fraction:.0%} of the {free / 2**30:.1f} GiB of free {where} is less; lower max_seq_len"
+            f"the KV cache needs {one_block.bytes_per_block / 2**20:.2f} MiB per block of {config.kv_block_size} "
+            f"tokens, but {fraction:.0%} of the {free / 2**30:.1f} GiB of free {where} is less; lower "
+            "kv_block_size or raise kv_cache_memory_fraction"
         )
-    if num_slots < config.max_batch_size:
-        logger.warning(
-            "the KV cache holds %d requests of max_seq_len %d, not max_batch_size %d (%.2f GiB each, %.0f%% of "
-            "%.1f GiB free %s); lower max_seq_len or raise kv_cache_memory_fraction to run more at once",
-            num_slots, max_seq_len, config.max_batch_size, per_slot_gib, 100 * fraction, free / 2**30, where,
-        )  # fmt: skip
-    return dataclasses.replace(one_slot, num_slots=num_slots)
+    spec = dataclasses.replace(one_block, num_blocks=num_blocks)
+    if config.kv_cache_tokens is not None and spec.num_bytes > free:
+        raise ValueError(
+            f"kv_cache_tokens {config.kv_cache_tokens} needs {spec.num_bytes / 2**30:.2f} GiB, more than the "
+            f"{free / 2**30:.1f} GiB of free {where}"
+        )
+    return spec
+
+
+def fit_context(max_seq_len: int, cache_tokens: int) -> int:
+    """The context limit: `max_seq_len`, or what the whole cache holds when that is less (a request alone must
+    always fit, so that preemption can always make room for it)."""
+    if cache_tokens >= max_seq_len:
+        return max_seq_len
+    logger.warning(
+        "the KV cache holds %d tokens, fewer than max_seq_len %d: the context limit is %d tokens; raise "
+        "kv_cache_tokens or kv_cache_memory_fraction for longer contexts",
+        cache_tokens, max_seq_len, cache_tokens,
+    )  # fmt: skip
+    return cache_tokens

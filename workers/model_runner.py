@@ -3,8 +3,8 @@
 A step is at most one decode forward over every decoding request ([B, 1] tokens) plus a few prefill forwards
 ([G, n] tokens: the step's prompt chunks grouped by length, each row padded to its group's longest). Each
 forward calls the Hugging Face decoder with explicit `position_ids`, no HF cache, and the attention metadata for
-the engine's slotted cache. The LM head then runs
-only on the hidden states that produce a token (every decode row, and the last position of a chunk that ends
+the engine's paged cache (each row's block table and the flat cache slot of each new token). The LM head then
+runs only on the hidden states that produce a token (every decode row, and the last position of a chunk that ends
 its prompt), and one batched sampling call picks all of the step's tokens. The host waits on the device once
 per step, to read the sampled ids (twice when log-probabilities were asked for).
 
@@ -21,7 +21,8 @@ import torch
 
 from workers.attention import AttentionMetadata
 from workers.attention_variants import soft_cap
-from workers.kv_cache import SlottedKVCache
+from workers.kv_blocks import SCRATCH_BLOCK, blocks_for
+from workers.kv_cache import PagedKVCache
 from workers.protocol import TokenLogprob
 from workers.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
 from workers.scheduler import PrefillChunk, ScheduledBatch, Sequence
@@ -41,10 +42,18 @@ class RunnerOutput:
 
 
 class ModelRunner:
-    """Owns the model's forward passes, the KV cache and the per-slot token history for repetition penalties."""
+    """Owns the model's forward passes, the KV cache and the per-row token history for repetition penalties."""
 
-    def __init__(self, model: torch.nn.Module, cache: SlottedKVCache, decode_mode: str = "eager") -> None:
-        """`decode_mode` is a resolved mode: "eager", "static" or "cuda_graphs" (see `resolve_decode_mode`)."""
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cache: PagedKVCache,
+        max_batch_size: int,
+        max_seq_len: int,
+        decode_mode: str = "eager",
+    ) -> None:
+        """`decode_mode` is a resolved mode: "eager", "static" or "cuda_graphs" (see `resolve_decode_mode`).
+        Rows (`Sequence.slot`) are in [0, max_batch_size); positions below max_seq_len."""
         self.model = model
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
@@ -55,12 +64,15 @@ class ModelRunner:
         self.final_logit_softcapping: float | None = getattr(
             model.config.get_text_config(), "final_logit_softcapping", None
         )
-        # seen[s, t]: token t occurs in slot s's prompt or output (every token is fed in once, so marking the
-        # inputs of each forward tracks prompt + output exactly by the time the next token is sampled).
-        self.seen = torch.zeros(cache.spec.num_slots, self.vocab_size, dtype=torch.bool, device=self.device)
+        self.block_size = cache.spec.block_size
+        # seen[r, t]: token t occurs in row r's prompt or output (every token is fed in once, and a first chunk
+        # marks the cached prefix before it, so by the time the next token is sampled prompt + output are marked).
+        self.seen = torch.zeros(max_batch_size, self.vocab_size, dtype=torch.bool, device=self.device)
         self.static_decoder = None
         if decode_mode != "eager":
-            self.static_decoder = StaticDecoder(self.decoder, cache, use_graphs=decode_mode == "cuda_graphs")
+            self.static_decoder = StaticDecoder(
+                self.decoder, cache, max_batch_size, max_seq_len, use_graphs=decode_mode == "cuda_graphs"
+            )
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> RunnerOutput:
@@ -86,45 +98,62 @@ class ModelRunner:
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """One forward over the newest token of each request; returns the hidden states [B, hidden_size]."""
-        host_slots = [seq.slot for seq in seqs]
+        host_rows = [seq.slot for seq in seqs]
         host_positions = [seq.num_tokens - 1 for seq in seqs]
+        host_slots = [self._slot(seq, position) for seq, position in zip(seqs, host_positions, strict=True)]
         inputs = torch.tensor(
-            [host_slots, host_positions, [seq.output_ids[-1] for seq in seqs]], dtype=torch.int64
+            [host_rows, host_positions, [seq.output_ids[-1] for seq in seqs], host_slots], dtype=torch.int64
         ).to(self.device, non_blocking=True)
-        slots, positions, input_ids = inputs[0], inputs[1][:, None], inputs[2][:, None]  # [B], [B, 1], [B, 1]
-        self.seen[slots, input_ids[:, 0]] = True
+        rows, positions, input_ids = inputs[0], inputs[1][:, None], inputs[2][:, None]  # [B], [B, 1], [B, 1]
+        self.seen[rows, input_ids[:, 0]] = True
+        kv_len = max(host_positions) + 1
+        block_tables = self._block_tables(seqs, kv_len)  # [B, N]
         if self.static_decoder is not None:
-            return self.static_decoder.run(inputs, max(host_slots), max(host_positions) + 1)
-        metadata = AttentionMetadata.build(self.cache, slots, positions, host_slots, max(host_positions) + 1)
+            return self.static_decoder.run(inputs, block_tables, max(host_rows), kv_len)
+        metadata = AttentionMetadata.build(self.cache, inputs[3][:, None], block_tables, positions, kv_len)
         return self._forward(input_ids, positions, metadata)[:, -1]
 
     def prefill(self, chunks: list[PrefillChunk]) -> torch.Tensor:
-        """One forward over prompt chunks of several requests, each a row padded to the longest; returns the
+        """One forward over prefill chunks of several requests, each a row padded to the longest; returns the
         hidden state at each chunk's last token [len(chunks), hidden_size].
 
-        Padding tokens sit at the cache's scratch position: their K/V land there, and no real query sees them.
+        Padding tokens sit at position 0 and write to the scratch block, where no real query looks.
         """
-        scratch = self.cache.spec.scratch_position
         length = max(len(chunk.token_ids) for chunk in chunks)
-        ids, positions, marks = [], [], ([], [])
+        ids, positions, slots, marks = [], [], [], ([], [])
         for chunk in chunks:
             num_tokens, padding = len(chunk.token_ids), length - len(chunk.token_ids)
             ids.append([*chunk.token_ids, *[0] * padding])
-            positions.append([*range(chunk.start, chunk.start + num_tokens), *[scratch] * padding])
-            marks[0].extend([chunk.seq.slot] * num_tokens)
-            marks[1].extend(chunk.token_ids)
-        host_slots = [chunk.seq.slot for chunk in chunks]
-        inputs = torch.tensor([ids, positions], dtype=torch.int64).to(self.device, non_blocking=True)  # [2, G, L]
-        slots = torch.tensor(host_slots, dtype=torch.int64).to(self.device, non_blocking=True)  # [G]
-        fresh = [chunk.seq.slot for chunk in chunks if chunk.start == 0]
+            positions.append([*range(chunk.start, chunk.start + num_tokens), *[0] * padding])
+            slots.append([*(self._slot(chunk.seq, p) for p in range(chunk.start, chunk.start + num_tokens))])
+            slots[-1].extend([0] * padding)  # flat slot 0 is in the scratch block
+            # A first chunk resets its row's history and marks the cached prefix, which it does not feed in.
+            marked = chunk.seq.token_ids(0, chunk.start) + chunk.token_ids if chunk.is_first else chunk.token_ids
+            marks[0].extend([chunk.seq.slot] * len(marked))
+            marks[1].extend(marked)
+        inputs = torch.tensor([ids, positions, slots], dtype=torch.int64).to(self.device, non_blocking=True)
+        fresh = [chunk.seq.slot for chunk in chunks if chunk.is_first]
         if fresh:
-            self.seen[fresh] = False  # new requests in reused slots
+            self.seen[fresh] = False  # new requests in reused rows
         self.seen[marks] = True
         kv_len = max(chunk.start + len(chunk.token_ids) for chunk in chunks)
-        metadata = AttentionMetadata.build(self.cache, slots, inputs[1], host_slots, kv_len)
+        block_tables = self._block_tables([chunk.seq for chunk in chunks], kv_len)
+        metadata = AttentionMetadata.build(self.cache, inputs[2], block_tables, inputs[1], kv_len)
         states = self._forward(inputs[0], inputs[1], metadata)  # [G, L, hidden_size]
         last = [len(chunk.token_ids) - 1 for chunk in chunks]
         return states[range(len(chunks)), last]
+
+    def _slot(self, seq: Sequence, position: int) -> int:
+        """The flat cache slot of `seq`'s token at `position`."""
+        return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size
+
+    def _block_tables(self, seqs: list[Sequence], kv_len: int) -> torch.Tensor:
+        """The rows' block tables covering [0, kv_len), padded with the scratch block: [B, N] on the device."""
+        num_blocks = blocks_for(kv_len, self.block_size)
+        tables = [
+            [*seq.block_table[:num_blocks], *[SCRATCH_BLOCK] * (num_blocks - len(seq.block_table))] for seq in seqs
+        ]
+        return torch.tensor(tables, dtype=torch.int64).to(self.device, non_blocking=True)
 
     def _prefill_group(self, group: list[PrefillChunk], output: RunnerOutput, hidden: list[torch.Tensor]) -> None:
         try:
@@ -160,7 +189,7 @@ class ModelRunner:
         seen = None
         if tensors.has_penalty:
             slots = torch.tensor([seq.slot for seq in rows], dtype=torch.int64).to(self.device, non_blocking=True)
-            seen = self.seen.index_select(0, slots)  # [N, V]
+            seen = self.seen.index_select(0, slots)  # [N, V]: rows' histories
         token_ids = sample(logits, tensors, seen)  # [N]
         output.token_ids = token_ids.tolist()
         if any(seq.return_logprobs for seq in rows):

@@ -71,6 +71,9 @@ class WorkerConfig:
     max_seq_len: the context limit in tokens (prompt + output); None means the checkpoint's own limit.
     max_num_batched_tokens: the per-step token budget that chunked prefill works within.
     kv_cache_memory_fraction: the share of the memory free after the weights load that the KV cache may take.
+    kv_cache_tokens: when set, the KV cache holds exactly this many tokens (rounded up to whole blocks) instead.
+    kv_block_size: tokens per KV-cache block (the paged cache's unit of allocation and of prefix reuse).
+    enable_prefix_caching: reuse the cached KV blocks of a prompt prefix another request already computed.
     decode_mode: "eager" runs decode at each step's exact shape; "static" at bucketed shapes (rows = cache
         slots); "cuda_graphs" replays those buckets as CUDA graphs; "auto" is cuda_graphs on CUDA, else eager.
     """
@@ -85,6 +88,9 @@ class WorkerConfig:
     max_seq_len: int | None = None
     max_num_batched_tokens: int = 512
     kv_cache_memory_fraction: float = 0.9
+    kv_cache_tokens: int | None = None
+    kv_block_size: int = 16
+    enable_prefix_caching: bool = True
     decode_mode: str = "auto"
     trust_remote_code: bool = False
     allow_download: bool = False
@@ -190,6 +196,9 @@ class ModelInfo:
     max_context_tokens: int
     max_batch_size: int
     vocab_size: int
+    kv_cache_blocks: int = 0  # blocks requests may use (the scratch block not counted)
+    kv_block_size: int = 0  # tokens per block
+    prefix_caching: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,13 +252,22 @@ class RequestDelta:
 class StepOutput:
     """Everything one engine step produced, plus the worker's load after the step (the gateway's gauges).
 
-    kv_cache_usage: the fraction of the KV cache's token capacity that running requests hold, in [0, 1].
+    kv_cache_usage: the fraction of the KV cache's blocks that running requests hold, in [0, 1].
+    kv_blocks_used, kv_blocks_free: the blocks held by running requests, and those free or evictable (cached
+        blocks no request holds).
+    Counters since the worker started: prompt_tokens (prompt tokens of admitted requests), cached_prompt_tokens
+    (those found in the prefix cache and not prefilled), preemptions (requests preempted for lack of blocks).
     """
 
     deltas: tuple[RequestDelta, ...]
     num_running: int = 0
     num_waiting: int = 0
     kv_cache_usage: float = 0.0
+    kv_blocks_used: int = 0
+    kv_blocks_free: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    preemptions: int = 0
 
 
 class FailureReason(enum.Enum):

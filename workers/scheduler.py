@@ -1,24 +1,36 @@
 """Request state and the batching policy of one worker. Pure Python: no torch, so the policy is tested alone.
 
-The policy, step by step. Every running request owns one KV-cache slot from admission to finish, so a request
-that was admitted never runs out of cache and nothing is ever preempted. At each step the scheduler first
-retires requests that must leave: cancelled ones, ones past their deadline (both end CANCELLED) and ones past
-`max_generation_time` (TIME_LIMIT); their slots are free for this very step. It then spends the step's token
-budget (`max_num_batched_tokens`) in three passes:
+KV memory is paged (see `workers.kv_blocks`): a running request holds a block table, and blocks are allocated
+as its tokens are computed, so a short request holds a few blocks rather than the whole context. Each running
+request also holds a batch row (`Sequence.slot`, 0 to max_batch_size - 1): the row of the static decode buffers
+and of the repetition-penalty token history. The policy, step by step. The scheduler first retires requests
+that must leave: cancelled ones, ones past their deadline (both end CANCELLED) and ones past
+`max_generation_time` (TIME_LIMIT); their blocks are free for this very step. It then spends the step's token
+budget (`max_num_batched_tokens`) in passes:
 
 1. every running request that is decoding gets its one token, unconditionally, so streams already producing
    tokens never stall behind a prompt;
-2. running requests whose prompt is still partly unprocessed continue it, in admission order, with as many
-   prompt tokens as the budget has left (a chunk);
+2. running requests whose prompt is still partly unprocessed continue it, in priority then admission order,
+   with as many prompt tokens as the budget and the free blocks allow (a chunk);
 3. waiting requests are admitted, highest priority first and first-come first-served within a priority, while
-   a slot is free and budget remains; each starts its prompt with a chunk that fits the budget.
+   a row is free, budget remains, and the blocks its whole prompt needs (less those found in the prefix cache)
+   are free; each starts its prompt with a chunk that fits the budget.
+
+Preemption by recomputation: when a running request needs a block and none is free, the lowest-priority,
+most recently admitted request of those not yet scheduled in this step (possibly itself) is preempted: its
+blocks are released and it goes back to the head of its priority in the waiting queue, keeping its tokens.
+When admitted again it prefills its prompt and the tokens it already produced (most of it found again in the
+prefix cache when its blocks were not evicted meanwhile), and its last chunk produces its next token: it resumes
+with exactly the tokens it would have produced. No request is admitted in a step that preempted one. Why
+recomputation and not swapping: docs/kv-cache.md.
 
 A long prompt is thus spread over several steps (chunked prefill) while the decodes around it keep running.
 The budget must be at least `max_batch_size` so that the decode pass always fits.
 
-After the model ran, `postprocess` appends the sampled tokens and decides which requests finish: an EOS token
-(unless `ignore_eos`), a caller's stop token, `max_new_tokens`, the context limit, the time limit or the
-deadline. A request's last chunk of prompt produces its first token. Finished requests free their slot at once.
+After the model ran, `postprocess` appends the sampled tokens, registers the blocks that became full in the
+prefix cache, and decides which requests finish: an EOS token (unless `ignore_eos`), a caller's stop token,
+`max_new_tokens`, the context limit, the time limit or the deadline. A request's last chunk of prefill produces
+its next token. Finished requests free their blocks at once.
 """
 
 from __future__ import annotations
@@ -31,6 +43,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from workers.block_tables import BlockTables
+from workers.kv_blocks import DEFAULT_BLOCK_SIZE, BlockPool, PrefixStats, blocks_for
 from workers.protocol import Finish, FinishReason, Priority, SamplingParams, StoppingParams, Submit
 
 logger = logging.getLogger(__name__)
@@ -46,8 +60,10 @@ class SequenceStatus(enum.Enum):
 class Sequence:
     """One request inside the worker: its tokens, its progress through the model and its timings.
 
-    `num_computed_tokens` counts the tokens whose K/V are in the cache. While the prompt is being processed it is
-    below `num_prompt_tokens`; once decoding, it is `num_tokens - 1` (the newest token is the next input).
+    `num_computed_tokens` counts the tokens whose K/V are in the cache. While prefilling it is below
+    `prefill_target` (the prompt's length, or every token so far after a preemption); once decoding, it is
+    `num_tokens - 1` (the newest token is the next input). `block_table[i]` holds its positions
+    [i * block_size, (i + 1) * block_size); `block_hashes` are the chain hashes of its full computed blocks.
     """
 
     request_id: str
@@ -61,7 +77,13 @@ class Sequence:
     top_logprobs: int = 0
     output_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
-    slot: int | None = None
+    prefill_target: int = 0  # 0 at creation means the prompt's length; every token after a preemption
+    slot: int | None = None  # the batch row while running
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)
+    num_cached_tokens: int = 0  # tokens found in the prefix cache at the last admission
+    num_preemptions: int = 0
+    order: tuple[int, int] = (0, 0)  # (-priority, arrival index): the waiting queue's sort key
     status: SequenceStatus = SequenceStatus.WAITING
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
@@ -82,6 +104,9 @@ class Sequence:
             top_logprobs=submit.top_logprobs,
         )
 
+    def __post_init__(self) -> None:
+        self.prefill_target = self.prefill_target or len(self.prompt_ids)
+
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_ids)
@@ -92,7 +117,14 @@ class Sequence:
 
     @property
     def is_prefilling(self) -> bool:
-        return self.num_computed_tokens < len(self.prompt_ids)
+        return self.num_computed_tokens < self.prefill_target
+
+    def token_ids(self, start: int, end: int) -> tuple[int, ...]:
+        """Tokens [start, end) of prompt + output."""
+        prompt = self.prompt_ids
+        if end <= len(prompt):
+            return prompt[start:end]
+        return (*prompt[start:], *self.output_ids[max(0, start - len(prompt)) : end - len(prompt)])
 
     @property
     def is_finished(self) -> bool:
@@ -109,16 +141,20 @@ class Sequence:
 
 @dataclass(frozen=True, slots=True)
 class PrefillChunk:
-    """A run of prompt tokens of one request, processed in one forward pass starting at position `start`."""
+    """A run of tokens to prefill for one request, processed in one forward pass starting at position `start`.
+
+    `is_first`: the first chunk since admission (the positions before `start` came from the prefix cache).
+    """
 
     seq: Sequence
     start: int
     token_ids: tuple[int, ...]
+    is_first: bool = False
 
     @property
     def is_last(self) -> bool:
-        """Whether this chunk completes the prompt, so the model's output at its end gives the first token."""
-        return self.start + len(self.token_ids) == self.seq.num_prompt_tokens
+        """Whether this chunk completes the prefill, so the model's output at its end gives the next token."""
+        return self.start + len(self.token_ids) == self.seq.prefill_target
 
 
 @dataclass(slots=True)
@@ -139,13 +175,16 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    """Owns every in-flight `Sequence`, the waiting queue, the running set and the KV slot allocator.
+    """Owns every in-flight `Sequence`, the waiting queue, the running set, the batch rows and the KV blocks.
 
     The caller (the engine) drives it: `add` and `cancel` at any time, then per step `schedule(now)`, run the
-    model, `postprocess(sampled, now)`; `abort` removes a request that failed.
+    model, `postprocess(sampled, now)`; `abort` removes a request that failed. Without a `pool` the cache is
+    sized so that every row holds a full context (no preemption): what unit tests of the policy alone use.
     """
 
-    def __init__(self, max_batch_size: int, max_seq_len: int, max_num_batched_tokens: int) -> None:
+    def __init__(
+        self, max_batch_size: int, max_seq_len: int, max_num_batched_tokens: int, pool: BlockPool | None = None
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if max_seq_len < 2:
@@ -155,15 +194,24 @@ class Scheduler:
                 f"max_num_batched_tokens ({max_num_batched_tokens}) must be at least max_batch_size "
                 f"({max_batch_size}) so that every running request can decode in each step"
             )
+        if pool is None:
+            pool = BlockPool(1 + max_batch_size * blocks_for(max_seq_len, DEFAULT_BLOCK_SIZE), DEFAULT_BLOCK_SIZE)
+        if max_seq_len > pool.capacity * pool.block_size:
+            raise ValueError(
+                f"max_seq_len {max_seq_len} exceeds the KV cache's {pool.capacity * pool.block_size} tokens: "
+                "a request alone must fit"
+            )
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.pool = pool
+        self.blocks = BlockTables(pool)
+        self.stats = PrefixStats()
         self.requests: dict[str, Sequence] = {}
-        # Sorted by (-priority, arrival order): the head is the next to admit.
-        self._waiting: list[tuple[int, int, Sequence]] = []
+        self._waiting: list[Sequence] = []  # sorted by Sequence.order: the head is the next to admit
         self._arrivals = itertools.count()
         self.running: list[Sequence] = []  # in admission order
-        self._free_slots = list(range(max_batch_size))  # a min-heap: the lowest free slot is reused first
+        self._free_rows = list(range(max_batch_size))  # a min-heap: the lowest free row is reused first
 
     @property
     def num_waiting(self) -> int:
@@ -176,7 +224,7 @@ class Scheduler:
     @property
     def waiting(self) -> list[Sequence]:
         """The waiting requests in admission order."""
-        return [seq for _, _, seq in self._waiting]
+        return list(self._waiting)
 
     def has_work(self) -> bool:
         return bool(self.requests)
@@ -186,7 +234,8 @@ class Scheduler:
         if seq.request_id in self.requests:
             raise ValueError(f"request id {seq.request_id!r} is already in flight")
         self.requests[seq.request_id] = seq
-        bisect.insort(self._waiting, (-int(seq.priority), next(self._arrivals), seq), key=lambda e: e[:2])
+        seq.order = (-int(seq.priority), next(self._arrivals))
+        bisect.insort(self._waiting, seq, key=lambda s: s.order)
 
     def cancel(self, request_ids: Iterable[str]) -> None:
         """Mark requests cancelled; they leave at the next `schedule`. Unknown ids are ignored."""
@@ -196,42 +245,60 @@ class Scheduler:
                 seq.is_cancelled = True
 
     def abort(self, seq: Sequence) -> None:
-        """Remove a request that failed, without a finish reason, and free its slot."""
+        """Remove a request that failed, without a finish reason, and free its blocks."""
         if seq.status is SequenceStatus.WAITING:
-            self._waiting = [entry for entry in self._waiting if entry[2] is not seq]
+            self._waiting.remove(seq)
         self._release(seq)
 
     def schedule(self, now: float) -> ScheduledBatch:
         """Retire leaving requests, then fill this step's token budget (see the module docstring)."""
         batch = ScheduledBatch(retired=self._retire_expired(now))
         budget = self.max_num_batched_tokens
-        batch.decodes = [seq for seq in self.running if not seq.is_prefilling]
-        budget -= len(batch.decodes)
-        for seq in self.running:
-            if budget <= 0:
-                break
+        by_priority = sorted(self.running, key=lambda s: s.order[0])  # stable: admission order within a priority
+        queue = [s for s in by_priority if not s.is_prefilling] + [s for s in by_priority if s.is_prefilling]
+        preempted = False
+        while queue:
+            seq = queue.pop(0)
+            wanted = seq.prefill_target - seq.num_computed_tokens if seq.is_prefilling else 1
+            if seq.is_prefilling and budget <= 0:
+                continue
+            num_tokens, preempted_now = self._reserve(seq, min(wanted, max(budget, 1)), queue)
+            preempted |= preempted_now
+            if num_tokens == 0:
+                continue
+            budget -= num_tokens
             if seq.is_prefilling:
-                batch.prefills.append(self._chunk(seq, budget))
-                budget -= len(batch.prefills[-1].token_ids)
-        while budget > 0 and self._waiting and self._free_slots:
-            seq = self._waiting.pop(0)[2]
-            self._admit(seq, now)
-            batch.prefills.append(self._chunk(seq, budget))
-            budget -= len(batch.prefills[-1].token_ids)
+                batch.prefills.append(self._chunk(seq, num_tokens, is_first=False))
+            else:
+                batch.decodes.append(seq)
+        while (
+            not preempted
+            and budget > 0
+            and self._waiting
+            and self._free_rows
+            and self._admit(self._waiting[0], now)
+        ):
+            seq = self._waiting.pop(0)
+            num_tokens = min(budget, seq.prefill_target - seq.num_computed_tokens)
+            self.blocks.grow(seq, seq.num_computed_tokens + num_tokens)
+            batch.prefills.append(self._chunk(seq, num_tokens, is_first=True))
+            budget -= num_tokens
         return batch
 
     def postprocess(
         self, batch: ScheduledBatch, sampled: Iterable[tuple[Sequence, int]], now: float
     ) -> list[Sequence]:
-        """Advance what ran, append each sampled token and finish the requests that must stop.
+        """Advance what ran, cache its newly full blocks, append each sampled token and finish the requests that
+        must stop.
 
         `sampled` pairs each request that produced a token (decodes, and prefills whose last chunk ran) with its
-        token. Returns the requests that finished in this call; their slots are already free.
+        token. Returns the requests that finished in this call; their blocks are already released.
         """
-        for seq in batch.decodes:
-            seq.num_computed_tokens += 1
-        for chunk in batch.prefills:
-            chunk.seq.num_computed_tokens += len(chunk.token_ids)
+        advanced = [(seq, 1) for seq in batch.decodes] + [(c.seq, len(c.token_ids)) for c in batch.prefills]
+        for seq, num_tokens in advanced:
+            if not seq.is_finished:  # a request that failed in this step was aborted: its blocks are gone
+                seq.num_computed_tokens += num_tokens
+                self.blocks.cache_full_blocks(seq)
         finished = []
         for seq, token_id in sampled:
             if seq.is_finished:
@@ -245,16 +312,53 @@ class Scheduler:
                 finished.append(seq)
         return finished
 
-    def _admit(self, seq: Sequence, now: float) -> None:
-        seq.slot = heapq.heappop(self._free_slots)
+    def _admit(self, seq: Sequence, now: float) -> bool:
+        """Admit `seq` if the blocks of its whole prefill (less its cached prefix) are free; takes the prefix."""
+        if not self.blocks.try_admit(seq):
+            return False
+        if seq.num_preemptions == 0:
+            self.stats.record(seq.num_prompt_tokens, seq.num_cached_tokens)
+        seq.slot = heapq.heappop(self._free_rows)
         seq.status = SequenceStatus.RUNNING
-        seq.first_scheduled_time = now
+        if seq.first_scheduled_time is None:
+            seq.first_scheduled_time = now
         self.running.append(seq)
+        return True
 
-    def _chunk(self, seq: Sequence, budget: int) -> PrefillChunk:
+    def _reserve(self, seq: Sequence, wanted: int, queue: list[Sequence]) -> tuple[int, bool]:
+        """Blocks for up to `wanted` more tokens of a running request, preempting from the end of `queue` (the
+        requests not yet scheduled this step, lowest priority last) and finally `seq` itself when none is free.
+        Returns (tokens reserved, whether a request was preempted); 0 tokens means `seq` was preempted."""
+        preempted = False
+        while True:
+            room = self.blocks.room(seq)
+            if room >= 1:
+                break
+            victim = queue.pop() if queue else seq
+            self._preempt(victim)
+            preempted = True
+            if victim is seq:
+                return 0, True
+        num_tokens = min(wanted, room)
+        self.blocks.grow(seq, seq.num_computed_tokens + num_tokens)
+        return num_tokens, preempted
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free a running request's blocks and row and queue it again; it recomputes its tokens when readmitted."""
+        logger.info("preempting request %s at %d tokens: the KV cache is full", seq.request_id, seq.num_tokens)
+        self._release_blocks(seq)
+        seq.num_computed_tokens = 0
+        seq.prefill_target = seq.num_tokens
+        seq.num_preemptions += 1
+        seq.status = SequenceStatus.WAITING
+        self.stats.num_preemptions += 1
+        bisect.insort(self._waiting, seq, key=lambda s: s.order)
+
+    def _chunk(self, seq: Sequence, num_tokens: int, is_first: bool) -> PrefillChunk:
         start = seq.num_computed_tokens
-        end = min(seq.num_prompt_tokens, start + budget)
-        return PrefillChunk(seq=seq, start=start, token_ids=seq.prompt_ids[start:end])
+        return PrefillChunk(
+            seq=seq, start=start, token_ids=seq.token_ids(start, start + num_tokens), is_first=is_first
+        )
 
     def _retire_expired(self, now: float) -> list[Sequence]:
         retired = []
@@ -262,7 +366,7 @@ class Scheduler:
             reason = self._expiry_reason(seq, now)
             if reason is not None:
                 if seq.status is SequenceStatus.WAITING:
-                    self._waiting = [entry for entry in self._waiting if entry[2] is not seq]
+                    self._waiting.remove(seq)
                 self._finish(seq, reason, None, now)
                 retired.append(seq)
         return retired
@@ -307,9 +411,13 @@ class Scheduler:
 
     def _release(self, seq: Sequence) -> None:
         if seq.status is SequenceStatus.RUNNING:
-            self.running.remove(seq)
-            heapq.heappush(self._free_slots, seq.slot)
+            self._release_blocks(seq)
         seq.status = SequenceStatus.FINISHED
-        seq.slot = None
         self.requests.pop(seq.request_id, None)
         logger.debug("request %s left (%s)", seq.request_id, seq.finish)
+
+    def _release_blocks(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        heapq.heappush(self._free_rows, seq.slot)
+        self.blocks.release(seq)
+        seq.slot = None

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
 from workers import entry
-from workers.protocol import GatewayMessage, ModelInfo, Shutdown, WorkerConfig, WorkerMessage
+from workers.protocol import GatewayMessage, ModelInfo, Shutdown, StepOutput, WorkerConfig, WorkerMessage
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ class WorkerHandle:
         self.last_exit = ""  # how the previous process ended, for operators ("killed by signal SIGKILL")
         self.failure = ""  # what the current process reported in WorkerFailed, if anything
         self.failure_will_repeat = False  # it failed loading in a way a restart would repeat
+        self.last_step: StepOutput | None = None  # the current process's latest step report (its load, KV blocks)
         self._loop = loop
         self._on_message = on_message
         self._on_exit = on_exit
@@ -190,6 +191,7 @@ class WorkerHandle:
         self.model = None
         self.failure = ""
         self.failure_will_repeat = False
+        self.last_step = None
         self._current = _Process(self)
         logger.info("worker %d started (pid %d)", self.worker_id, self._current.pid)
 

@@ -280,6 +280,7 @@ class WorkerPool:
             self.watchdog.heard(worker)
         match message:
             case StepOutput(deltas=deltas):
+                worker.last_step = message
                 if self.observer is not None:
                     self.observer.stepped(worker, message)
                 for delta in deltas:

@@ -61,6 +61,8 @@ class ModelServicer:
             workers=[_worker_info(worker, pool.watchdog) for worker in pool.workers],
             draining=pool.is_draining,
             worker_hang_timeout_seconds=pool.watchdog.timeout if pool.watchdog else 0.0,
+            prefix_caching_enabled=any(worker.config.enable_prefix_caching for worker in pool.workers),
+            cached_prompt_tokens=sum(w.last_step.cached_prompt_tokens for w in pool.workers if w.last_step),
         )
 
 
@@ -75,7 +77,7 @@ _STATES = {
 
 
 def _worker_info(worker: WorkerHandle, watchdog: Watchdog | None) -> model_pb2.WorkerInfo:
-    config = worker.config
+    config, step = worker.config, worker.last_step
     gpu = config.cuda_visible_devices
     return model_pb2.WorkerInfo(
         worker_id=worker.worker_id,
@@ -87,4 +89,8 @@ def _worker_info(worker: WorkerHandle, watchdog: Watchdog | None) -> model_pb2.W
         device=f"{config.device}:{gpu}" if gpu is not None else config.device,
         hangs=worker.num_hangs,
         seconds_since_heard=(watchdog.silent_for(worker) or 0.0) if watchdog and worker.pid else 0.0,
+        kv_cache_blocks_total=worker.model.kv_cache_blocks if worker.model else 0,
+        kv_cache_blocks_used=step.kv_blocks_used if step else 0,
+        kv_cache_block_size=worker.model.kv_block_size if worker.model else 0,
+        prefix_cache_hit_rate=step.cached_prompt_tokens / max(1, step.prompt_tokens) if step else 0.0,
     )

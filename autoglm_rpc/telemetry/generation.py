@@ -172,7 +172,7 @@ class PoolObserver:
         self._metrics.record_worker_restart(worker.worker_id)
 
     def stepped(self, worker: WorkerHandle, output: StepOutput) -> None:
-        self._metrics.record_load(worker.worker_id, output.num_running, output.num_waiting, output.kv_cache_usage)
+        self._metrics.record_load(worker.worker_id, output)
 
 
 def _request_attributes(request: GenerationRequest, model_id: str, stream: bool) -> dict[str, object]:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from workers.protocol import StepOutput
 
 if TYPE_CHECKING:
     from autoglm_rpc.pool.pool import WorkerPool
@@ -30,11 +31,8 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerLoad:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
+# What a worker that has not reported yet (or is not ready) counts as.
+_IDLE = StepOutput(deltas=())
 
 
 class GatewayMetrics:
@@ -72,7 +70,7 @@ class GatewayMetrics:
             "autoglm_requests_total", "Generate and GenerateStream calls by final gRPC status.", ["model", "code"],
             registry=registry,
         )  # fmt: skip
-        self._loads: dict[int, WorkerLoad] = {}
+        self._loads: dict[int, StepOutput] = {}  # each worker's latest step report (its load and KV counters)
         self._restarts: collections.Counter[int] = collections.Counter()
         self._pool: WorkerPool | None = None
         self._server: Any = None
@@ -83,8 +81,8 @@ class GatewayMetrics:
         self._requests.labels(self.model_id, code).inc()
         self.request_duration.observe(duration)
 
-    def record_load(self, worker_id: int, num_running: int, num_waiting: int, kv_cache_usage: float) -> None:
-        self._loads[worker_id] = WorkerLoad(num_running, num_waiting, kv_cache_usage)
+    def record_load(self, worker_id: int, output: StepOutput) -> None:
+        self._loads[worker_id] = output
 
     def record_worker_restart(self, worker_id: int) -> None:
         """For the worker supervisor: a worker process was started again."""
@@ -113,28 +111,44 @@ class GatewayMetrics:
     def collect_workers(self) -> Iterator[Metric]:
         labels = ["model", "worker"]
         up = GaugeMetricFamily("autoglm_worker_up", "1 while the worker is ready to serve, else 0.", labels=labels)
-        running = GaugeMetricFamily("autoglm_running_requests", "Requests in the worker's batch.", labels=labels)
-        queued = GaugeMetricFamily(
-            "autoglm_queue_depth", "Requests admitted to the worker, waiting for a batch slot.", labels=labels
-        )
-        kv_cache = GaugeMetricFamily(
-            "autoglm_kv_cache_usage_ratio", "Fraction of the worker's KV-cache token capacity in use.",
-            labels=labels, unit="ratio",
-        )  # fmt: skip
         restarts = CounterMetricFamily(
             "autoglm_worker_restarts", "Times the worker process was restarted.", labels=labels
         )
+        loads = _load_families(labels)
         for worker in self._pool.workers if self._pool is not None else ():
             values = [self.model_id, str(worker.worker_id)]
             # A worker that is not ready serves nothing, whatever it last reported.
             load = self._loads.get(worker.worker_id) if worker.is_ready else None
-            load = load or WorkerLoad(0, 0, 0.0)
             up.add_metric(values, 1.0 if worker.is_ready else 0.0)
-            running.add_metric(values, load.num_running)
-            queued.add_metric(values, load.num_waiting)
-            kv_cache.add_metric(values, load.kv_cache_usage)
             restarts.add_metric(values, self._restarts[worker.worker_id])
-        yield from (up, running, queued, kv_cache, restarts)
+            for family, value_of in loads:
+                family.add_metric(values, value_of(load or _IDLE))
+        yield from (up, *(family for family, _ in loads), restarts)
+
+
+def _load_families(labels: list[str]) -> list[tuple[Metric, Callable[[StepOutput], float]]]:
+    """The per-worker families read from its last step report, each with how to read its value."""
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    return [
+        (gauge("autoglm_running_requests", "Requests in the worker's batch.", labels=labels),
+         lambda load: load.num_running),
+        (gauge("autoglm_queue_depth", "Requests admitted to the worker, waiting for a batch slot.", labels=labels),
+         lambda load: load.num_waiting),
+        (gauge("autoglm_kv_cache_usage_ratio", "Fraction of the worker's KV-cache blocks in use.", labels=labels,
+               unit="ratio"), lambda load: load.kv_cache_usage),
+        (gauge("autoglm_kv_cache_blocks_used", "KV-cache blocks held by running requests.", labels=labels),
+         lambda load: load.kv_blocks_used),
+        (gauge("autoglm_kv_cache_blocks_free", "KV-cache blocks free or holding evictable cached prefixes.",
+               labels=labels), lambda load: load.kv_blocks_free),
+        (counter("autoglm_prefix_cache_prompt_tokens", "Prompt tokens admitted by the worker's process.",
+                 labels=labels, unit="tokens"), lambda load: load.prompt_tokens),
+        (counter("autoglm_prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache, not prefilled.",
+                 labels=labels, unit="tokens"), lambda load: load.cached_prompt_tokens),
+        (gauge("autoglm_prefix_cache_hit_ratio", "Share of admitted prompt tokens found in the prefix cache.",
+               labels=labels, unit="ratio"), lambda load: load.cached_prompt_tokens / max(1, load.prompt_tokens)),
+        (counter("autoglm_kv_cache_preemptions", "Requests preempted (and later recomputed) for lack of blocks.",
+                 labels=labels), lambda load: load.preemptions),
+    ]  # fmt: skip
 
 
 class _PoolCollector:

@@ -279,12 +279,20 @@ def test_metrics_after_traffic(traced: Traced) -> None:
         "autoglm_running_requests",
         "autoglm_queue_depth",
         "autoglm_kv_cache_usage_ratio",
+        "autoglm_kv_cache_blocks_used",
+        "autoglm_kv_cache_blocks_free",
+        "autoglm_prefix_cache_prompt_tokens",
+        "autoglm_prefix_cache_hit_tokens",
+        "autoglm_prefix_cache_hit_ratio",
+        "autoglm_kv_cache_preemptions",
     ):
         (sample,) = families[gauge].samples
         assert sample.labels == {"model": model, "worker": "0"}
     assert families["autoglm_worker_up"].samples[0].value == 1
     assert 0 <= families["autoglm_kv_cache_usage_ratio"].samples[0].value <= 1
     assert families["autoglm_worker_restarts"].samples[0].value == 0
+    assert families["autoglm_kv_cache_blocks_free"].samples[0].value > 0
+    assert families["autoglm_prefix_cache_prompt_tokens"].samples[0].value >= 1  # the prompt "Hello" at least
 
     openmetrics = _scrape(port, openmetrics=True)
     assert "# UNIT gen_ai_server_request_duration_seconds seconds" in openmetrics

@@ -48,6 +48,9 @@ def test_seed_aliases() -> None:
         ({"AUTOGLM_DECODE_MODE": "turbo"}, "decode_mode must be one of"),
         ({"AUTOGLM_KV_CACHE_MEMORY_FRACTION": "1.5"}, r"kv_cache_memory_fraction must be in \(0, 1\]"),
         ({"AUTOGLM_KV_CACHE_MEMORY_FRACTION": "0"}, "kv_cache_memory_fraction must be in"),
+        ({"AUTOGLM_KV_CACHE_TOKENS": "0"}, "kv_cache_tokens must be at least 1"),
+        ({"AUTOGLM_KV_BLOCK_SIZE": "0"}, r"kv_block_size must be in 1\.\.1024"),
+        ({"AUTOGLM_ENABLE_PREFIX_CACHING": "perhaps"}, "enable_prefix_caching must be a bool"),
         (
             {"AUTOGLM_MAX_BATCH_SIZE": "64", "AUTOGLM_MAX_NUM_BATCHED_TOKENS": "32"},
             "must be at least max_batch_size",
@@ -84,3 +87,16 @@ def test_unknown_file_keys_are_refused(tmp_path: Path) -> None:
 def test_supervision_and_buffer_settings_are_checked(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings.from_sources({}, environ=environ)
+
+
+def test_kv_cache_settings_from_flags_environment_and_file(tmp_path: Path) -> None:
+    from autoglm_rpc.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--kv-cache-tokens", "512", "--no-prefix-caching"])
+    flags = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    settings = Settings.from_sources(flags, environ={})
+    assert (settings.kv_cache_tokens, settings.enable_prefix_caching, settings.kv_block_size) == (512, False, 16)
+    config = tmp_path / "autoglm.toml"
+    config.write_text("kv_cache_tokens = 2048\nkv_block_size = 32\n")
+    settings = Settings.from_sources({}, environ={"AUTOGLM_KV_CACHE_TOKENS": "1024"}, config_file=config)
+    assert (settings.kv_cache_tokens, settings.kv_block_size, settings.enable_prefix_caching) == (1024, 32, True)

@@ -29,9 +29,13 @@ def test_one_pinned_worker_per_gpu() -> None:
         ("cuda", "1", 1),
     ]
     assert all(c.max_seq_len == 4096 and c.model_path == "/models/glm" for c in configs)
-    tuned = Settings(device="auto", decode_mode="static", kv_cache_memory_fraction=0.5)
+    tuned = Settings(
+        device="auto", decode_mode="static", kv_cache_memory_fraction=0.5, kv_cache_tokens=4096, kv_block_size=32,
+        enable_prefix_caching=False,
+    )  # fmt: skip
     (config,) = plan_workers(tuned, SERVED, gpus=["0"])  # type: ignore[arg-type]
     assert (config.decode_mode, config.kv_cache_memory_fraction) == ("static", 0.5)
+    assert (config.kv_cache_tokens, config.kv_block_size, config.enable_prefix_caching) == (4096, 32, False)
 
 
 def test_cpu_workers_and_errors() -> None:

@@ -151,20 +151,20 @@ def test_logprobs_and_seeded_sampling(make_engine, reference_model, submit):
 def test_transformers_builds_no_mask_for_the_engine_attention(make_engine, submit):
     from transformers import AttentionInterface
 
-    from workers.attention import ATTENTION_NAME, slotted_attention
+    from workers.attention import ATTENTION_NAME, paged_attention
 
     engine = make_engine("qwen2")
     masks = []
 
     def spy(module, query, key, value, attention_mask, **kwargs):
         masks.append(attention_mask)
-        return slotted_attention(module, query, key, value, attention_mask, **kwargs)
+        return paged_attention(module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register(ATTENTION_NAME, spy)
     try:
         run_to_end(engine, {0: [submit("a", random_prompt(20, seed=1), 3)]})
     finally:
-        AttentionInterface.register(ATTENTION_NAME, slotted_attention)
+        AttentionInterface.register(ATTENTION_NAME, paged_attention)
     assert masks and all(mask is None for mask in masks)
 
 

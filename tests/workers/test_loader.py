@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from tests.workers.factories import make_submit, random_prompt, reference, run_to_end, tokens_of
 from workers.engine import Engine
-from workers.kv_cache import CacheSpec, slots_that_fit
+from workers.kv_cache import CacheSpec, blocks_that_fit
 from workers.loader import (
     load_model,
     quantization_config,
@@ -20,7 +19,7 @@ from workers.loader import (
     resolve_dtype,
     resolve_max_seq_len,
 )
-from workers.protocol import FinishReason
+from workers.protocol import FailureReason, FinishReason
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None
@@ -68,7 +67,8 @@ def test_context_limit_resolution() -> None:
 
 def test_model_info_and_progress(worker_config) -> None:
     stages = []
-    loaded = load_model(worker_config("qwen2", max_seq_len=128), lambda s, f: stages.append((s, f)))
+    config = worker_config("qwen2", max_seq_len=128, kv_cache_tokens=600)
+    loaded = load_model(config, lambda s, f: stages.append((s, f)))
     info = loaded.info
     assert (info.architecture, info.dtype, info.quantization, info.device) == (
         "Qwen2ForCausalLM",
@@ -77,50 +77,49 @@ def test_model_info_and_progress(worker_config) -> None:
         "cpu",
     )
     assert (info.max_context_tokens, info.max_batch_size, info.vocab_size) == (128, 4, 640)
-    assert loaded.cache.keys[0].shape == (4, 128 + 1, 2, 16)  # positions, then the scratch position
+    assert (info.kv_cache_blocks, info.kv_block_size, info.prefix_caching) == (38, 16, True)  # 600 / 16 rounded up
+    assert loaded.cache.keys[0].shape == (38 + 1, 16, 2, 16)  # the scratch block, then the requests' blocks
     assert [s for s, _ in stages][:2] == ["loading weights", "allocating KV cache"]
 
 
-def test_slots_that_fit_is_bounded_by_memory_and_by_the_batch() -> None:
-    assert slots_that_fit(bytes_per_slot=100, free_bytes=10_000, memory_fraction=0.5, max_slots=32) == 32
-    assert slots_that_fit(bytes_per_slot=1_000, free_bytes=10_000, memory_fraction=0.5, max_slots=32) == 5
-    assert slots_that_fit(bytes_per_slot=6_000, free_bytes=10_000, memory_fraction=0.5, max_slots=32) == 0
+def test_blocks_that_fit_come_from_memory_or_from_the_token_budget() -> None:
+    assert blocks_that_fit(bytes_per_block=100, block_size=16, free_bytes=10_000, memory_fraction=0.5,
+                           kv_cache_tokens=None) == 50  # fmt: skip
+    assert blocks_that_fit(bytes_per_block=100, block_size=16, free_bytes=10_000, memory_fraction=0.5,
+                           kv_cache_tokens=33) == 1 + 3  # fmt: skip  # scratch + ceil(33 / 16)
 
 
-def test_cache_spec_counts_the_scratch_position() -> None:
+def test_cache_spec_counts_blocks_and_the_scratch_block() -> None:
     spec = CacheSpec(
-        num_layers=2, num_slots=3, max_seq_len=7, num_kv_heads=2, head_dim=4, dtype=torch.float32,
+        num_layers=2, num_blocks=5, block_size=16, num_kv_heads=2, head_dim=4, dtype=torch.float32,
         device=torch.device("cpu"),
     )  # fmt: skip
-    assert spec.scratch_position == 7
-    assert spec.bytes_per_slot == 2 * 2 * (7 + 1) * 2 * 4 * 4  # K and V, layers, positions + scratch, heads, dim
-    assert spec.num_bytes == 3 * spec.bytes_per_slot
+    assert spec.bytes_per_block == 2 * 2 * 16 * 2 * 4 * 4  # K and V, layers, positions, heads, dim, float32
+    assert spec.num_bytes == 5 * spec.bytes_per_block
+    assert spec.num_tokens == 4 * 16  # block 0 is scratch
 
 
-def _free_host_bytes() -> int:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _bytes_per_slot(config) -> int:
-    probe = load_model(config, lambda stage, fraction: None)
-    return probe.cache.spec.bytes_per_slot
-
-
-def test_a_cache_smaller_than_the_batch_shrinks_the_batch(worker_config, caplog) -> None:
-    per_slot = _bytes_per_slot(worker_config("glm", max_batch_size=1))
-    # Room for two and a half requests: the worker runs two at a time and says so.
-    config = worker_config("glm", max_batch_size=8, kv_cache_memory_fraction=2.5 * per_slot / _free_host_bytes())
+def test_a_cache_smaller_than_the_context_caps_the_context(worker_config, caplog) -> None:
+    config = worker_config("glm", max_seq_len=128, kv_cache_tokens=40)
     with caplog.at_level(logging.WARNING, logger="workers.loader"):
         loaded = load_model(config, lambda stage, fraction: None)
-    assert loaded.cache.spec.num_slots == 2
-    assert loaded.info.max_batch_size == 2
-    assert "holds 2 requests" in caplog.text and "not max_batch_size 8" in caplog.text
-    assert Engine.from_loaded(loaded, config).scheduler.max_batch_size == 2
+    assert loaded.cache.spec.num_blocks == 1 + 3 and loaded.info.max_context_tokens == 48
+    assert "holds 48 tokens, fewer than max_seq_len 128" in caplog.text
+    engine = Engine.from_loaded(loaded, config)
+    assert (engine.scheduler.max_seq_len, engine.scheduler.max_batch_size) == (48, 4)
+    engine.add(make_submit("long", random_prompt(60, seed=1)))  # within the checkpoint's context, not the cache
+    (failure,) = engine.pop_failures()
+    assert failure.reason is FailureReason.PROMPT_TOO_LONG and "KV cache's 48 tokens" in failure.message
 
 
-def test_a_cache_without_room_for_one_request_refuses_to_load(worker_config) -> None:
+def test_on_the_cpu_the_fraction_gives_at_most_a_full_batch_of_full_contexts(worker_config) -> None:
+    loaded = load_model(worker_config("glm", max_seq_len=128, max_batch_size=4), lambda stage, fraction: None)
+    assert loaded.cache.spec.num_blocks == 1 + 4 * 128 // 16
+
+
+def test_a_cache_without_room_for_one_block_refuses_to_load(worker_config) -> None:
     config = worker_config("glm", kv_cache_memory_fraction=1e-12)
-    with pytest.raises(ValueError, match=r"per request of max_seq_len .* lower max_seq_len"):
+    with pytest.raises(ValueError, match=r"per block of 16 tokens.* raise kv_cache_memory_fraction"):
         load_model(config, lambda stage, fraction: None)
 
 

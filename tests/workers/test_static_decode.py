@@ -42,11 +42,24 @@ def _hf_model(path, dtype: torch.dtype):
 @pytest.mark.gpu
 def test_graph_replay_equals_generate_in_float32(make_engine, worker_config, submit) -> None:
     """fp32: decode replayed from CUDA graphs gives generate()'s greedy tokens, requests joining and leaving."""
-    engine = make_engine("glm", device="cuda", dtype="float32", decode_mode="cuda_graphs")
+    engine = make_engine("glm", device="cuda", dtype="float32", decode_mode="cuda_graphs", kv_cache_tokens=4096)
     model = _hf_model(worker_config("glm").model_path, torch.float32)
     requests, arrivals = _staggered_requests(submit)
     deltas = run_to_end(engine, arrivals)
     assert engine.runner.static_decoder.num_graphs > 0
+    for request in requests:
+        expected = reference(model, request.prompt_ids, request.stopping.max_new_tokens)
+        assert tokens_of(deltas[request.request_id]) == expected, request.request_id
+
+
+@pytest.mark.gpu
+def test_graph_replay_across_preemptions_equals_generate(make_engine, worker_config, submit) -> None:
+    """96 tokens of cache: requests are preempted and recomputed while decode replays graphs over block tables."""
+    engine = make_engine("glm", device="cuda", dtype="float32", decode_mode="cuda_graphs", kv_cache_tokens=96)
+    model = _hf_model(worker_config("glm").model_path, torch.float32)
+    requests, arrivals = _staggered_requests(submit)
+    deltas = run_to_end(engine, arrivals, max_steps=2000)
+    assert engine.scheduler.stats.num_preemptions > 0 and engine.runner.static_decoder.num_graphs > 0
     for request in requests:
         expected = reference(model, request.prompt_ids, request.stopping.max_new_tokens)
         assert tokens_of(deltas[request.request_id]) == expected, request.request_id
@@ -60,7 +73,7 @@ BF16_LOGPROB_TOLERANCE = 0.05
 
 @pytest.mark.gpu
 def test_graph_replay_matches_transformers_within_bf16_tolerance(make_engine, worker_config, submit) -> None:
-    engine = make_engine("glm", device="cuda", dtype="bfloat16", decode_mode="cuda_graphs")
+    engine = make_engine("glm", device="cuda", dtype="bfloat16", decode_mode="cuda_graphs", kv_cache_tokens=4096)
     model = _hf_model(worker_config("glm").model_path, torch.bfloat16)
     requests, arrivals = _staggered_requests(submit, return_logprobs=True)
     deltas = run_to_end(engine, arrivals)

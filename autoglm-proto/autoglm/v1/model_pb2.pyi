@@ -64,7 +64,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("server_version", "api_version", "default_model", "ready_workers", "total_workers", "max_queue_depth", "reflection_enabled", "workers", "draining", "worker_hang_timeout_seconds")
+    __slots__ = ("server_version", "api_version", "default_model", "ready_workers", "total_workers", "max_queue_depth", "reflection_enabled", "workers", "draining", "prefix_caching_enabled", "cached_prompt_tokens", "worker_hang_timeout_seconds")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     API_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,8 @@ class GetServerInfoResponse(_message.Message):
     REFLECTION_ENABLED_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHING_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WORKER_HANG_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     api_version: str
@@ -84,11 +86,13 @@ class GetServerInfoResponse(_message.Message):
     reflection_enabled: bool
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     draining: bool
+    prefix_caching_enabled: bool
+    cached_prompt_tokens: int
     worker_hang_timeout_seconds: float
-    def __init__(self, server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., default_model: _Optional[str] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., reflection_enabled: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., draining: _Optional[bool] = ..., worker_hang_timeout_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., default_model: _Optional[str] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., reflection_enabled: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., draining: _Optional[bool] = ..., prefix_caching_enabled: _Optional[bool] = ..., cached_prompt_tokens: _Optional[int] = ..., worker_hang_timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "state", "pid", "restarts", "in_flight_requests", "last_exit", "device", "hangs", "seconds_since_heard")
+    __slots__ = ("worker_id", "state", "pid", "restarts", "in_flight_requests", "last_exit", "device", "kv_cache_blocks_total", "kv_cache_blocks_used", "kv_cache_block_size", "prefix_cache_hit_rate", "hangs", "seconds_since_heard")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +100,10 @@ class WorkerInfo(_message.Message):
     IN_FLIGHT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     LAST_EXIT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCKS_USED_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     HANGS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_HEARD_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
@@ -105,6 +113,10 @@ class WorkerInfo(_message.Message):
     in_flight_requests: int
     last_exit: str
     device: str
+    kv_cache_blocks_total: int
+    kv_cache_blocks_used: int
+    kv_cache_block_size: int
+    prefix_cache_hit_rate: float
     hangs: int
     seconds_since_heard: float
-    def __init__(self, worker_id: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., in_flight_requests: _Optional[int] = ..., last_exit: _Optional[str] = ..., device: _Optional[str] = ..., hangs: _Optional[int] = ..., seconds_since_heard: _Optional[float] = ...) -> None: ...
+    def __init__(self, worker_id: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., in_flight_requests: _Optional[int] = ..., last_exit: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_blocks_total: _Optional[int] = ..., kv_cache_blocks_used: _Optional[int] = ..., kv_cache_block_size: _Optional[int] = ..., prefix_cache_hit_rate: _Optional[float] = ..., hangs: _Optional[int] = ..., seconds_since_heard: _Optional[float] = ...) -> None: ...
