@@ -1,0 +1,65 @@
+"""The process group of one replica's ranks: a TCP rendezvous on the loopback, collectives with a timeout.
+
+Rank 0 opens a `TCPStore` on port 0 (the kernel picks a free port, so there is no race for it) and hands the
+port to the ranks it starts; they join it as clients. The backend is NCCL when the ranks run on CUDA, gloo on
+the CPU. Every collective has `timeout` seconds: a rank that dies makes the others fail at once (the peer's
+socket closes), and a rank that hangs makes them fail after the timeout, so one broken rank can never hold its
+replica forever. On several hosts the same rendezvous would use rank 0's address instead of the loopback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+RENDEZVOUS_HOST = "127.0.0.1"
+
+
+def open_store(size: int, timeout: float) -> dist.TCPStore:
+    """Rank 0's rendezvous store on a free loopback port (`store.port`)."""
+    return dist.TCPStore(
+        RENDEZVOUS_HOST,
+        0,
+        size,
+        is_master=True,
+        timeout=datetime.timedelta(seconds=timeout),
+        wait_for_workers=False,
+    )
+
+
+def join_group(store_port: int, rank: int, size: int, device: torch.device, *, timeout: float, store=None) -> None:
+    """Join the replica's default process group as `rank` of `size`; rank 0 passes the store it opened."""
+    wait = datetime.timedelta(seconds=timeout)
+    if store is None:
+        store = dist.TCPStore(RENDEZVOUS_HOST, store_port, size, is_master=False, timeout=wait)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    options = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=wait, **options)
+    logger.info("rank %d of %d joined the %s group on port %d", rank, size, backend, store_port)
+
+
+def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over the ranks, in place; returns it."""
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def agree_on_min(value: int, device: torch.device) -> int:
+    """The smallest `value` over the ranks (e.g. KV cache slots: every rank must hold the same number)."""
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def leave_group() -> None:
+    """Destroy the process group if there is one (at exit; errors then do not matter)."""
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as exc:  # a peer already gone: nothing left to release cleanly
+            logger.debug("destroying the process group failed: %s", exc)
