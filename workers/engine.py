@@ -53,7 +53,7 @@ class Engine:
             max_num_batched_tokens=config.max_num_batched_tokens,
         )
         decode_mode = resolve_decode_mode(config.decode_mode, loaded.cache.spec.device)
-        return cls(ModelRunner(loaded.model, loaded.cache, decode_mode), scheduler)
+        return cls(ModelRunner(loaded.model, loaded.cache, decode_mode, loaded.mirror), scheduler)
 
     @classmethod
     def start(cls, config: WorkerConfig, on_progress: ProgressCallback) -> tuple[Engine, ModelInfo]:
@@ -110,8 +110,7 @@ class Engine:
         failures = self.pop_failures()
         if failures:
             raise RuntimeError(f"warm-up request failed: {failures[0].message}")
-        if self.runner.static_decoder is not None:
-            self.runner.static_decoder.capture_all()
+        self.runner.capture_graphs()
 
     def _collect(self, batch: ScheduledBatch, output: RunnerOutput) -> StepOutput:
         deltas = [

@@ -32,16 +32,26 @@ class CacheSpec:
 
     @classmethod
     def for_model(
-        cls, config, num_slots: int, max_seq_len: int, dtype: torch.dtype, device: torch.device
+        cls,
+        config,
+        num_slots: int,
+        max_seq_len: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        *,
+        tensor_parallel_size: int = 1,
     ) -> CacheSpec:
-        """The spec for a transformers decoder config (`num_key_value_heads`, `head_dim` as its attention uses)."""
+        """The spec for a transformers decoder config (`num_key_value_heads`, `head_dim` as its attention uses).
+
+        With tensor parallelism each rank caches its own KV heads: `num_key_value_heads / tensor_parallel_size`.
+        """
         num_heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
         return cls(
             num_layers=config.num_hidden_layers,
             num_slots=num_slots,
             max_seq_len=max_seq_len,
-            num_kv_heads=getattr(config, "num_key_value_heads", None) or num_heads,
+            num_kv_heads=(getattr(config, "num_key_value_heads", None) or num_heads) // tensor_parallel_size,
             head_dim=head_dim,
             dtype=dtype,
             device=device,

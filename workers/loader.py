@@ -40,6 +40,7 @@ class LoadedModel:
     model: torch.nn.Module
     cache: SlottedKVCache
     info: ModelInfo
+    mirror: Callable | None = None  # tensor parallelism: sends each forward to the other ranks (ModelRunner)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,6 +90,10 @@ def quantization_config(name: str, dtype: torch.dtype):  # -> BitsAndBytesConfig
 
 def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedModel:
     """Load weights, check the model fits the engine, allocate the KV cache; reports progress as it goes."""
+    if config.tensor_parallel_size > 1:
+        from workers.parallel.replica import load_replica
+
+        return load_replica(config, on_progress)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     quantization = quantization_config(config.quantization, dtype)
@@ -158,6 +163,7 @@ def _from_pretrained(config: WorkerConfig, device: torch.device, dtype: torch.dt
     if not placement:
         model = model.to(device)
     model.eval()
+    use_exact_cpu_nf4(model)
     logger.info(
         "loaded %s (%s, %s, quantization=%s) on %s",
         config.model_path,
@@ -167,6 +173,20 @@ def _from_pretrained(config: WorkerConfig, device: torch.device, dtype: torch.dt
         device,
     )
     return model
+
+
+def use_exact_cpu_nf4(model: torch.nn.Module) -> None:
+    """Keep nf4 layers' outputs in their compute dtype on the CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks nf4 weights at the first forward for a kernel whose
+    output is rounded to bfloat16. A tensor-parallel row-parallel layer would then round each rank's partial
+    sum before the all-reduce, and a replica split N ways would answer differently from a whole one. The
+    generic kernel computes in the layer's compute dtype (float32 on the CPU), so every split gives the same
+    tokens; the CPU is not where nf4 is served fast anyway.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _check_supported(model: torch.nn.Module) -> None:
@@ -204,7 +224,9 @@ def plan_cache(model_config, config: WorkerConfig, max_seq_len: int, dtype: torc
     The cache gets `max_batch_size` slots when they fit and fewer (with a warning) when they do not; the worker
     reports the number it got, and the gateway admits against that. Raises ValueError when not one slot fits.
     """
-    one_slot = CacheSpec.for_model(model_config, 1, max_seq_len, dtype, device)
+    one_slot = CacheSpec.for_model(
+        model_config, 1, max_seq_len, dtype, device, tensor_parallel_size=config.tensor_parallel_size
+    )
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         where = "GPU memory"

@@ -15,6 +15,7 @@ at bucketed static shapes instead, replayed from CUDA graphs on a GPU (see `work
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,26 @@ from workers.scheduler import PrefillChunk, ScheduledBatch, Sequence
 from workers.static_decode import StaticDecoder
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderCall:
+    """One decoder forward, from host values: what rank 0 sends the other ranks of a tensor-parallel replica.
+
+    kind: "decode" (one token per row), "prefill" (rows padded to one length) or "capture" (record the decode
+    CUDA graphs; no inputs). token_ids, positions: [B, S]; slots: [B] cache slots; kv_len: attend over [0, kv_len).
+    """
+
+    kind: str
+    token_ids: list[list[int]]
+    positions: list[list[int]]
+    slots: list[int]
+    kv_len: int
+
+    def decode_inputs(self, device: torch.device) -> torch.Tensor:
+        """[3, B] int64 on `device`: the slot, position and input token id of each row, in one copy."""
+        rows = [self.slots, [p[0] for p in self.positions], [t[0] for t in self.token_ids]]
+        return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
 
 
 @dataclass(slots=True)
@@ -42,8 +63,19 @@ class RunnerOutput:
 class ModelRunner:
     """Owns the model's forward passes, the KV cache and the per-slot token history for repetition penalties."""
 
-    def __init__(self, model: torch.nn.Module, cache: SlottedKVCache, decode_mode: str = "eager") -> None:
-        """`decode_mode` is a resolved mode: "eager", "static" or "cuda_graphs" (see `resolve_decode_mode`)."""
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cache: SlottedKVCache,
+        decode_mode: str = "eager",
+        mirror: Callable[[DecoderCall], None] | None = None,
+    ) -> None:
+        """`decode_mode` is a resolved mode: "eager", "static" or "cuda_graphs" (see `resolve_decode_mode`).
+
+        `mirror` (tensor parallelism, rank 0) is given every forward's `DecoderCall` before it runs, so that the
+        other ranks run the same forward (see `workers.parallel.mirror`).
+        """
+        self.mirror = mirror
         self.model = model
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
@@ -81,16 +113,25 @@ class ModelRunner:
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """One forward over the newest token of each request; returns the hidden states [B, hidden_size]."""
-        host_slots = [seq.slot for seq in seqs]
         host_positions = [seq.num_tokens - 1 for seq in seqs]
-        inputs = torch.tensor(
-            [host_slots, host_positions, [seq.output_ids[-1] for seq in seqs]], dtype=torch.int64
-        ).to(self.device, non_blocking=True)
+        call = DecoderCall(
+            kind="decode",
+            token_ids=[[seq.output_ids[-1]] for seq in seqs],
+            positions=[[position] for position in host_positions],
+            slots=[seq.slot for seq in seqs],
+            kv_len=max(host_positions) + 1,
+        )
+        inputs = call.decode_inputs(self.device)  # [3, B]: slot, position, input id
+        self.seen[inputs[0], inputs[2]] = True
+        return self.run_decode(call, inputs)
+
+    def run_decode(self, call: DecoderCall, inputs: torch.Tensor) -> torch.Tensor:
+        """The decode forward of `call` (`inputs` = `call.decode_inputs`); the entry point of every rank."""
+        self._mirror(call)
         slots, positions, input_ids = inputs[0], inputs[1][:, None], inputs[2][:, None]  # [B], [B, 1], [B, 1]
-        self.seen[slots, input_ids[:, 0]] = True
         if self.static_decoder is not None:
-            return self.static_decoder.run(inputs, max(host_slots), max(host_positions) + 1)
-        metadata = AttentionMetadata.build(self.cache, slots, positions, host_slots, max(host_positions) + 1)
+            return self.static_decoder.run(inputs, max(call.slots), call.kv_len)
+        metadata = AttentionMetadata.build(self.cache, slots, positions, call.slots, call.kv_len)
         return self._forward(input_ids, positions, metadata)[:, -1]
 
     def prefill(self, chunks: list[PrefillChunk]) -> torch.Tensor:
@@ -108,18 +149,34 @@ class ModelRunner:
             positions.append([*range(chunk.start, chunk.start + num_tokens), *[scratch] * padding])
             marks[0].extend([chunk.seq.slot] * num_tokens)
             marks[1].extend(chunk.token_ids)
-        host_slots = [chunk.seq.slot for chunk in chunks]
-        inputs = torch.tensor([ids, positions], dtype=torch.int64).to(self.device, non_blocking=True)  # [2, G, L]
-        slots = torch.tensor(host_slots, dtype=torch.int64).to(self.device, non_blocking=True)  # [G]
         fresh = [chunk.seq.slot for chunk in chunks if chunk.start == 0]
         if fresh:
             self.seen[fresh] = False  # new requests in reused slots
         self.seen[marks] = True
         kv_len = max(chunk.start + len(chunk.token_ids) for chunk in chunks)
-        metadata = AttentionMetadata.build(self.cache, slots, inputs[1], host_slots, kv_len)
-        states = self._forward(inputs[0], inputs[1], metadata)  # [G, L, hidden_size]
+        call = DecoderCall("prefill", ids, positions, [chunk.seq.slot for chunk in chunks], kv_len)
+        states = self.run_prefill(call)  # [G, L, hidden_size]
         last = [len(chunk.token_ids) - 1 for chunk in chunks]
         return states[range(len(chunks)), last]
+
+    def run_prefill(self, call: DecoderCall) -> torch.Tensor:
+        """The prefill forward of `call`; returns [G, L, hidden_size]. The entry point of every rank."""
+        self._mirror(call)
+        inputs = torch.tensor([call.token_ids, call.positions], dtype=torch.int64)
+        inputs = inputs.to(self.device, non_blocking=True)
+        slots = torch.tensor(call.slots, dtype=torch.int64).to(self.device, non_blocking=True)  # [G]
+        metadata = AttentionMetadata.build(self.cache, slots, inputs[1], call.slots, call.kv_len)
+        return self._forward(inputs[0], inputs[1], metadata)  # inputs: [2, G, L]
+
+    def capture_graphs(self) -> None:
+        """Capture the decode CUDA graphs now, on every rank at once (the all-reduce is inside them)."""
+        if self.static_decoder is not None:
+            self._mirror(DecoderCall("capture", [], [], [], 0))
+            self.static_decoder.capture_all()
+
+    def _mirror(self, call: DecoderCall) -> None:
+        if self.mirror is not None:
+            self.mirror(call)
 
     def _prefill_group(self, group: list[PrefillChunk], output: RunnerOutput, hidden: list[torch.Tensor]) -> None:
         try:

@@ -59,6 +59,7 @@ class ModelServicer:
             reflection_enabled=self._reflection_enabled,
             workers=[_worker_info(worker) for worker in pool.workers],
             draining=pool.is_draining,
+            tensor_parallel_size=pool.workers[0].config.tensor_parallel_size if pool.workers else 1,
         )
 
 
@@ -73,7 +74,8 @@ _STATES = {
 
 def _worker_info(worker: WorkerHandle) -> model_pb2.WorkerInfo:
     config = worker.config
-    gpu = config.cuda_visible_devices
+    gpus = config.cuda_visible_devices.split(",") if config.cuda_visible_devices is not None else None
+    gpu = gpus[0] if gpus else None
     return model_pb2.WorkerInfo(
         worker_id=worker.worker_id,
         state=_STATES[worker.state],
@@ -82,4 +84,29 @@ def _worker_info(worker: WorkerHandle) -> model_pb2.WorkerInfo:
         in_flight_requests=worker.num_in_flight,
         last_exit=worker.last_exit,
         device=f"{config.device}:{gpu}" if gpu is not None else config.device,
+        tensor_parallel_size=config.tensor_parallel_size,
+        ranks=_rank_infos(worker, gpus),
     )
+
+
+def _rank_infos(worker: WorkerHandle, gpus: list[str] | None) -> list[model_pb2.RankInfo]:
+    """Every rank of a tensor-parallel replica: what rank 0 reported at Ready, or the plan while not loaded."""
+    size = worker.config.tensor_parallel_size
+    if size == 1:
+        return []
+    reported = {rank.rank: rank for rank in worker.model.ranks} if worker.model is not None else {}
+    infos = []
+    for index in range(size):
+        rank = reported.get(index)
+        device = f"cuda:{gpus[index]}" if gpus else worker.config.device
+        infos.append(
+            model_pb2.RankInfo(
+                rank=index,
+                pid=rank.pid if rank else 0,
+                device=device,
+                weight_bytes=rank.weight_bytes if rank else 0,
+                sharded_weight_bytes=rank.sharded_weight_bytes if rank else 0,
+                state=_STATES[worker.state],
+            )
+        )
+    return infos

@@ -17,14 +17,6 @@ PROMPT = [[5, 9, 33, 100, 7, 8, 200, 41, 17]]
 CASES = [(arch, quant) for arch in ("glm", "llama") for quant in ("none", "nf4", "int8")]
 
 
-def _plain_cpu_kernels(model: torch.nn.Module) -> None:
-    """bitsandbytes' CPU nf4 kernel on AVX512-BF16 machines rounds each output to bfloat16, so a row-parallel
-    partial sum is rounded before the all-reduce; its fp32 kernel shows the slicing itself is exact."""
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
 def _rank(rank: int, port: int, paths: dict[str, str], out: str) -> None:
     from workers.parallel.group import join_group, leave_group
     from workers.parallel.loading import load_shard
@@ -37,7 +29,6 @@ def _rank(rank: int, port: int, paths: dict[str, str], out: str) -> None:
         config = WorkerConfig(0, paths[arch], arch, quantization=quant, tensor_parallel_size=2)
         shard = load_shard(config, rank, torch.device("cpu"), torch.float32)
         shard.model.set_attn_implementation("sdpa")
-        _plain_cpu_kernels(shard.model)
         with torch.inference_mode():
             logits = shard.model(torch.tensor(PROMPT)).logits
         results[(arch, quant)] = (logits, shard.weight_bytes, shard.sharded_weight_bytes)
@@ -48,13 +39,13 @@ def _rank(rank: int, port: int, paths: dict[str, str], out: str) -> None:
 def _reference(path: str, quant: str) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
-    from workers.loader import quantization_config
+    from workers.loader import quantization_config, use_exact_cpu_nf4
 
     options = {"quantization_config": quantization_config(quant, torch.float32)}
     if quant != "none":
         options["device_map"] = {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **options).eval()
-    _plain_cpu_kernels(model)
+    use_exact_cpu_nf4(model)  # as the engine's loader does (see there)
     with torch.inference_mode():
         return model(torch.tensor(PROMPT)).logits
 

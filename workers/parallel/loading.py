@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from workers.attention import register_attention
+from workers.loader import use_exact_cpu_nf4
 from workers.parallel.layers import RowParallel, held_bytes, make_linear
 from workers.parallel.sharding import Split, shard_range, split_of
 from workers.parallel.split import check_split
@@ -100,6 +101,7 @@ def load_shard(config: WorkerConfig, rank: int, device: torch.device, dtype: tor
     _load_replicated(model, files, dtype, device)
     _rebuild_buffers(model, device)
     model.eval()
+    use_exact_cpu_nf4(model)
     total = held_bytes(model)
     logger.info(
         "rank %d/%d holds %.1f MiB of weights (%.1f MiB of them split) on %s",

@@ -1,0 +1,101 @@
+"""A tensor-parallel replica: what every rank builds (`build_rank`) and what rank 0 does to start one.
+
+Every rank joins the process group, loads its shard, and sizes its KV cache (its own KV heads) from its free
+memory; the ranks then agree on the smallest number of slots, so they hold the same requests. Rank 0 reports
+the replica's facts to the gateway, with every rank's device and weight bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from workers.kv_cache import SlottedKVCache
+from workers.loader import (
+    LoadedModel,
+    ProgressCallback,
+    _check_supported,
+    check_checkpoint_files,
+    plan_cache,
+    resolve_device,
+    resolve_dtype,
+    resolve_max_seq_len,
+)
+from workers.parallel.group import agree_on_min, join_group, open_store
+from workers.parallel.loading import load_shard
+from workers.parallel.ranks import RankProcesses
+from workers.protocol import ModelInfo, RankInfo, WorkerConfig
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rank:
+    """One rank's model, KV cache and facts."""
+
+    model: torch.nn.Module
+    cache: SlottedKVCache
+    info: RankInfo
+    max_seq_len: int
+
+
+def rank_device(config: WorkerConfig, rank: int) -> torch.device:
+    """The CPU, or the rank-th GPU of those the replica sees (CUDA_VISIBLE_DEVICES lists one per rank)."""
+    device = resolve_device(config.device)
+    if device.type != "cuda":
+        return device
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def build_rank(config: WorkerConfig, rank: int, device: torch.device) -> Rank:
+    """Load rank `rank`'s shard and allocate its KV cache; a collective, so every rank calls it at once."""
+    shard = load_shard(config, rank, device, resolve_dtype(config.dtype, device))
+    _check_supported(shard.model)
+    max_seq_len = resolve_max_seq_len(config.max_seq_len, shard.model.config)
+    cache_dtype = shard.model.get_input_embeddings().weight.dtype
+    spec = plan_cache(shard.model.config, config, max_seq_len, cache_dtype, device)
+    spec = dataclasses.replace(spec, num_slots=agree_on_min(spec.num_slots, device))
+    info = RankInfo(
+        rank=rank,
+        pid=os.getpid(),
+        device=str(device),
+        weight_bytes=shard.weight_bytes,
+        sharded_weight_bytes=shard.sharded_weight_bytes,
+    )
+    return Rank(model=shard.model, cache=SlottedKVCache(spec), info=info, max_seq_len=max_seq_len)
+
+
+def load_replica(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedModel:
+    """Rank 0: start the other ranks, load this rank's shard with them, and return the model for the engine,
+    whose runner sends every forward to the other ranks. Raises when any rank fails to load."""
+    device = rank_device(config, 0)
+    check_checkpoint_files(config, on_progress)
+    store = open_store(config.tensor_parallel_size, config.collective_timeout)
+    ranks = RankProcesses(config, store.port)
+    try:
+        size, timeout = config.tensor_parallel_size, config.collective_timeout
+        join_group(store.port, 0, size, device, timeout=timeout, store=store)
+        on_progress("loading weight shards", 0.0)
+        rank = build_rank(config, 0, device)
+        others = ranks.wait_ready(config.collective_timeout)
+    except BaseException:
+        ranks.stop()
+        raise
+    ranks.watch()
+    model = rank.model
+    info = ModelInfo(
+        model_id=config.model_id,
+        source=config.model_path,
+        architecture=(model.config.architectures or [type(model).__name__])[0],
+        dtype=str(rank.cache.spec.dtype).removeprefix("torch."),
+        quantization=config.quantization,
+        device=str(device),
+        max_context_tokens=rank.max_seq_len,
+        max_batch_size=rank.cache.spec.num_slots,
+        vocab_size=model.get_output_embeddings().weight.shape[0],
+        ranks=(rank.info, *others),
+    )
+    on_progress("model loaded", 0.9)
+    return LoadedModel(model=model, cache=rank.cache, info=info, mirror=ranks)
