@@ -23,11 +23,11 @@ def _rank(rank: int, port: int, paths: dict[str, str], out: str) -> None:
     from workers.protocol import WorkerConfig
 
     torch.set_num_threads(1)
-    join_group(port, rank, 2, torch.device("cpu"), timeout=60)
+    group = join_group(port, rank, 2, torch.device("cpu"), timeout=60)
     results = {}
     for arch, quant in CASES:
         config = WorkerConfig(0, paths[arch], arch, quantization=quant, tensor_parallel_size=2)
-        shard = load_shard(config, rank, torch.device("cpu"), torch.float32)
+        shard = load_shard(config, rank, torch.device("cpu"), torch.float32, group)
         shard.model.set_attn_implementation("sdpa")
         with torch.inference_mode():
             logits = shard.model(torch.tensor(PROMPT)).logits
@@ -61,7 +61,7 @@ def sharded(tmp_path_factory) -> tuple[dict, list[dict]]:
         )
         for arch in ("glm", "llama")
     }
-    store = open_store(2, timeout=60)
+    store = open_store(2)
     mp.start_processes(_rank, args=(store.port, paths, str(root / "out")), nprocs=2, start_method="spawn")
     ranks = [torch.load(root / f"out.{rank}", weights_only=False) for rank in range(2)]
     return paths, ranks

@@ -43,8 +43,10 @@ def main(conn: Connection, config: WorkerConfig, rank: int, store_port: int) -> 
     exit_code = 0
     try:
         device = rank_device(config, rank)
-        join_group(store_port, rank, config.tensor_parallel_size, device, timeout=config.collective_timeout)
-        built = build_rank(config, rank, device)
+        group = join_group(
+            store_port, rank, config.tensor_parallel_size, device, timeout=config.collective_timeout
+        )
+        built = build_rank(config, rank, device, group)
         conn.send(built.info)
         _serve(conn, built, config.decode_mode, device)
     except (EOFError, BrokenPipeError, ConnectionResetError):

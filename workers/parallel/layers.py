@@ -21,14 +21,15 @@ NF4_BLOCKSIZE = 64
 class RowParallel(torch.nn.Module):
     """A row-parallel linear layer: the rank's partial product, summed over the ranks, plus the bias."""
 
-    def __init__(self, inner: torch.nn.Module, bias: torch.Tensor | None) -> None:
+    def __init__(self, inner: torch.nn.Module, bias: torch.Tensor | None, group) -> None:
         super().__init__()
+        self.group = group  # the replica's torch.distributed group for the forward's all-reduces
         self.inner = inner
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [..., in / N] -> [..., out], the same on every rank after the all-reduce
-        output = all_reduce(self.inner(hidden))
+        output = all_reduce(self.inner(hidden), self.group)
         return output if self.bias is None else output + self.bias
 
 

@@ -80,8 +80,9 @@ class WeightFiles:
         return tensor[:, shard_range(tensor.get_shape()[1], rank, size)]
 
 
-def load_shard(config: WorkerConfig, rank: int, device: torch.device, dtype: torch.dtype) -> Shard:
-    """Rank `rank`'s model of `config.tensor_parallel_size` on `device`, quantized as `config` says."""
+def load_shard(config: WorkerConfig, rank: int, device: torch.device, dtype: torch.dtype, group) -> Shard:
+    """Rank `rank`'s model of `config.tensor_parallel_size` on `device`, quantized as `config` says; its
+    row-parallel layers all-reduce in `group` (see `workers.parallel.group.join_group`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     size = config.tensor_parallel_size
@@ -96,7 +97,9 @@ def load_shard(config: WorkerConfig, rank: int, device: torch.device, dtype: tor
             trust_remote_code=config.trust_remote_code,
         )
     files = WeightFiles(Path(config.model_path))
-    sharded = _replace_split_layers(model, files, config.quantization, rank, size=size, dtype=dtype, device=device)
+    sharded = _replace_split_layers(
+        model, files, config.quantization, rank, size=size, place=(dtype, device, group)
+    )
     _refuse_unknown_layers(model)
     _load_replicated(model, files, dtype, device)
     _rebuild_buffers(model, device)
@@ -110,10 +113,11 @@ def load_shard(config: WorkerConfig, rank: int, device: torch.device, dtype: tor
     return Shard(model=model, weight_bytes=total, sharded_weight_bytes=sharded)
 
 
-def _replace_split_layers(
-    model, files: WeightFiles, quantization: str, rank: int, *, size: int, dtype, device
-) -> int:
-    """Swap each split linear layer for one over the rank's slice; returns the bytes they hold."""
+def _replace_split_layers(model, files: WeightFiles, quantization: str, rank: int, *, size: int, place) -> int:
+    """Swap each split linear layer for one over the rank's slice; returns the bytes they hold.
+
+    place: (dtype, device, group) of the new layers: their weights' dtype and device, the all-reduce's group."""
+    dtype, device, group = place
     num_bytes = 0
     for name, module in list(model.named_modules()):
         split = split_of(name)
@@ -124,7 +128,7 @@ def _replace_split_layers(
         if getattr(module, "bias", None) is not None:
             bias = files.part(f"{name}.bias", split, rank, size)
         if split is Split.ROW:
-            layer = RowParallel(make_linear(weight, None, quantization, dtype, device), None)
+            layer = RowParallel(make_linear(weight, None, quantization, dtype, device), None, group)
             if bias is not None:
                 layer.bias = torch.nn.Parameter(bias.to(device, dtype), requires_grad=False)
         else:

@@ -11,10 +11,10 @@ timeout of the next all-reduce instead.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import threading
 from dataclasses import dataclass
@@ -60,7 +60,9 @@ class RankProcesses:
             child_end.close()
             self.processes.append(process)
             self.conns.append(parent_end)
-        atexit.register(self.stop)
+        # At exit, before multiprocessing joins the children (forever, for a stopped one): a finalizer with an
+        # exit priority runs first, in a spawned rank 0 and in a plain process alike.
+        multiprocessing.util.Finalize(self, self.stop, exitpriority=10)
 
     def wait_ready(self, timeout: float) -> list[RankInfo]:
         """Each rank's RankInfo once it has loaded; RuntimeError when one fails, dies or takes over `timeout`."""

@@ -23,7 +23,7 @@ from workers.loader import (
     resolve_dtype,
     resolve_max_seq_len,
 )
-from workers.parallel.group import agree_on_min, join_group, open_store
+from workers.parallel.group import LOAD_TIMEOUT, agree_on_min, join_group, open_store
 from workers.parallel.loading import load_shard
 from workers.parallel.ranks import RankProcesses
 from workers.protocol import ModelInfo, RankInfo, WorkerConfig
@@ -49,9 +49,9 @@ def rank_device(config: WorkerConfig, rank: int) -> torch.device:
     return device
 
 
-def build_rank(config: WorkerConfig, rank: int, device: torch.device) -> Rank:
+def build_rank(config: WorkerConfig, rank: int, device: torch.device, group) -> Rank:
     """Load rank `rank`'s shard and allocate its KV cache; a collective, so every rank calls it at once."""
-    shard = load_shard(config, rank, device, resolve_dtype(config.dtype, device))
+    shard = load_shard(config, rank, device, resolve_dtype(config.dtype, device), group)
     _check_supported(shard.model)
     max_seq_len = resolve_max_seq_len(config.max_seq_len, shard.model.config)
     cache_dtype = shard.model.get_input_embeddings().weight.dtype
@@ -72,14 +72,14 @@ def load_replica(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedM
     whose runner sends every forward to the other ranks. Raises when any rank fails to load."""
     device = rank_device(config, 0)
     check_checkpoint_files(config, on_progress)
-    store = open_store(config.tensor_parallel_size, config.collective_timeout)
+    store = open_store(config.tensor_parallel_size)
     ranks = RankProcesses(config, store.port)
     try:
         size, timeout = config.tensor_parallel_size, config.collective_timeout
-        join_group(store.port, 0, size, device, timeout=timeout, store=store)
+        group = join_group(store.port, 0, size, device, timeout=timeout, store=store)
         on_progress("loading weight shards", 0.0)
-        rank = build_rank(config, 0, device)
-        others = ranks.wait_ready(config.collective_timeout)
+        rank = build_rank(config, 0, device, group)
+        others = ranks.wait_ready(LOAD_TIMEOUT)
     except BaseException:
         ranks.stop()
         raise
