@@ -61,6 +61,11 @@ def plan_workers(settings: Settings, served: ServedModel, gpus: list[str] | None
     else:
         count = settings.workers or size
     replicas = count // size
+    num_threads = settings.worker_threads
+    if device == "cpu" and size > 1 and num_threads is None:
+        # Ranks wait on each other at every layer: one oversubscribed core stalls the whole replica (measured
+        # on 2 cores: 2 threads per rank made a step ten times slower than 1), so the cores are shared out.
+        num_threads = max(1, (os.cpu_count() or 1) // count)
     return [
         WorkerConfig(
             worker_id=index,
@@ -76,7 +81,7 @@ def plan_workers(settings: Settings, served: ServedModel, gpus: list[str] | None
             decode_mode=settings.decode_mode,
             trust_remote_code=settings.trust_remote_code,
             allow_download=settings.allow_download,
-            num_threads=settings.worker_threads,
+            num_threads=num_threads,
             cuda_visible_devices=",".join(gpus[index * size : (index + 1) * size]) if device == "cuda" else None,
             log_level=settings.log_level,
             weights_manifest=settings.weights_manifest,

@@ -111,6 +111,13 @@ def test_a_killed_rank_takes_its_replica_down_and_it_restarts(tp_server: ServerT
         assert client.generate("Hello", max_new_tokens=3, timeout=60).usage.completion_tokens == 3
 
 
+def test_a_killed_rank_0_leaves_no_rank_behind(tp_server: ServerThread) -> None:
+    old = _wait_ready(tp_server)
+    os.kill(old[0], signal.SIGKILL)
+    _assert_gone(old)  # rank 1 dies with rank 0 (its pipe closes; the kernel sends it SIGKILL)
+    assert not set(_wait_ready(tp_server)) & set(old)
+
+
 def test_a_stopped_rank_times_out_its_replica(tp_server: ServerThread) -> None:
     old = _wait_ready(tp_server)
     with tp_server.client() as client:
