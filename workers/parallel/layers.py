@@ -91,7 +91,8 @@ def _bitsandbytes_linear(
 
 def held_bytes(module: torch.nn.Module) -> int:
     """Bytes of weights `module` holds on its device, counting bitsandbytes' scales beside the packed weights."""
-    total = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    tensors = (*module.parameters(), *module.buffers())
+    total = sum(t.numel() * t.element_size() for t in tensors if not t.is_meta)
     for sub in module.modules():
         weight = getattr(sub, "weight", None)
         state = getattr(weight, "quant_state", None)

@@ -80,9 +80,14 @@ class WeightFiles:
         return tensor[:, shard_range(tensor.get_shape()[1], rank, size)]
 
 
-def load_shard(config: WorkerConfig, rank: int, device: torch.device, dtype: torch.dtype, group) -> Shard:
+def load_shard(
+    config: WorkerConfig, rank: int, device: torch.device, dtype: torch.dtype, group, *, has_lm_head: bool = True
+) -> Shard:
     """Rank `rank`'s model of `config.tensor_parallel_size` on `device`, quantized as `config` says; its
-    row-parallel layers all-reduce in `group` (see `workers.parallel.group.join_group`)."""
+    row-parallel layers all-reduce in `group` (see `workers.parallel.group.join_group`).
+
+    Without `has_lm_head` the LM head stays on `meta` (no memory): the ranks that never compute logits (all but
+    rank 0 in the engine) skip its vocab_size x hidden_size weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     size = config.tensor_parallel_size
@@ -101,7 +106,7 @@ def load_shard(config: WorkerConfig, rank: int, device: torch.device, dtype: tor
         model, files, config.quantization, rank, size=size, place=(dtype, device, group)
     )
     _refuse_unknown_layers(model)
-    _load_replicated(model, files, dtype, device)
+    _load_replicated(model, files, dtype, device, skip=() if has_lm_head else ("lm_head.weight",))
     _rebuild_buffers(model, device)
     model.eval()
     use_exact_cpu_nf4(model)
@@ -147,10 +152,10 @@ def _refuse_unknown_layers(model: torch.nn.Module) -> None:
             )
 
 
-def _load_replicated(model: torch.nn.Module, files: WeightFiles, dtype, device) -> None:
+def _load_replicated(model: torch.nn.Module, files: WeightFiles, dtype, device, skip: tuple[str, ...]) -> None:
     """Read each weight still on `meta` whole (embeddings, norms, LM head); tie a LM head the file lacks."""
     for name, param in list(model.named_parameters()):
-        if not param.is_meta:
+        if not param.is_meta or name in skip:
             continue
         module_name, _, attribute = name.rpartition(".")
         module = model.get_submodule(module_name)

@@ -51,7 +51,8 @@ def rank_device(config: WorkerConfig, rank: int) -> torch.device:
 
 def build_rank(config: WorkerConfig, rank: int, device: torch.device, group) -> Rank:
     """Load rank `rank`'s shard and allocate its KV cache; a collective, so every rank calls it at once."""
-    shard = load_shard(config, rank, device, resolve_dtype(config.dtype, device), group)
+    # Only rank 0 turns hidden states into tokens (see `workers.parallel.follower`).
+    shard = load_shard(config, rank, device, resolve_dtype(config.dtype, device), group, has_lm_head=rank == 0)
     _check_supported(shard.model)
     max_seq_len = resolve_max_seq_len(config.max_seq_len, shard.model.config)
     cache_dtype = shard.model.get_input_embeddings().weight.dtype
