@@ -38,6 +38,18 @@ def test_cpu_default_is_one_replica_with_the_cores_shared(tmp_path: Path) -> Non
     assert pinned.num_threads == 3
 
 
+def test_the_split_from_flag_environment_and_file(tmp_path: Path) -> None:
+    file = tmp_path / "autoglm.toml"
+    file.write_text("tensor_parallel_size = 4\nworkers = 8\ncollective_timeout = 30.0\n")
+    from_file = Settings.from_sources({}, environ={}, config_file=file)
+    assert (from_file.tensor_parallel_size, from_file.workers, from_file.collective_timeout) == (4, 8, 30.0)
+    environ = {"AUTOGLM_TENSOR_PARALLEL_SIZE": "2", "AUTOGLM_COLLECTIVE_TIMEOUT": "5"}
+    from_environment = Settings.from_sources({}, environ=environ, config_file=file)
+    assert (from_environment.tensor_parallel_size, from_environment.collective_timeout) == (2, 5.0)
+    flagged = Settings.from_sources({"tensor_parallel_size": 1}, environ=environ, config_file=file)
+    assert flagged.tensor_parallel_size == 1
+
+
 def test_workers_must_be_a_multiple_of_the_split() -> None:
     with pytest.raises(ValueError, match=r"workers \(3\) must be a multiple of tensor_parallel_size \(2\)"):
         Settings(workers=3, tensor_parallel_size=2).validate()
