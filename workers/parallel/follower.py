@@ -15,6 +15,7 @@ import signal
 import sys
 from multiprocessing.connection import Connection
 
+from workers.entry import configure_logging
 from workers.protocol import WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -27,11 +28,7 @@ def main(conn: Connection, config: WorkerConfig, rank: int, store_port: int) -> 
     parent = os.getppid()
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when ranks stop
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=config.log_level.upper(),
-        format=f"%(asctime)s worker-{config.worker_id}-rank-{rank} %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config, f"worker-{config.worker_id}-rank-{rank}")
     import torch
 
     from workers.parallel.group import join_group, leave_group
