@@ -62,6 +62,26 @@ def test_concurrent_greedy_requests_equal_generate(tp_server: ServerThread, glm_
             assert list(future.result().sequences[0].token_ids) == hf_greedy(glm_checkpoint, prompt_ids, n), prompt
 
 
+def test_llama_split_two_ways_equals_generate(llama_checkpoint: Path) -> None:
+    settings = server_settings(llama_checkpoint, model_id="tiny-llama", workers=2, tensor_parallel_size=2)
+    server = ServerThread(settings).start()
+    try:
+        pids = _rank_pids(server)
+        cases = ((PROMPTS[2], 18), (PROMPTS[4], 9))
+        with server.client() as client, ThreadPoolExecutor(len(cases)) as pool:
+            futures = [
+                pool.submit(client.generate, prompt, max_new_tokens=n, temperature=0.0, return_token_ids=True)
+                for prompt, n in cases
+            ]
+            for (prompt, n), future in zip(cases, futures, strict=True):
+                prompt_ids = list(client.tokenize(prompt).token_ids)
+                expected = hf_greedy(llama_checkpoint, prompt_ids, n)
+                assert list(future.result(timeout=120).sequences[0].token_ids) == expected, prompt
+    finally:
+        server.stop()
+    _assert_gone(pids)
+
+
 def test_sampled_tokens_with_a_seed_equal_the_whole_model(
     tp_server: ServerThread, glm_server: ServerThread
 ) -> None:
