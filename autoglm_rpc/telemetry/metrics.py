@@ -3,7 +3,8 @@
 The gateway sees every token, so it measures the request metrics; the workers report their load (running and
 waiting requests, KV-cache use) on every `StepOutput`, and the gauges are read from those reports when Prometheus
 scrapes (`--metrics-port`, text format at `/metrics`; OpenMetrics when the scraper asks for it). Labels are
-bounded: `model` (the one served model), `worker` (0..N-1) and `code` (a gRPC status name).
+bounded: `model` (the one served model), `worker` (0..N-1), `rank` (0..tensor_parallel_size-1) and `code` (a
+gRPC status name).
 
 Histogram buckets are the OpenTelemetry GenAI semantic conventions' (v1.37.0) for the three `gen_ai_server_*`
 metrics.
@@ -135,6 +136,18 @@ class GatewayMetrics:
             kv_cache.add_metric(values, load.kv_cache_usage)
             restarts.add_metric(values, self._restarts[worker.worker_id])
         yield from (up, running, queued, kv_cache, restarts)
+        yield self._rank_weights()
+
+    def _rank_weights(self) -> Metric:
+        """Tensor parallelism: the weight bytes each rank of each ready replica holds (none without it)."""
+        family = GaugeMetricFamily(
+            "autoglm_rank_weight_bytes", "Bytes of model weights a rank of a split replica holds.",
+            labels=["model", "worker", "rank"], unit="bytes",
+        )  # fmt: skip
+        for worker in self._pool.workers if self._pool is not None else ():
+            for rank in worker.model.ranks if worker.is_ready and worker.model is not None else ():
+                family.add_metric([self.model_id, str(worker.worker_id), str(rank.rank)], rank.weight_bytes)
+        return family
 
 
 class _PoolCollector:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +41,7 @@ def tp_server(glm_checkpoint: Path) -> Iterator[ServerThread]:
         tensor_parallel_size=2,
         collective_timeout=COLLECTIVE_TIMEOUT,
         restart_backoff_initial=0.2,
+        metrics_port=0,
     )
     server = ServerThread(settings).start()
     yield server
@@ -110,6 +112,12 @@ def test_server_info_lists_every_rank(tp_server: ServerThread, glm_checkpoint: P
     for rank in replica.ranks:
         assert rank.sharded_weight_bytes == split_bytes // 2  # each rank holds half of the split layers
         assert rank.weight_bytes > rank.sharded_weight_bytes
+    port = tp_server.app.telemetry.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for rank in replica.ranks:
+        labels = f'model="tiny-glm",rank="{rank.rank}",worker="0"'
+        assert f"autoglm_rank_weight_bytes{{{labels}}} {float(rank.weight_bytes)}" in text
 
 
 def test_a_killed_rank_takes_its_replica_down_and_it_restarts(tp_server: ServerThread) -> None:
