@@ -133,8 +133,7 @@ def test_a_killed_rank_takes_its_replica_down_and_it_restarts(tp_server: ServerT
         assert time.monotonic() - killed_at < 1.0
         assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.UNAVAILABLE, "WORKER_CRASHED")
     _assert_gone(old)
-    new = _wait_ready(tp_server)
-    assert not set(new) & set(old)
+    _wait_ready(tp_server, replaced=old)
     with tp_server.client() as client:
         assert client.generate("Hello", max_new_tokens=3, timeout=60).usage.completion_tokens == 3
 
@@ -143,7 +142,7 @@ def test_a_killed_rank_0_leaves_no_rank_behind(tp_server: ServerThread) -> None:
     old = _wait_ready(tp_server)
     os.kill(old[0], signal.SIGKILL)
     _assert_gone(old)  # rank 1 dies with rank 0 (its pipe closes; the kernel sends it SIGKILL)
-    assert not set(_wait_ready(tp_server)) & set(old)
+    assert _wait_ready(tp_server, replaced=old)
 
 
 def test_a_stopped_rank_times_out_its_replica(tp_server: ServerThread) -> None:
@@ -162,7 +161,17 @@ def test_a_stopped_rank_times_out_its_replica(tp_server: ServerThread) -> None:
         assert time.monotonic() - stopped_at < COLLECTIVE_TIMEOUT + 30
         assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.UNAVAILABLE, "WORKER_CRASHED")
     _assert_gone(old)
-    assert _wait_ready(tp_server)
+    assert _wait_ready(tp_server, replaced=old)
+
+
+def test_a_rank_stopped_while_idle_misses_its_heartbeats(tp_server: ServerThread) -> None:
+    old = _wait_ready(tp_server)
+    os.kill(old[1], signal.SIGSTOP)  # no request runs: only the heartbeat can tell
+    try:
+        _assert_gone(old, timeout=COLLECTIVE_TIMEOUT + 30)
+    finally:
+        _signal(old[1], signal.SIGCONT)
+    assert _wait_ready(tp_server, replaced=old)
 
 
 def test_a_split_the_model_cannot_take_ends_the_server(glm_checkpoint: Path) -> None:
@@ -183,11 +192,14 @@ def _rank_pids(server: ServerThread) -> list[int]:
     return [rank.pid for rank in replica.ranks]
 
 
-def _wait_ready(server: ServerThread, timeout: float = 180.0) -> list[int]:
+def _wait_ready(
+    server: ServerThread, replaced: tuple[int, ...] | list[int] = (), timeout: float = 180.0
+) -> list[int]:
+    """The ranks' pids once the replica is ready, and (given `replaced`) once it is a new one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pids = _rank_pids(server)
-        if all(pids):
+        if all(pids) and not set(pids) & set(replaced):
             return pids
         time.sleep(0.2)
     raise AssertionError("the replica did not come back")

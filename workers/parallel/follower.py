@@ -13,6 +13,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from multiprocessing.connection import Connection
 
 from workers.entry import configure_logging
@@ -38,6 +40,7 @@ def main(conn: Connection, config: WorkerConfig, rank: int, store_port: int) -> 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     exit_code = 0
+    sending = threading.Lock()  # the heartbeat thread and this one share the pipe's sending end
     try:
         device = rank_device(config, rank)
         group = join_group(
@@ -45,12 +48,13 @@ def main(conn: Connection, config: WorkerConfig, rank: int, store_port: int) -> 
         )
         built = build_rank(config, rank, device, group)
         conn.send(built.info)
+        threading.Thread(target=_beat, args=(conn, sending), name="heartbeat", daemon=True).start()
         _serve(conn, built, config.decode_mode, device)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         logger.info("rank 0 is gone; rank %d stops", rank)
     except Exception as exc:
         logger.exception("rank %d failed", rank)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), sending:
             conn.send(RankFailed(rank, f"{type(exc).__name__}: {exc}"))
         exit_code = 1
     finally:
@@ -74,6 +78,17 @@ def _serve(conn: Connection, built, decode_mode: str, device) -> None:
                     runner.run_prefill(call)
                 case "capture":
                     runner.capture_graphs()
+
+
+def _beat(conn: Connection, sending: threading.Lock) -> None:
+    """Tell rank 0 every HEARTBEAT_INTERVAL that this process still runs (see `RankProcesses._watch`)."""
+    from workers.parallel.ranks import HEARTBEAT_INTERVAL
+
+    with contextlib.suppress(OSError):
+        while True:
+            time.sleep(HEARTBEAT_INTERVAL)
+            with sending:
+                conn.send(True)
 
 
 def _die_with_parent(parent: int) -> None:

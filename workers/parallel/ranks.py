@@ -4,9 +4,10 @@ The gateway starts rank 0 only (it owns the pipe to the gateway); rank 0 starts 
 children with a pipe each. Over that pipe rank 0 sends every forward (`DecoderCall`), and a rank sends back its
 `RankInfo` once loaded (or `RankFailed`). No rank outlives rank 0: a rank exits when its pipe closes, and the
 kernel kills it when rank 0 dies (PR_SET_PDEATHSIG). No rank 0 outlives a rank either: once the replica is up,
-a thread waits on the ranks' process sentinels, and the death of one ends rank 0 at once (exit code 1), so the
-gateway fails the replica's requests and restarts the group. A rank that hangs is caught by the collective
-timeout of the next all-reduce instead.
+a thread waits on the ranks' process sentinels and heartbeats: the death of one ends rank 0 at once (exit code 1),
+so the gateway fails the replica's requests and restarts the group, and so does a rank silent for
+`collective_timeout` seconds (stopped, or hung while idle). A rank that hangs mid-step is caught sooner or
+later by the collective timeout of the all-reduce it does not join.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import multiprocessing
 import multiprocessing.util
 import os
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
@@ -27,6 +29,7 @@ from workers.protocol import RankInfo, WorkerConfig
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 5.0  # seconds a rank gets to leave after being told to, before it is killed
+HEARTBEAT_INTERVAL = 1.0  # seconds between a rank's heartbeats to rank 0
 EXIT_RANK_DIED = 1
 
 
@@ -49,6 +52,7 @@ class RankProcesses:
         # refuses children to those; rank 0 stops its ranks itself, and the kernel kills them if it dies.
         multiprocessing.current_process().daemon = False
         self._stopping = False
+        self._silence_limit = config.collective_timeout
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.conns: list[Connection] = []
         for rank in range(1, config.tensor_parallel_size):
@@ -110,13 +114,32 @@ class RankProcesses:
         leave_group()
 
     def _watch(self) -> None:
+        """End this process when a rank exits, or sends no heartbeat for `_silence_limit` seconds (stopped or
+        hung while the replica is idle, when no all-reduce would notice)."""
         sentinels = {process.sentinel: process for process in self.processes}
-        ended = wait(list(sentinels))
-        if self._stopping:
-            return
-        process = sentinels[ended[0]]
-        logger.error("%s exited (exit code %s); the replica stops", process.name, process.exitcode)
-        for other in self.processes:
-            if other.is_alive():
-                other.kill()
+        heard = {conn: time.monotonic() for conn in self.conns}
+        while not self._stopping:
+            ready = wait([*sentinels, *heard], timeout=HEARTBEAT_INTERVAL)
+            if self._stopping:
+                return
+            for item in ready:
+                if item in sentinels:
+                    process = sentinels[item]
+                    self._end_replica(f"{process.name} exited (exit code {process.exitcode})")
+                try:
+                    item.recv()  # a heartbeat
+                    heard[item] = time.monotonic()
+                except (EOFError, OSError):
+                    heard.pop(item)  # the rank is exiting; its sentinel follows
+            silent = [
+                self.conns.index(c) + 1 for c, t in heard.items() if time.monotonic() - t > self._silence_limit
+            ]
+            if silent and not self._stopping:
+                self._end_replica(f"rank {silent[0]} sent no heartbeat for {self._silence_limit:.0f}s")
+
+    def _end_replica(self, reason: str) -> None:
+        logger.error("%s; the replica stops", reason)
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
         os._exit(EXIT_RANK_DIED)
