@@ -1,7 +1,8 @@
 """The engine over a tensor-parallel replica: this process is rank 0 and starts rank 1 (gloo on 127.0.0.1).
 
-Greedy tokens equal transformers' `generate()` under chunked prefill and continuous batching; sampled tokens
-with a seed, and nf4 tokens, equal those of the same engine over the whole model (tp=1).
+Greedy tokens equal transformers' `generate()` under chunked prefill and continuous batching, and under the paged
+cache's preemptions and prefix-cache hits with static decode; sampled tokens with a seed, and nf4 tokens, equal
+those of the same engine over the whole model (tp=1).
 """
 
 from __future__ import annotations
@@ -58,6 +59,42 @@ def test_two_ranks_give_the_tokens_of_generate(worker_config, reference_model, a
         assert tokens_of(deltas[submit.request_id]) == expected, submit.request_id
     whole, _ = _start(worker_config(architecture))
     assert tokens_of(run_to_end(whole, _arrivals(info.vocab_size))["s"]) == tokens_of(deltas["s"])
+    _assert_gone(pids)
+
+
+def test_two_ranks_share_prefixes_and_recompute_preempted_requests(worker_config, reference_model) -> None:
+    """Rank 0's block pool decides prefix hits and preemptions; rank 1 only follows the block tables it is sent.
+
+    96 tokens of cache (6 blocks of 16) for three requests that share a 40-token prompt prefix and need 69 tokens
+    each: the later ones find the prefix's 2 full blocks cached, and the three cannot all fit, so some are
+    preempted and recomputed. Static decode runs the same buckets on both ranks.
+    """
+    config = worker_config(
+        "glm", tensor_parallel_size=2, collective_timeout=60, kv_cache_tokens=96, decode_mode="static",
+        enable_prefix_caching=True, max_num_batched_tokens=32,
+    )  # fmt: skip
+    engine, info = _start(config)
+    shared = random_prompt(40, seed=77, vocab_size=info.vocab_size)
+    first = make_submit("first", (*shared, 5, 6, 7), 6)
+    later = [
+        make_submit(f"p{i}", (*shared, *random_prompt(5, seed=90 + i, vocab_size=info.vocab_size)), 24, sampling)
+        for i, sampling in enumerate((None, SamplingParams(repetition_penalty=1.3), None))
+    ]
+    try:
+        assert info.kv_cache_blocks == 6 and engine.runner.static_decoder is not None
+        warm_up = engine.scheduler.stats.num_prompt_tokens
+        deltas = run_to_end(engine, {0: [first], 12: later}, max_steps=1000)
+        stats = engine.scheduler.stats
+        assert stats.num_prompt_tokens - warm_up == 43 + 3 * 45
+        assert stats.num_cached_tokens >= 32  # at least the shared prefix's 2 full blocks, once
+        assert stats.num_preemptions > 0 and engine.scheduler.pool.num_used == 0
+    finally:
+        pids = _stop(engine)
+    model = reference_model("glm")
+    for request in (first, *later):
+        penalty = request.sampling.repetition_penalty
+        expected = reference(model, request.prompt_ids, 6 if request is first else 24, repetition_penalty=penalty)
+        assert tokens_of(deltas[request.request_id]) == expected, request.request_id
     _assert_gone(pids)
 
 
