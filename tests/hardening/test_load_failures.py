@@ -33,9 +33,10 @@ def _mismatch_shapes(checkpoint: Path) -> None:
 
 
 def _impossible_context(checkpoint: Path) -> None:
-    """A context so long that not one request's KV cache fits in the machine's memory."""
+    """A context length not one token fits in. (A context longer than the paged KV cache holds is no longer a
+    failure: the worker lowers its context limit to the cache's size, see `workers.loader.fit_context`.)"""
     config = json.loads((checkpoint / "config.json").read_text())
-    config["max_position_embeddings"] = 2**40
+    config["max_position_embeddings"] = -1
     (checkpoint / "config.json").write_text(json.dumps(config))
 
 
