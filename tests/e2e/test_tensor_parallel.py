@@ -147,19 +147,9 @@ def test_a_killed_rank_0_leaves_no_rank_behind(tp_server: ServerThread) -> None:
 
 def test_a_stopped_rank_times_out_its_replica(tp_server: ServerThread) -> None:
     old = _wait_ready(tp_server)
-    with tp_server.client() as client:
-        stream = client.stream("Hello", max_new_tokens=480, stopping={"ignore_eos": True}, timeout=120)
-        next(stream)
-        next(stream)
-        stopped_at = time.monotonic()
-        os.kill(old[1], signal.SIGSTOP)
-        try:
-            with pytest.raises(AutoglmError) as caught:
-                list(stream)
-        finally:
-            _signal(old[1], signal.SIGCONT)  # lets a rank that is somehow still there see its SIGKILL
-        assert time.monotonic() - stopped_at < COLLECTIVE_TIMEOUT + 30
-        assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.UNAVAILABLE, "WORKER_CRASHED")
+    error, waited = _stop_rank_1_mid_stream(tp_server, old)
+    assert waited < COLLECTIVE_TIMEOUT + 30
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "WORKER_CRASHED")
     _assert_gone(old)
     assert _wait_ready(tp_server, replaced=old)
 
@@ -174,6 +164,30 @@ def test_a_rank_stopped_while_idle_misses_its_heartbeats(tp_server: ServerThread
     assert _wait_ready(tp_server, replaced=old)
 
 
+def test_the_watchdog_ends_a_replica_whose_rank_hangs_mid_step(glm_checkpoint: Path) -> None:
+    """The watchdog pings rank 0 only; a step stuck in an all-reduce with a stopped rank 1 answers no ping, so
+    with a hang timeout shorter than the collective timeout the watchdog kills rank 0, and rank 1 dies with it."""
+    settings = server_settings(
+        glm_checkpoint, model_id="tiny-glm", workers=2, tensor_parallel_size=2, collective_timeout=600.0,
+        worker_hang_timeout=4.0, restart_backoff_initial=0.2,
+    )  # fmt: skip
+    server = ServerThread(settings).start()
+    try:
+        old = _wait_ready(server)
+        error, waited = _stop_rank_1_mid_stream(server, old)
+        assert waited < 300  # the collective timeout (600 s) did not end it
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "WORKER_HUNG")
+        _assert_gone(old)
+        _wait_ready(server, replaced=old)
+        with server.client() as client:
+            assert client.server_info().workers[0].hangs == 1
+            assert client.generate("Hello", max_new_tokens=3, timeout=60).usage.completion_tokens == 3
+    finally:
+        pids = _rank_pids(server)
+        server.stop()
+        _assert_gone(pids)
+
+
 def test_a_split_the_model_cannot_take_ends_the_server(glm_checkpoint: Path) -> None:
     result = subprocess.run(
         [*CLI, "serve", "--model", str(glm_checkpoint), "--device", "cpu", "--port", "0", *SPLIT_THREE_WAYS],
@@ -184,6 +198,22 @@ def test_a_split_the_model_cannot_take_ends_the_server(glm_checkpoint: Path) -> 
     )
     assert result.returncode == 1
     assert "--tensor-parallel-size 3: the model's num_attention_heads is 4" in result.stderr
+
+
+def _stop_rank_1_mid_stream(server: ServerThread, pids: list[int]) -> tuple[AutoglmError, float]:
+    """SIGSTOP rank 1 once a stream has a token; the error that ends the stream and the seconds it took."""
+    with server.client() as client:
+        stream = client.stream("Hello", max_new_tokens=480, stopping={"ignore_eos": True}, timeout=300)
+        next(stream)  # admitted
+        next(stream)  # a token has streamed
+        stopped_at = time.monotonic()
+        os.kill(pids[1], signal.SIGSTOP)
+        try:
+            with pytest.raises(AutoglmError) as caught:
+                list(stream)
+        finally:
+            _signal(pids[1], signal.SIGCONT)  # lets a rank that is somehow still there see its SIGKILL
+    return caught.value, time.monotonic() - stopped_at
 
 
 def _rank_pids(server: ServerThread) -> list[int]:
