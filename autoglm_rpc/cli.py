@@ -38,6 +38,10 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one (default 50051)")
     serve.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1 on CPU)")
+    serve.add_argument(
+        "--tensor-parallel-size", type=int, help="split each replica of the model across N workers (default 1)"
+    )
+    serve.add_argument("--collective-timeout", type=float, help="seconds a rank waits in an all-reduce (60)")
     serve.add_argument("--device", type=str.lower, choices=[*DEVICES, "gpu"], help="default auto")
     serve.add_argument("--dtype", choices=DTYPES, help="default auto: float32 on CPU, bfloat16 on GPU")
     serve.add_argument("--quantization", choices=QUANTIZATIONS, help="bitsandbytes quantization (GPU only)")

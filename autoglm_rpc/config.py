@@ -43,7 +43,10 @@ class Settings:
     model_id: str | None = None  # the name served as `model`; default: the checkpoint directory's name
     host: str = "127.0.0.1"
     port: int = 50051
-    workers: int | None = None  # default: one per visible GPU with device cuda, else 1
+    workers: int | None = None  # default: one per visible GPU with device cuda, else tensor_parallel_size
+    # Ranks one replica of the model is split across (tensor parallelism); workers / tensor_parallel_size replicas.
+    tensor_parallel_size: int = 1
+    collective_timeout: float = 60.0  # seconds a rank waits in an all-reduce before its replica is declared broken
     device: str = "auto"
     dtype: str = "auto"
     quantization: str = "none"
@@ -150,6 +153,7 @@ class Settings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.kv_block_size <= 1024:
             raise ValueError(f"kv_block_size must be in 1..1024, got {self.kv_block_size}")
+        self._validate_tensor_parallel()
         for name in ("workers", "max_seq_len", "worker_threads", "kv_cache_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -166,6 +170,18 @@ class Settings:
         self._validate_supervision()
         self._validate_limits()
         self._validate_security()
+
+    def _validate_tensor_parallel(self) -> None:
+        size = self.tensor_parallel_size
+        if size < 1:
+            raise ValueError(f"tensor_parallel_size must be at least 1, got {size}")
+        if self.workers is not None and self.workers % size:
+            raise ValueError(
+                f"workers ({self.workers}) must be a multiple of tensor_parallel_size ({size}): each replica of "
+                f"the model is {size} worker processes"
+            )
+        if not self.collective_timeout > 0:
+            raise ValueError(f"collective_timeout must be positive, got {self.collective_timeout}")
 
     def _validate_supervision(self) -> None:
         for name in ("restart_backoff_initial", "restart_backoff_max", "restart_window"):

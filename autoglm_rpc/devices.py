@@ -3,15 +3,22 @@
 GPUs are counted from the NVIDIA driver's /proc entries, narrowed by CUDA_VISIBLE_DEVICES when it is set. With
 device "cuda" (or "auto" on a machine with GPUs) there is one worker per GPU, each pinned to its GPU through
 CUDA_VISIBLE_DEVICES; otherwise `workers` CPU workers (default 1).
+
+With tensor parallelism (`tensor_parallel_size` N) a replica of the model is N worker processes, and the pool
+gets one WorkerConfig per replica: its rank 0, which starts the other N - 1 ranks itself. A replica on GPUs
+sees N GPUs (CUDA_VISIBLE_DEVICES lists them; rank k uses the k-th). A split the checkpoint cannot take is
+refused here, before any process starts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from workers.parallel.split import check_split
 from workers.protocol import WorkerConfig
 
 if TYPE_CHECKING:
@@ -44,12 +51,21 @@ def plan_workers(settings: Settings, served: ServedModel, gpus: list[str] | None
         raise ValueError("device: cuda was asked for, but no NVIDIA GPU is visible (check the driver)")
     if settings.decode_mode == "cuda_graphs" and device != "cuda":
         raise ValueError("decode_mode: cuda_graphs needs device cuda")
+    size = settings.tensor_parallel_size
+    if size > 1:
+        check_split(_model_config(served.source), size)
     if device == "cuda":
-        count = settings.workers or len(gpus)
-        if count > len(gpus):
-            raise ValueError(f"workers: {count} asked for, but only {len(gpus)} GPU(s) are visible")
+        count = settings.workers or len(gpus) // size * size
+        if count > len(gpus) or count == 0:
+            raise ValueError(f"workers: {count or size} asked for, but only {len(gpus)} GPU(s) are visible")
     else:
-        count = settings.workers or 1
+        count = settings.workers or size
+    replicas = count // size
+    num_threads = settings.worker_threads
+    if device == "cpu" and size > 1 and num_threads is None:
+        # Ranks wait on each other at every layer: one oversubscribed core stalls the whole replica (measured
+        # on 2 cores: 2 threads per rank made a step ten times slower than 1), so the cores are shared out.
+        num_threads = max(1, (os.cpu_count() or 1) // count)
     return [
         WorkerConfig(
             worker_id=index,
@@ -68,11 +84,18 @@ def plan_workers(settings: Settings, served: ServedModel, gpus: list[str] | None
             decode_mode=settings.decode_mode,
             trust_remote_code=settings.trust_remote_code,
             allow_download=settings.allow_download,
-            num_threads=settings.worker_threads,
-            cuda_visible_devices=gpus[index] if device == "cuda" else None,
+            num_threads=num_threads,
+            cuda_visible_devices=",".join(gpus[index * size : (index + 1) * size]) if device == "cuda" else None,
             log_level=settings.log_level,
             weights_manifest=settings.weights_manifest,
             allow_pickle_weights=settings.allow_pickle_weights,
+            tensor_parallel_size=size,
+            collective_timeout=settings.collective_timeout,
         )
-        for index in range(count)
+        for index in range(replicas)
     ]
+
+
+def _model_config(directory: str) -> dict:
+    """The checkpoint's config.json (read_checkpoint_facts has already checked that it is a JSON object)."""
+    return json.loads((Path(directory) / "config.json").read_text())

@@ -52,7 +52,9 @@ class Engine:
         max_seq_len = loaded.info.max_context_tokens
         scheduler = Scheduler(config.max_batch_size, max_seq_len, config.max_num_batched_tokens, pool)
         decode_mode = resolve_decode_mode(config.decode_mode, spec.device)
-        runner = ModelRunner(loaded.model, loaded.cache, config.max_batch_size, max_seq_len, decode_mode)
+        runner = ModelRunner(
+            loaded.model, loaded.cache, config.max_batch_size, max_seq_len, decode_mode, mirror=loaded.mirror
+        )
         return cls(runner, scheduler)
 
     @classmethod
@@ -110,8 +112,7 @@ class Engine:
         failures = self.pop_failures()
         if failures:
             raise RuntimeError(f"warm-up request failed: {failures[0].message}")
-        if self.runner.static_decoder is not None:
-            self.runner.static_decoder.capture_all()
+        self.runner.capture_graphs()
 
     def _collect(self, batch: ScheduledBatch, output: RunnerOutput) -> StepOutput:
         deltas = [

@@ -34,7 +34,7 @@ def main(conn: Connection, config: WorkerConfig) -> None:
     if config.telemetry.kernel_capture != "off":
         # Without this, every step after a profiled one stays slower (CUPTI left attached; see docs/tracing.md).
         os.environ.setdefault("TEARDOWN_CUPTI", "1")
-    _configure_logging(config)
+    configure_logging(config)
     faults = Faults.from_environ(config.worker_id)  # test-only; see workers/faults.py
 
     from workers.telemetry.setup import start_telemetry
@@ -49,16 +49,16 @@ def main(conn: Connection, config: WorkerConfig) -> None:
         sys.exit(exit_code)
 
 
-def _configure_logging(config: WorkerConfig) -> None:
+def configure_logging(config: WorkerConfig, process: str | None = None) -> None:
+    """Log to stderr as the gateway does (JSON lines or text), naming the process ("worker-0-rank-1")."""
+    process = process or f"worker-{config.worker_id}"
     handler = logging.StreamHandler(sys.stderr)
     if config.telemetry.log_format == "json":
         from workers.telemetry.logs import JsonFormatter
 
-        handler.setFormatter(JsonFormatter(process=f"worker-{config.worker_id}"))
+        handler.setFormatter(JsonFormatter(process=process))
     else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s worker-{config.worker_id} %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     level = logging.getLevelName(config.log_level.upper())

@@ -45,17 +45,20 @@ class CacheSpec:
         device: torch.device,
         *,
         block_size: int = DEFAULT_BLOCK_SIZE,
-        num_kv_heads: int | None = None,
+        tensor_parallel_size: int = 1,
     ) -> CacheSpec:
-        """The spec for a transformers decoder config (`num_key_value_heads`, `head_dim` as its attention uses);
-        `num_kv_heads` overrides the config's (a rank's share)."""
+        """The spec for a transformers decoder config (`num_key_value_heads`, `head_dim` as its attention uses).
+
+        With tensor parallelism each rank caches its own KV heads: `num_key_value_heads / tensor_parallel_size`,
+        in the same number of blocks on every rank (the block tables are rank 0's).
+        """
         num_heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
         return cls(
             num_layers=config.num_hidden_layers,
             num_blocks=num_blocks,
             block_size=block_size,
-            num_kv_heads=num_kv_heads or getattr(config, "num_key_value_heads", None) or num_heads,
+            num_kv_heads=(getattr(config, "num_key_value_heads", None) or num_heads) // tensor_parallel_size,
             head_dim=head_dim,
             dtype=dtype,
             device=device,

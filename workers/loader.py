@@ -42,6 +42,7 @@ class LoadedModel:
     model: torch.nn.Module
     cache: PagedKVCache
     info: ModelInfo  # info.max_context_tokens is the context limit, at most what the cache holds
+    mirror: Callable | None = None  # tensor parallelism: sends each forward to the other ranks (ModelRunner)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,6 +92,10 @@ def quantization_config(name: str, dtype: torch.dtype):  # -> BitsAndBytesConfig
 
 def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedModel:
     """Load weights, check the model fits the engine, allocate the KV cache; reports progress as it goes."""
+    if config.tensor_parallel_size > 1:
+        from workers.parallel.replica import load_replica
+
+        return load_replica(config, on_progress)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     quantization = quantization_config(config.quantization, dtype)
@@ -107,22 +112,29 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
     spec = plan_cache(text_config, config, max_seq_len, cache_dtype, device)
     max_seq_len = fit_context(max_seq_len, spec.num_tokens)
     cache = PagedKVCache(spec)
-    info = ModelInfo(
+    on_progress("model loaded", 0.9)
+    return LoadedModel(model=model, cache=cache, info=model_info(config, model, spec, max_seq_len))
+
+
+def model_info(
+    config: WorkerConfig, model: torch.nn.Module, spec: CacheSpec, max_seq_len: int, ranks: tuple = ()
+) -> ModelInfo:
+    """The loaded model's facts for the gateway; `ranks` lists a tensor-parallel replica's `RankInfo`s."""
+    return ModelInfo(
         model_id=config.model_id,
         source=config.model_path,
         architecture=(model.config.architectures or [type(model).__name__])[0],
-        dtype=str(cache_dtype).removeprefix("torch."),
+        dtype=str(spec.dtype).removeprefix("torch."),
         quantization=config.quantization,
-        device=str(device),
+        device=str(spec.device),
         max_context_tokens=max_seq_len,
         max_batch_size=config.max_batch_size,
         vocab_size=model.get_output_embeddings().weight.shape[0],
         kv_cache_blocks=spec.num_blocks - 1,
         kv_block_size=spec.block_size,
         prefix_caching=config.enable_prefix_caching,
+        ranks=ranks,
     )
-    on_progress("model loaded", 0.9)
-    return LoadedModel(model=model, cache=cache, info=info)
 
 
 def check_checkpoint_files(config: WorkerConfig, on_progress: ProgressCallback) -> None:
@@ -166,6 +178,7 @@ def _from_pretrained(config: WorkerConfig, device: torch.device, dtype: torch.dt
     if not placement:
         model = model.to(device)
     model.eval()
+    use_exact_cpu_nf4(model)
     logger.info(
         "loaded %s (%s, %s, quantization=%s) on %s",
         config.model_path,
@@ -175,6 +188,20 @@ def _from_pretrained(config: WorkerConfig, device: torch.device, dtype: torch.dt
         device,
     )
     return model
+
+
+def use_exact_cpu_nf4(model: torch.nn.Module) -> None:
+    """Keep nf4 layers' outputs in their compute dtype on the CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks nf4 weights at the first forward for a kernel whose
+    output is rounded to bfloat16. A tensor-parallel row-parallel layer would then round each rank's partial
+    sum before the all-reduce, and a replica split N ways would answer differently from a whole one. The
+    generic kernel computes in the layer's compute dtype (float32 on the CPU), so every split gives the same
+    tokens; the CPU is not where nf4 is served fast anyway.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def resolve_max_seq_len(requested: int | None, model_config) -> int:
@@ -196,8 +223,12 @@ def plan_cache(
     """Size the paged cache: exactly `kv_cache_tokens` when set, else `kv_cache_memory_fraction` of the memory
     free now (after the weights loaded). On the CPU that memory is the host's, shared with everything else, so
     there the fraction gives at most what a full batch of full contexts needs (max_batch_size x max_seq_len).
+    With tensor parallelism a block holds this rank's KV heads (num_key_value_heads / tensor_parallel_size).
     Raises ValueError when not one block fits."""
-    one_block = CacheSpec.for_model(model_config, 1, dtype, device, block_size=config.kv_block_size)
+    one_block = CacheSpec.for_model(
+        model_config, 1, dtype, device,
+        block_size=config.kv_block_size, tensor_parallel_size=config.tensor_parallel_size,
+    )  # fmt: skip
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         where = "GPU memory"

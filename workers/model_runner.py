@@ -10,11 +10,17 @@ per step, to read the sampled ids (twice when log-probabilities were asked for).
 
 `decode` and `prefill` are separate small functions with fixed-rank inputs. With a `StaticDecoder`, decode runs
 at bucketed static shapes instead, replayed from CUDA graphs on a GPU (see `workers.static_decode`).
+
+Each forward is first described by a `DecoderCall` of host lists (token ids, positions, flat cache slots, block
+tables), which `run_decode` / `run_prefill` execute. With tensor parallelism rank 0's runner hands every call to
+its `mirror` before running it, and the other ranks run the same calls on their own shards and caches: every
+scheduler decision (admission, preemption, prefix reuse) reaches them only as these block tables and slots.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +35,38 @@ from workers.scheduler import PrefillChunk, ScheduledBatch, Sequence
 from workers.static_decode import StaticDecoder
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderCall:
+    """One decoder forward, from host values: what rank 0 sends the other ranks of a tensor-parallel replica.
+
+    kind: "decode" (one token per row), "prefill" (rows padded to one length) or "capture" (record the decode
+    CUDA graphs; no inputs). token_ids, positions, slot_mapping: [B, S], slot_mapping being each new token's
+    flat cache slot (padding writes to the scratch block); block_tables: [B, N] the rows' blocks covering
+    [0, kv_len), padded with the scratch block; rows: [B] batch rows (`Sequence.slot`), which pick the static
+    decode bucket; kv_len: attend over cache positions [0, kv_len).
+    """
+
+    kind: str
+    token_ids: list[list[int]]
+    positions: list[list[int]]
+    slot_mapping: list[list[int]]
+    block_tables: list[list[int]]
+    rows: list[int]
+    kv_len: int
+
+    def decode_inputs(self, device: torch.device) -> torch.Tensor:
+        """[4, B] int64 on `device`: the row, position, input token id and cache slot of each row, in one copy."""
+        firsts = ([row[0] for row in lists] for lists in (self.positions, self.token_ids, self.slot_mapping))
+        return torch.tensor([self.rows, *firsts], dtype=torch.int64).to(device, non_blocking=True)
+
+    def block_table_tensor(self, device: torch.device) -> torch.Tensor:
+        """`block_tables` as [B, N] int64 on `device`."""
+        return torch.tensor(self.block_tables, dtype=torch.int64).to(device, non_blocking=True)
+
+
+CAPTURE = DecoderCall("capture", [], [], [], [], [], 0)
 
 
 @dataclass(slots=True)
@@ -51,9 +89,16 @@ class ModelRunner:
         max_batch_size: int,
         max_seq_len: int,
         decode_mode: str = "eager",
+        *,
+        mirror: Callable[[DecoderCall], None] | None = None,
     ) -> None:
         """`decode_mode` is a resolved mode: "eager", "static" or "cuda_graphs" (see `resolve_decode_mode`).
-        Rows (`Sequence.slot`) are in [0, max_batch_size); positions below max_seq_len."""
+        Rows (`Sequence.slot`) are in [0, max_batch_size); positions below max_seq_len.
+
+        `mirror` (tensor parallelism, rank 0) is given every forward's `DecoderCall` before it runs, so that the
+        other ranks run the same forward (see `workers.parallel.ranks`).
+        """
+        self.mirror = mirror
         self.model = model
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
@@ -98,19 +143,29 @@ class ModelRunner:
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """One forward over the newest token of each request; returns the hidden states [B, hidden_size]."""
-        host_rows = [seq.slot for seq in seqs]
         host_positions = [seq.num_tokens - 1 for seq in seqs]
-        host_slots = [self._slot(seq, position) for seq, position in zip(seqs, host_positions, strict=True)]
-        inputs = torch.tensor(
-            [host_rows, host_positions, [seq.output_ids[-1] for seq in seqs], host_slots], dtype=torch.int64
-        ).to(self.device, non_blocking=True)
-        rows, positions, input_ids = inputs[0], inputs[1][:, None], inputs[2][:, None]  # [B], [B, 1], [B, 1]
-        self.seen[rows, input_ids[:, 0]] = True
         kv_len = max(host_positions) + 1
-        block_tables = self._block_tables(seqs, kv_len)  # [B, N]
+        call = DecoderCall(
+            kind="decode",
+            token_ids=[[seq.output_ids[-1]] for seq in seqs],
+            positions=[[position] for position in host_positions],
+            slot_mapping=[[self._slot(seq, p)] for seq, p in zip(seqs, host_positions, strict=True)],
+            block_tables=self._block_tables(seqs, kv_len),
+            rows=[seq.slot for seq in seqs],
+            kv_len=kv_len,
+        )
+        inputs = call.decode_inputs(self.device)  # [4, B]: row, position, input id, cache slot
+        self.seen[inputs[0], inputs[2]] = True
+        return self.run_decode(call, inputs)
+
+    def run_decode(self, call: DecoderCall, inputs: torch.Tensor) -> torch.Tensor:
+        """The decode forward of `call` (`inputs` = `call.decode_inputs`); the entry point of every rank."""
+        self._mirror(call)
+        positions, input_ids = inputs[1][:, None], inputs[2][:, None]  # [B, 1], [B, 1]
+        block_tables = call.block_table_tensor(self.device)  # [B, N]
         if self.static_decoder is not None:
-            return self.static_decoder.run(inputs, block_tables, max(host_rows), kv_len)
-        metadata = AttentionMetadata.build(self.cache, inputs[3][:, None], block_tables, positions, kv_len)
+            return self.static_decoder.run(inputs, block_tables, max(call.rows), call.kv_len)
+        metadata = AttentionMetadata.build(self.cache, inputs[3][:, None], block_tables, positions, call.kv_len)
         return self._forward(input_ids, positions, metadata)[:, -1]
 
     def prefill(self, chunks: list[PrefillChunk]) -> torch.Tensor:
@@ -131,29 +186,48 @@ class ModelRunner:
             marked = chunk.seq.token_ids(0, chunk.start) + chunk.token_ids if chunk.is_first else chunk.token_ids
             marks[0].extend([chunk.seq.slot] * len(marked))
             marks[1].extend(marked)
-        inputs = torch.tensor([ids, positions, slots], dtype=torch.int64).to(self.device, non_blocking=True)
         fresh = [chunk.seq.slot for chunk in chunks if chunk.is_first]
         if fresh:
             self.seen[fresh] = False  # new requests in reused rows
         self.seen[marks] = True
         kv_len = max(chunk.start + len(chunk.token_ids) for chunk in chunks)
-        block_tables = self._block_tables([chunk.seq for chunk in chunks], kv_len)
-        metadata = AttentionMetadata.build(self.cache, inputs[2], block_tables, inputs[1], kv_len)
-        states = self._forward(inputs[0], inputs[1], metadata)  # [G, L, hidden_size]
+        seqs = [chunk.seq for chunk in chunks]
+        call = DecoderCall(
+            "prefill", ids, positions, slots, self._block_tables(seqs, kv_len), [seq.slot for seq in seqs], kv_len
+        )
+        states = self.run_prefill(call)  # [G, L, hidden_size]
         last = [len(chunk.token_ids) - 1 for chunk in chunks]
         return states[range(len(chunks)), last]
+
+    def run_prefill(self, call: DecoderCall) -> torch.Tensor:
+        """The prefill forward of `call`; returns [G, L, hidden_size]. The entry point of every rank."""
+        self._mirror(call)
+        inputs = torch.tensor([call.token_ids, call.positions, call.slot_mapping], dtype=torch.int64)
+        inputs = inputs.to(self.device, non_blocking=True)  # [3, G, L]
+        block_tables = call.block_table_tensor(self.device)
+        metadata = AttentionMetadata.build(self.cache, inputs[2], block_tables, inputs[1], call.kv_len)
+        return self._forward(inputs[0], inputs[1], metadata)
+
+    def capture_graphs(self) -> None:
+        """Capture the decode CUDA graphs now, on every rank at once (the all-reduce is inside them)."""
+        if self.static_decoder is not None:
+            self._mirror(CAPTURE)
+            self.static_decoder.capture_all()
+
+    def _mirror(self, call: DecoderCall) -> None:
+        if self.mirror is not None:
+            self.mirror(call)
 
     def _slot(self, seq: Sequence, position: int) -> int:
         """The flat cache slot of `seq`'s token at `position`."""
         return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size
 
-    def _block_tables(self, seqs: list[Sequence], kv_len: int) -> torch.Tensor:
-        """The rows' block tables covering [0, kv_len), padded with the scratch block: [B, N] on the device."""
+    def _block_tables(self, seqs: list[Sequence], kv_len: int) -> list[list[int]]:
+        """The rows' block tables covering [0, kv_len), padded with the scratch block: [B, N] host lists."""
         num_blocks = blocks_for(kv_len, self.block_size)
-        tables = [
+        return [
             [*seq.block_table[:num_blocks], *[SCRATCH_BLOCK] * (num_blocks - len(seq.block_table))] for seq in seqs
         ]
-        return torch.tensor(tables, dtype=torch.int64).to(self.device, non_blocking=True)
 
     def _prefill_group(self, group: list[PrefillChunk], output: RunnerOutput, hidden: list[torch.Tensor]) -> None:
         try:

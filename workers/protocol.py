@@ -76,6 +76,9 @@ class WorkerConfig:
     enable_prefix_caching: reuse the cached KV blocks of a prompt prefix another request already computed.
     decode_mode: "eager" runs decode at each step's exact shape; "static" at bucketed shapes (rows = cache
         slots); "cuda_graphs" replays those buckets as CUDA graphs; "auto" is cuda_graphs on CUDA, else eager.
+    tensor_parallel_size: the ranks one replica of the model is split across; this worker is rank 0 and starts
+        the others (with CUDA, `cuda_visible_devices` then lists one GPU per rank, rank k on the k-th).
+    collective_timeout: seconds a rank waits in a collective (all-reduce) before its replica is declared broken.
     """
 
     worker_id: int
@@ -99,6 +102,8 @@ class WorkerConfig:
     log_level: str = "INFO"
     weights_manifest: str | None = None  # sha256sum-format file every checkpoint file must match before loading
     allow_pickle_weights: bool = False  # load .bin/.pt weights (pickle) when the checkpoint has no safetensors
+    tensor_parallel_size: int = 1
+    collective_timeout: float = 60.0
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
 
@@ -184,8 +189,26 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class RankInfo:
+    """One rank of a tensor-parallel replica: where it runs and the bytes of weights it holds.
+
+    sharded_weight_bytes: the part of weight_bytes in split layers (about 1/N of the model's); the rest is
+    replicated on every rank (embeddings, norms, LM head).
+    """
+
+    rank: int
+    pid: int
+    device: str
+    weight_bytes: int
+    sharded_weight_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """Facts about the loaded model that the gateway reports and validates against."""
+    """Facts about the loaded model that the gateway reports and validates against.
+
+    ranks: with tensor parallelism, every rank of the replica (rank 0 first); empty for a single process.
+    """
 
     model_id: str
     source: str
@@ -199,6 +222,7 @@ class ModelInfo:
     kv_cache_blocks: int = 0  # blocks requests may use (the scratch block not counted)
     kv_block_size: int = 0  # tokens per block
     prefix_caching: bool = False
+    ranks: tuple[RankInfo, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

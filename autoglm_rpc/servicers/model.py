@@ -63,6 +63,7 @@ class ModelServicer:
             worker_hang_timeout_seconds=pool.watchdog.timeout if pool.watchdog else 0.0,
             prefix_caching_enabled=any(worker.config.enable_prefix_caching for worker in pool.workers),
             cached_prompt_tokens=sum(w.last_step.cached_prompt_tokens for w in pool.workers if w.last_step),
+            tensor_parallel_size=pool.workers[0].config.tensor_parallel_size if pool.workers else 1,
         )
 
 
@@ -78,7 +79,8 @@ _STATES = {
 
 def _worker_info(worker: WorkerHandle, watchdog: Watchdog | None) -> model_pb2.WorkerInfo:
     config, step = worker.config, worker.last_step
-    gpu = config.cuda_visible_devices
+    gpus = config.cuda_visible_devices.split(",") if config.cuda_visible_devices is not None else None
+    gpu = gpus[0] if gpus else None
     return model_pb2.WorkerInfo(
         worker_id=worker.worker_id,
         state=_STATES[worker.state],
@@ -93,4 +95,29 @@ def _worker_info(worker: WorkerHandle, watchdog: Watchdog | None) -> model_pb2.W
         kv_cache_blocks_used=step.kv_blocks_used if step else 0,
         kv_cache_block_size=worker.model.kv_block_size if worker.model else 0,
         prefix_cache_hit_rate=step.cached_prompt_tokens / max(1, step.prompt_tokens) if step else 0.0,
+        tensor_parallel_size=config.tensor_parallel_size,
+        ranks=_rank_infos(worker, gpus),
     )
+
+
+def _rank_infos(worker: WorkerHandle, gpus: list[str] | None) -> list[model_pb2.RankInfo]:
+    """Every rank of a tensor-parallel replica: what rank 0 reported at Ready, or the plan while not loaded."""
+    size = worker.config.tensor_parallel_size
+    if size == 1:
+        return []
+    reported = {rank.rank: rank for rank in worker.model.ranks} if worker.model is not None else {}
+    infos = []
+    for index in range(size):
+        rank = reported.get(index)
+        device = f"cuda:{gpus[index]}" if gpus else worker.config.device
+        infos.append(
+            model_pb2.RankInfo(
+                rank=index,
+                pid=rank.pid if rank else 0,
+                device=device,
+                weight_bytes=rank.weight_bytes if rank else 0,
+                sharded_weight_bytes=rank.sharded_weight_bytes if rank else 0,
+                state=_STATES[worker.state],
+            )
+        )
+    return infos

@@ -3,7 +3,8 @@
 The gateway sees every token, so it measures the request metrics; the workers report their load (running and
 waiting requests, KV-cache use) on every `StepOutput`, and the gauges are read from those reports when Prometheus
 scrapes (`--metrics-port`, text format at `/metrics`; OpenMetrics when the scraper asks for it). Labels are
-bounded: `model` (the one served model), `worker` (0..N-1) and `code` (a gRPC status name).
+bounded: `model` (the one served model), `worker` (0..N-1), `rank` (0..tensor_parallel_size-1) and `code` (a
+gRPC status name).
 
 Histogram buckets are the OpenTelemetry GenAI semantic conventions' (v1.37.0) for the three `gen_ai_server_*`
 metrics.
@@ -124,6 +125,18 @@ class GatewayMetrics:
             for family, value_of in loads:
                 family.add_metric(values, value_of(load or _IDLE))
         yield from (up, *(family for family, _ in loads), restarts)
+        yield self._rank_weights()
+
+    def _rank_weights(self) -> Metric:
+        """Tensor parallelism: the weight bytes each rank of each ready replica holds (none without it)."""
+        family = GaugeMetricFamily(
+            "autoglm_rank_weight_bytes", "Bytes of model weights a rank of a split replica holds.",
+            labels=["model", "worker", "rank"], unit="bytes",
+        )  # fmt: skip
+        for worker in self._pool.workers if self._pool is not None else ():
+            for rank in worker.model.ranks if worker.is_ready and worker.model is not None else ():
+                family.add_metric([self.model_id, str(worker.worker_id), str(rank.rank)], rank.weight_bytes)
+        return family
 
 
 def _load_families(labels: list[str]) -> list[tuple[Metric, Callable[[StepOutput], float]]]:

@@ -36,12 +36,21 @@ def _intact(checkpoint: Path) -> None:
     """The checkpoint is fine; the setting is what cannot work."""
 
 
+def _impossible_context(checkpoint: Path) -> None:
+    """A context length not one token fits in. (A context longer than the paged KV cache holds is no longer a
+    failure: the worker lowers its context limit to the cache's size, see `workers.loader.fit_context`.)"""
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["max_position_embeddings"] = -1
+    (checkpoint / "config.json").write_text(json.dumps(config))
+
+
 @pytest.mark.parametrize(
     ("breakage", "setting"),
     [
         (_truncate_weights, []),
         (_remove_weights, []),
         (_mismatch_shapes, []),
+        (_impossible_context, []),
         # A KV cache far larger than the machine's memory: the worker refuses it before allocating anything.
         (_intact, ["--kv-cache-tokens", str(10**13)]),
     ],

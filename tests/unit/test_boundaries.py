@@ -37,16 +37,17 @@ def test_workers_do_not_import_grpc() -> None:
 
 
 def test_protocol_uses_the_standard_library_only() -> None:
-    loaded = _modules_after_import(["workers.protocol"])
+    loaded = _modules_after_import(["workers.protocol", "workers.parallel.split"])
     assert not {name for name in loaded if name.split(".")[0] in {"torch", "grpc", "numpy", "google"}}
 
 
 def test_gateway_reaches_workers_only_through_the_protocol() -> None:
-    """Besides protocol.py, the gateway names only the spawn trampoline (entry.py, standard library only);
-    the CLI's `demo-model` command builds a checkpoint, lazily, in its own process."""
+    """Besides protocol.py, the gateway names only the spawn trampoline (entry.py) and the tensor-parallel split
+    check (parallel/split.py), both standard library only; the CLI's `demo-model` command builds a checkpoint,
+    lazily, in its own process."""
     import ast
 
-    allowed = {"workers.protocol", "workers.entry"}
+    allowed = {"workers.protocol", "workers.entry", "workers.parallel.split"}
     found = set()
     for path in (ROOT / "autoglm_rpc").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -64,7 +64,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("server_version", "api_version", "default_model", "ready_workers", "total_workers", "max_queue_depth", "reflection_enabled", "workers", "draining", "prefix_caching_enabled", "cached_prompt_tokens", "worker_hang_timeout_seconds")
+    __slots__ = ("server_version", "api_version", "default_model", "ready_workers", "total_workers", "max_queue_depth", "reflection_enabled", "workers", "draining", "prefix_caching_enabled", "cached_prompt_tokens", "worker_hang_timeout_seconds", "tensor_parallel_size")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     API_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class GetServerInfoResponse(_message.Message):
     PREFIX_CACHING_ENABLED_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WORKER_HANG_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_PARALLEL_SIZE_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     api_version: str
     default_model: str
@@ -89,10 +90,11 @@ class GetServerInfoResponse(_message.Message):
     prefix_caching_enabled: bool
     cached_prompt_tokens: int
     worker_hang_timeout_seconds: float
-    def __init__(self, server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., default_model: _Optional[str] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., reflection_enabled: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., draining: _Optional[bool] = ..., prefix_caching_enabled: _Optional[bool] = ..., cached_prompt_tokens: _Optional[int] = ..., worker_hang_timeout_seconds: _Optional[float] = ...) -> None: ...
+    tensor_parallel_size: int
+    def __init__(self, server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., default_model: _Optional[str] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., reflection_enabled: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., draining: _Optional[bool] = ..., prefix_caching_enabled: _Optional[bool] = ..., cached_prompt_tokens: _Optional[int] = ..., worker_hang_timeout_seconds: _Optional[float] = ..., tensor_parallel_size: _Optional[int] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "state", "pid", "restarts", "in_flight_requests", "last_exit", "device", "kv_cache_blocks_total", "kv_cache_blocks_used", "kv_cache_block_size", "prefix_cache_hit_rate", "hangs", "seconds_since_heard")
+    __slots__ = ("worker_id", "state", "pid", "restarts", "in_flight_requests", "last_exit", "device", "kv_cache_blocks_total", "kv_cache_blocks_used", "kv_cache_block_size", "prefix_cache_hit_rate", "hangs", "seconds_since_heard", "tensor_parallel_size", "ranks")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +108,8 @@ class WorkerInfo(_message.Message):
     PREFIX_CACHE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     HANGS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_HEARD_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_PARALLEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     state: WorkerState
     pid: int
@@ -119,4 +123,22 @@ class WorkerInfo(_message.Message):
     prefix_cache_hit_rate: float
     hangs: int
     seconds_since_heard: float
-    def __init__(self, worker_id: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., in_flight_requests: _Optional[int] = ..., last_exit: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_blocks_total: _Optional[int] = ..., kv_cache_blocks_used: _Optional[int] = ..., kv_cache_block_size: _Optional[int] = ..., prefix_cache_hit_rate: _Optional[float] = ..., hangs: _Optional[int] = ..., seconds_since_heard: _Optional[float] = ...) -> None: ...
+    tensor_parallel_size: int
+    ranks: _containers.RepeatedCompositeFieldContainer[RankInfo]
+    def __init__(self, worker_id: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., pid: _Optional[int] = ..., restarts: _Optional[int] = ..., in_flight_requests: _Optional[int] = ..., last_exit: _Optional[str] = ..., device: _Optional[str] = ..., kv_cache_blocks_total: _Optional[int] = ..., kv_cache_blocks_used: _Optional[int] = ..., kv_cache_block_size: _Optional[int] = ..., prefix_cache_hit_rate: _Optional[float] = ..., hangs: _Optional[int] = ..., seconds_since_heard: _Optional[float] = ..., tensor_parallel_size: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[RankInfo, _Mapping]]] = ...) -> None: ...
+
+class RankInfo(_message.Message):
+    __slots__ = ("rank", "pid", "device", "weight_bytes", "sharded_weight_bytes", "state")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHARDED_WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    pid: int
+    device: str
+    weight_bytes: int
+    sharded_weight_bytes: int
+    state: WorkerState
+    def __init__(self, rank: _Optional[int] = ..., pid: _Optional[int] = ..., device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., sharded_weight_bytes: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ...) -> None: ...
