@@ -31,6 +31,7 @@ class ReceivedSpan:
     events: tuple[str, ...]
     status: str
     status_message: str = ""
+    resource: dict[str, object] = field(default_factory=dict)  # the exporting process's resource attributes
 
     def contains(self, other: ReceivedSpan) -> bool:
         return self.start_ns <= other.start_ns and other.end_ns <= self.end_ns
@@ -61,9 +62,10 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request: trace_service_pb2.ExportTraceServiceRequest, context: object) -> object:  # noqa: N802
         received = []
         for resource_spans in request.resource_spans:
-            service = str(_attributes(resource_spans.resource.attributes).get("service.name", ""))
+            resource = _attributes(resource_spans.resource.attributes)
+            service = str(resource.get("service.name", ""))
             for scope_spans in resource_spans.scope_spans:
-                received.extend(_span(service, span) for span in scope_spans.spans)
+                received.extend(_span(service, span, resource) for span in scope_spans.spans)
         with self._lock:
             self.spans.extend(received)
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -85,7 +87,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         return self.snapshot()
 
 
-def _span(service: str, span: trace_pb2.Span) -> ReceivedSpan:
+def _span(service: str, span: trace_pb2.Span, resource: dict[str, object]) -> ReceivedSpan:
     return ReceivedSpan(
         service=service,
         name=span.name,
@@ -100,6 +102,7 @@ def _span(service: str, span: trace_pb2.Span) -> ReceivedSpan:
         events=tuple(event.name for event in span.events),
         status=trace_pb2.Status.StatusCode.Name(span.status.code),
         status_message=span.status.message,
+        resource=resource,
     )
 
 

@@ -162,6 +162,11 @@ def test_one_stream_is_one_trace_from_the_rpc_to_the_kernels(traced: Traced) -> 
     assert (request.service, request.kind) == ("autoglm-rpc-worker", "SPAN_KIND_CONSUMER")
     assert _is_descendant(request, rpc, by_id)
     assert request.attributes["autoglm.request_id"] == request_id
+    assert {key: request.resource.get(key) for key in ("autoglm.worker.id", "autoglm.rank")} == {
+        "autoglm.worker.id": 0,
+        "autoglm.rank": 0,
+    }
+    assert request.resource.get("autoglm.tensor_parallel_size") == 1
     for phase in ("queue", "prefill", "decode"):
         child = _one(in_trace, name=phase)
         assert child.parent_span_id == request.span_id and request.contains(child)

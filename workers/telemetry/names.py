@@ -29,7 +29,9 @@ GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 
 # Ours.
 REQUEST_ID = "autoglm.request_id"
-WORKER_ID = "autoglm.worker.id"
+WORKER_ID = "autoglm.worker.id"  # the replica: the gateway's worker index (a split replica is one worker)
+RANK = "autoglm.rank"  # which rank of the replica's split this process is; only rank 0 traces
+TENSOR_PARALLEL_SIZE = "autoglm.tensor_parallel_size"  # how many ranks the replica's model is split across
 ERROR_REASON = "autoglm.error.reason"
 DECODE_TIME_PER_TOKEN = "autoglm.decode.time_per_output_token_ms"
 STEP_BATCH_SIZE = "autoglm.step.batch_size"

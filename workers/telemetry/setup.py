@@ -84,7 +84,14 @@ def start_telemetry(config: WorkerConfig) -> WorkerTelemetry:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
-    attributes: dict[str, Any] = {names.WORKER_ID: config.worker_id, "process.pid": os.getpid()}
+    # The process's identity rides on every span it exports: which replica, and which rank of its split (rank 0,
+    # the one that schedules and owns the pipe, is the one that traces; its steps include the all-reduces).
+    attributes: dict[str, Any] = {
+        names.WORKER_ID: config.worker_id,
+        names.RANK: 0,
+        names.TENSOR_PARALLEL_SIZE: config.tensor_parallel_size,
+        "process.pid": os.getpid(),
+    }
     if "OTEL_SERVICE_NAME" not in os.environ:
         attributes["service.name"] = SERVICE_NAME
     # Requests follow the sampled flag of their carrier; steps are sampled by StepTracer before a span exists.
