@@ -73,7 +73,7 @@ class ServiceProcess:
     """The server in a subprocess, as a context manager that yields its `host:port` target."""
 
     def __init__(self, settings: dict[str, Any], log_path: Path, start_timeout: float = 900.0) -> None:
-        self.settings = {**settings, "host": "127.0.0.1", "port": 0}
+        self.settings = {**settings, "host": "127.0.0.1", "port": 0, "http_port": 0}
         self.log_path = log_path
         self.start_timeout = start_timeout
         self._process: subprocess.Popen[str] | None = None

@@ -84,7 +84,7 @@ def test_a_checkpoint_no_worker_can_load_ends_the_server(glm_checkpoint: Path, t
         (broken / item.name).write_bytes(item.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     flags = ["--model", str(broken), "--port", "0", "--device", "cpu", "--workers", "1", "--worker-threads", "1"]
-    flags += ["--max-restarts-per-window", "0"]  # no restart: the first failed load is the end
+    flags += ["--max-restarts-per-window", "0", "--no-http"]  # no restart: the first failed load is the end
     result = subprocess.run(
         [sys.executable, "-m", "autoglm_rpc.cli", "serve", *flags],
         cwd=ROOT,
