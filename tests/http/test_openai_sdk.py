@@ -51,7 +51,7 @@ def test_chat_streamed_and_not_give_the_same_text_and_usage(sdk: openai.OpenAI, 
     assert reply.usage.prompt_tokens == whole.usage.prompt_tokens
 
 
-def test_a_completion_is_grpc_generate_with_text_or_token_ids(sdk: openai.OpenAI, glm_server: ServerThread) -> None:
+def test_a_completion_is_grpc_generate_for_text_or_ids(sdk: openai.OpenAI, glm_server: ServerThread) -> None:
     completion = sdk.completions.create(model="tiny-glm", prompt=PROMPT, max_tokens=12, temperature=0)
     with glm_server.client() as client:
         reply = client.generate(PROMPT, max_new_tokens=12, temperature=0.0)
