@@ -15,6 +15,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from autoglm_rpc.errors import ModelNotFound, ServiceError
 from autoglm_rpc.frontend import Frontend
@@ -92,6 +93,7 @@ def build_api(routes: OpenAIRoutes, is_ready: object) -> FastAPI:
         return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
 
     app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
     return app
@@ -100,6 +102,12 @@ def build_api(routes: OpenAIRoutes, is_ready: object) -> FastAPI:
 async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
     status, body, headers = service_error_body(error)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    """The framework's own refusals (no such route, method not allowed) in OpenAI's shape."""
+    body = error_body(error.status_code, f"{request.method} {request.url.path}: {error.detail}")
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:

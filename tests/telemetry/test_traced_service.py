@@ -331,17 +331,22 @@ def test_an_http_completion_is_one_trace_with_metrics_and_an_access_log_line(tra
 def test_an_http_client_that_disconnects_stops_its_request_in_the_worker(traced: Traced) -> None:
     trace_id, _, metadata = _traceparent()
     body = {"prompt": "Hello there", "max_tokens": 4000, "ignore_eos": True, "stream": True}
-    with httpx.stream(
-        "POST", f"{_http(traced)}/completions", json=body, headers=dict(metadata), timeout=60
-    ) as reply:
+    url = f"{_http(traced)}/completions"
+    with httpx.stream("POST", url, json=body, headers=dict(metadata), timeout=60) as reply:
         next(reply.iter_lines())  # the first chunk: the request is running
-    spans = traced.receiver.wait_for(
-        lambda spans: any(s.trace_id == trace_id and s.name == "request" for s in spans)
-    )
-    in_trace = [s for s in spans if s.trace_id == trace_id]
-    assert _one(in_trace, name="request").attributes["gen_ai.response.finish_reasons"] == ["cancelled"]
-    server = _one(in_trace, name="POST /v1/completions")
-    assert server.attributes["http.response.status_code"] == 499 and "cancelled" in server.events
+    # Not streamed: the client stops waiting for the whole answer.
+    whole_trace_id, _, whole_metadata = _traceparent()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json={**body, "stream": False}, headers=dict(whole_metadata),
+                   timeout=httpx.Timeout(60, read=1.0))  # fmt: skip
+    for trace in (trace_id, whole_trace_id):
+        spans = traced.receiver.wait_for(
+            lambda spans, trace=trace: any(s.trace_id == trace and s.name == "request" for s in spans)
+        )
+        in_trace = [s for s in spans if s.trace_id == trace]
+        assert _one(in_trace, name="request").attributes["gen_ai.response.finish_reasons"] == ["cancelled"]
+        server = _one(in_trace, name="POST /v1/completions")
+        assert server.attributes["http.response.status_code"] == 499 and "cancelled" in server.events
 
 
 def test_rpc_span_of_a_worker_crash_is_unavailable_and_an_error(traced: Traced) -> None:
