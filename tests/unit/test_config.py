@@ -84,3 +84,15 @@ def test_unknown_file_keys_are_refused(tmp_path: Path) -> None:
 def test_supervision_and_buffer_settings_are_checked(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings.from_sources({}, environ=environ)
+
+
+def test_the_http_api_settings(tmp_path: Path) -> None:
+    defaults = Settings.from_sources({}, environ={})
+    assert (defaults.http, defaults.http_host, defaults.http_port) == (True, None, 8000)
+    config = tmp_path / "autoglm.toml"
+    config.write_text('http_port = 9000\nhttp_host = "0.0.0.0"\n')
+    settings = Settings.from_sources({"http": False}, environ={"AUTOGLM_HTTP_PORT": "0"}, config_file=config)
+    assert (settings.http, settings.http_host, settings.http_port) == (False, "0.0.0.0", 0)
+    assert Settings.from_sources({}, environ={"AUTOGLM_HTTP": "off"}).http is False
+    with pytest.raises(ValueError, match=r"http_port must be in 0\.\.65535"):
+        Settings.from_sources({"http_port": 70000}, environ={})
