@@ -260,7 +260,7 @@ class Frontend:
         try:
             yield Admitted(submit.request_id, self.model.model_id, len(submit.prompt_ids), submit.sampling.seed)
             while not run.is_done:
-                for event in run.handle(await flight.events.get()):
+                for event in run.handle(await flight.events.get_merged()):
                     yield event
         finally:
             if not run.is_done or run.must_cancel:
@@ -322,16 +322,18 @@ class _Run:
         raise TypeError(f"unexpected worker event {event!r}")
 
     def _on_delta(self, delta: RequestDelta) -> list[TextDelta | Completed]:
+        """One worker delta (one step, or the steps a slow caller let pile up) is one `TextDelta`."""
         now = time.monotonic()
+        events: list[TextDelta | Completed] = []
         if delta.token_ids:
             self.first_token_at = self.first_token_at or now
             self.last_token_at = now
-        events: list[TextDelta | Completed] = []
-        for position, token_id in enumerate(delta.token_ids):
-            piece = self.text.push(token_id)
-            token_logprobs = (delta.logprobs[position],) if position < len(delta.logprobs) else ()
+            before = self.text.num_tokens
+            piece = self.text.push(delta.token_ids)
+            kept = self.text.num_tokens - before  # fewer than sent when a stop sequence ended the output
+            token_logprobs = delta.logprobs[:kept]
             self.logprobs.extend(token_logprobs)
-            events.append(TextDelta(piece, (token_id,), token_logprobs))
+            events.append(TextDelta(piece, delta.token_ids[:kept], token_logprobs))
             if self.text.stop_sequence is not None:
                 self.must_cancel = True
                 events.append(self._complete(FinishReason.STOP_SEQUENCE, None))
