@@ -16,8 +16,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import grpc
-
 from autoglm_rpc import errors
 from autoglm_rpc.pool.pool import InFlight, WorkerPool
 from autoglm_rpc.requests import (
@@ -60,7 +58,7 @@ def _worker_failure(request_id: str, reason: FailureReason, message: str) -> err
         case FailureReason.PROMPT_TOO_LONG:
             return errors.PromptTooLong(message)
         case FailureReason.INVALID_PARAMETER:
-            return errors.ServiceError(message, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETER")
+            return errors.ServiceError(message, errors.Code.INVALID_ARGUMENT, "INVALID_PARAMETER")
         case FailureReason.DUPLICATE_REQUEST_ID:
             return errors.DuplicateRequestId(request_id)
     logger.error("request %s failed in its worker: %s", request_id, message)

@@ -15,23 +15,21 @@ import logging
 import math
 from http import HTTPStatus
 
-import grpc
-
 from autoglm_rpc.errors import InternalError, InvalidParameter, ServiceError
 
 logger = logging.getLogger(__name__)
 
-# By the taxonomy's status code; `_BY_REASON` overrides where one code covers several HTTP meanings.
+# By the name of the taxonomy's code; `_BY_REASON` overrides where one code covers several HTTP meanings.
 _STATUS_BY_CODE = {
-    grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
-    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.BAD_REQUEST,
-    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
-    grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
-    grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
-    grpc.StatusCode.ALREADY_EXISTS: HTTPStatus.CONFLICT,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
-    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
+    "INVALID_ARGUMENT": HTTPStatus.BAD_REQUEST,
+    "FAILED_PRECONDITION": HTTPStatus.BAD_REQUEST,
+    "UNAUTHENTICATED": HTTPStatus.UNAUTHORIZED,
+    "PERMISSION_DENIED": HTTPStatus.FORBIDDEN,
+    "NOT_FOUND": HTTPStatus.NOT_FOUND,
+    "ALREADY_EXISTS": HTTPStatus.CONFLICT,
+    "RESOURCE_EXHAUSTED": HTTPStatus.TOO_MANY_REQUESTS,
+    "UNAVAILABLE": HTTPStatus.SERVICE_UNAVAILABLE,
+    "DEADLINE_EXCEEDED": HTTPStatus.GATEWAY_TIMEOUT,
 }
 _BY_REASON = {"GPU_OUT_OF_MEMORY": HTTPStatus.SERVICE_UNAVAILABLE}
 _TYPES = {
@@ -58,7 +56,7 @@ _PARAMS = {
 
 
 def http_status(error: ServiceError) -> HTTPStatus:
-    return _BY_REASON.get(error.reason) or _STATUS_BY_CODE.get(error.code, HTTPStatus.INTERNAL_SERVER_ERROR)
+    return _BY_REASON.get(error.reason) or _STATUS_BY_CODE.get(error.code.name, HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
 def error_body(status: HTTPStatus, message: str, param: str | None = None, code: str | None = None) -> dict:

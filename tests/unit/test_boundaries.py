@@ -44,6 +44,17 @@ def test_workers_do_not_import_grpc_or_the_web_framework() -> None:
     assert not _roots(loaded, WEB_FRAMEWORK)
 
 
+CORE = ["autoglm_rpc.frontend", "autoglm_rpc.requests", "autoglm_rpc.errors", "autoglm_rpc.security.rate_limit",
+        *_package_modules("autoglm_rpc/pool"), *_package_modules("autoglm_rpc/text")]  # fmt: skip
+
+
+def test_the_request_core_imports_neither_grpc_nor_the_web_framework() -> None:
+    """The front end, the pool, text handling and the error taxonomy serve both protocols: each edge (the gRPC
+    servicers, the HTTP routes) converts to and from them, and maps the taxonomy to its own statuses."""
+    loaded = _modules_after_import(CORE)
+    assert not _roots(loaded, ("grpc", "google", "autoglm", *WEB_FRAMEWORK))
+
+
 def test_only_the_http_edge_imports_the_web_framework() -> None:
     """The front end, the pool, text handling and telemetry (its HTTP middleware is plain ASGI) serve both
     protocols; FastAPI, Starlette and uvicorn stay in `openai_api/`."""
