@@ -73,7 +73,11 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     prompts = workload.prompts(stop)[first:stop]
     if spec.get("http_url"):
         connections = spec["concurrency"] + 1
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        # Idle connections are dropped after 1 s, before the server's keep-alive timeout (uvicorn's 5 s) closes
+        # them under a request being sent (the wait for "go" leaves the warm-up connection idle).
+        limits = httpx.Limits(
+            max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=1.0
+        )
         async with httpx.AsyncClient(base_url=spec["http_url"], limits=limits, timeout=1800.0) as http:
             return await _drive(spec, prompts, workload, lambda p, n: _stream_http(http, p, n))
     async with AsyncClient(spec["target"]) as client:
