@@ -101,7 +101,7 @@ class RateLimited(ServiceError):
 
 
 class Unauthenticated(ServiceError):
-    """No API key, or one that is not known. Carries no reason (CONTRACT.md)."""
+    """No API key, or one that is not known. Carries no reason (the contract says so)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, Code.UNAUTHENTICATED, "")

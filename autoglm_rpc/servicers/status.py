@@ -1,4 +1,4 @@
-"""The one map from the error taxonomy (`autoglm_rpc.errors`) to a gRPC call status (CONTRACT's table)."""
+"""The one map from the error taxonomy (`autoglm_rpc.errors`) to a gRPC call status (the README's status table)."""
 
 from __future__ import annotations
 
