@@ -21,7 +21,6 @@ from multiprocessing.connection import Connection
 import torch
 
 from workers.engine import Engine
-from workers.faults import Faults, segfault
 from workers.protocol import (
     Cancel,
     GatewayMessage,
@@ -39,21 +38,13 @@ logger = logging.getLogger(__name__)
 _PIPE_CLOSED = object()  # put on the inbox by the reader thread when the gateway's end closes
 
 
-def run_worker(
-    conn: Connection, config: WorkerConfig, telemetry: WorkerTelemetry | None = None, faults: Faults | None = None
-) -> int:
-    """Load, report Ready and serve until Shutdown or EOF; returns the process exit code (0 or 1).
-
-    `faults` (tests only, see `workers.faults`) makes the worker fail on purpose.
-    """
-    faults = faults or Faults()
+def run_worker(conn: Connection, config: WorkerConfig, telemetry: WorkerTelemetry | None = None) -> int:
+    """Load, report Ready and serve until Shutdown or EOF; returns the process exit code (0 or 1)."""
     try:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        if faults.oom_at_load:
-            raise MemoryError(f"injected by {Faults.__module__}: out of memory while loading the model")
         engine = _start_engine(conn, config)
-        _serve(conn, engine, telemetry or WorkerTelemetry(), faults)
+        _serve(conn, engine, telemetry or WorkerTelemetry())
         logger.info("worker %s stops", config.worker_id)
         return 0
     except (BrokenPipeError, EOFError, ConnectionResetError):
@@ -77,7 +68,7 @@ def _start_engine(conn: Connection, config: WorkerConfig) -> Engine:
     return engine
 
 
-def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, faults: Faults) -> None:
+def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry) -> None:
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_read_pipe, args=(conn, inbox), name="pipe-reader", daemon=True).start()
     while True:
@@ -87,8 +78,6 @@ def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, faults:
             if message is _PIPE_CLOSED:
                 raise EOFError("pipe closed")
             if isinstance(message, Submit):
-                if faults.segfault_on_submit:
-                    segfault()
                 telemetry.on_submit(message)
             if not _handle(message, engine):
                 return
