@@ -14,15 +14,18 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from autoglm_rpc import errors
 from autoglm_rpc.pool.pool import InFlight, WorkerPool
 from autoglm_rpc.requests import (
+    NO_OBSERVER,
     Admitted,
     ChatPrompt,
     Completed,
     GenerationEvent,
+    GenerationObserver,
     GenerationRequest,
     Prompt,
     TextDelta,
@@ -230,12 +233,32 @@ class Frontend:
         deadline: float | None = None,
         carrier: dict[str, str] | None = None,
         owner: str | None = None,
+        observer: GenerationObserver = NO_OBSERVER,
     ) -> AsyncIterator[GenerationEvent]:
         """Yield `Admitted`, then `TextDelta`s, then one `Completed`; raise `ServiceError` on failure.
 
         Closing the iterator early (the caller cancelled or its deadline passed) cancels the work in the worker.
-        `owner` (the API key's owner) is charged the tokens (rate limits) and may cancel the request.
+        `owner` (the API key's owner) is charged the tokens (rate limits) and may cancel the request. `observer`
+        (telemetry) is told every event and how the request ended; it never changes what is yielded.
         """
+        try:
+            async with aclosing(self._generate(request, deadline, carrier, owner, observer)) as events:
+                async for event in events:
+                    observer.saw(event)
+                    yield event
+        except BaseException as error:
+            observer.ended(error)
+            raise
+        observer.ended(None)
+
+    async def _generate(
+        self,
+        request: GenerationRequest,
+        deadline: float | None,
+        carrier: dict[str, str] | None,
+        owner: str | None,
+        observer: GenerationObserver,
+    ) -> AsyncIterator[GenerationEvent]:
         arrival = time.monotonic()
         # Refuse before tokenizing when the answer is already no (draining, no worker, over capacity).
         self.check_model(request.model)
@@ -245,7 +268,8 @@ class Frontend:
             submit = await asyncio.to_thread(self.resolve, request, deadline, carrier or {})
         else:
             submit = self.resolve(request, deadline, carrier or {})
-        flight = self._admit(submit, owner)
+        with observer.admitting():
+            flight = self._admit(submit, owner)
         text = TextStream(
             self.model.tokenizer,
             request.stopping.stop_sequences,

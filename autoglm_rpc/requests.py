@@ -9,7 +9,9 @@ its wire format. Nothing here knows about gRPC or HTTP.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from autoglm_rpc.errors import InvalidParameter
 from workers.protocol import FinishReason, Priority, TokenLogprob
@@ -172,3 +174,33 @@ class Completed:
 
 
 GenerationEvent = Admitted | TextDelta | Completed
+
+
+class GenerationObserver(Protocol):
+    """What watches a request from outside the data path (telemetry): told, never asked.
+
+    `admitting()` is entered while the request is handed to a worker (the observer's trace context is then the
+    current one, so what routing records, and the carrier sent to the worker, descend from it); `saw` gets every
+    event as it is yielded; `ended` gets what ended the request: None, the error, or GeneratorExit /
+    CancelledError when the caller went away.
+    """
+
+    def admitting(self) -> AbstractContextManager[object]: ...
+
+    def saw(self, event: GenerationEvent) -> None: ...
+
+    def ended(self, error: BaseException | None) -> None: ...
+
+
+class _NoObserver:
+    def admitting(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def saw(self, event: GenerationEvent) -> None:
+        pass
+
+    def ended(self, error: BaseException | None) -> None:
+        pass
+
+
+NO_OBSERVER: GenerationObserver = _NoObserver()

@@ -69,7 +69,8 @@ class OpenAIRoutes:
         owner = request.state.owner
         self._frontend.limiter.admit_request(owner)
         carrier = {key: value for key in TRACE_HEADERS if (value := request.headers.get(key))}
-        events = self._telemetry.generate(self._frontend, parsed, None, carrier, owner=owner, stream=body.stream)
+        observer = self._telemetry.observe(parsed, stream=body.stream)
+        events = self._frontend.generate(parsed, None, carrier, owner, observer)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         writer = ChatChunks if is_chat else CompletionChunks
         return GenerationResponse(events, writer, self._logprobs, body.stream, include_usage)

@@ -3,7 +3,7 @@
 `Telemetry.from_settings` decides once, at start, what is on: tracing when an OTLP endpoint is configured (see
 `tracing`), metrics always recorded and served when `metrics_port` is set, and what the workers are told
 (`TelemetryConfig`). `build_app` wires its pieces: the interceptor on the gRPC server, the middleware on the
-HTTP app, the generation wrapper in the servicer and the routes, the observer on the pool.
+HTTP app, the generation observer given to the front end by the servicer and the routes, the pool observer.
 """
 
 from __future__ import annotations
