@@ -7,6 +7,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from autoglm_rpc import errors
+from autoglm_rpc.servicers.status import to_rpc_status
 
 
 @pytest.mark.parametrize(
@@ -26,7 +27,7 @@ from autoglm_rpc import errors
     ],
 )
 def test_status_carries_code_reason_and_details(error: errors.ServiceError, code, reason: str) -> None:
-    status = errors.to_rpc_status(error)
+    status = to_rpc_status(error)
     assert status.code == code
     assert status.details == error.message
     (key, value), *_ = status.trailing_metadata
@@ -45,7 +46,7 @@ def test_internal_error_hides_details() -> None:
 
 
 def test_deadline_exceeded_has_no_reason_detail() -> None:
-    status = errors.to_rpc_status(errors.DeadlineExceeded())
+    status = to_rpc_status(errors.DeadlineExceeded())
     assert status.code == grpc.StatusCode.DEADLINE_EXCEEDED
     (_, value), *_ = status.trailing_metadata
     assert not status_pb2.Status.FromString(value).details
