@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,8 +32,6 @@ from autoglm_rpc.devices import plan_workers
 from autoglm_rpc.errors import ServerDraining
 from autoglm_rpc.frontend import Frontend, ServedModel
 from autoglm_rpc.model_source import default_model_id, resolve_model_source
-from autoglm_rpc.openai_api import build_http_server
-from autoglm_rpc.openai_api.server import HttpServer
 from autoglm_rpc.pool.pool import WorkerPool
 from autoglm_rpc.pool.supervisor import RestartPolicy
 from autoglm_rpc.requests import RequestLimits
@@ -49,6 +48,9 @@ from autoglm_rpc.telemetry import Telemetry
 from autoglm_rpc.text.checkpoint import read_checkpoint_facts
 from autoglm_rpc.text.tokenizer import TextTokenizer
 from workers.protocol import RANDOM_WEIGHTS_MARKER
+
+if TYPE_CHECKING:
+    from autoglm_rpc.openai_api.server import HttpServer
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +235,11 @@ def build_app(settings: Settings) -> App:
         credentials = tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         logger.info("TLS on; client certificates %s", "required" if settings.tls_client_ca else "not required")
     port = binding.bind(server, settings.host, settings.port, credentials)
-    http = build_http_server(settings, frontend, telemetry, keys, limits)
+    http = None
+    if settings.http:  # imported only then: a gRPC-only server needs no web stack (the GPU check runs so)
+        from autoglm_rpc.openai_api import build_http_server
+
+        http = build_http_server(settings, frontend, telemetry, keys, limits)
     return App(settings, server, port, pool, frontend, health_servicer, telemetry, http)
 
 

@@ -16,12 +16,13 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from autoglm_rpc.client import AsyncClient, Client
 from bench.workload import Workload
+
+if TYPE_CHECKING:
+    import httpx
 
 
 async def _stream(client: AsyncClient, prompt: list[int], new_tokens: int) -> dict[str, Any]:
@@ -72,6 +73,8 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     first, stop = spec["requests"]
     prompts = workload.prompts(stop)[first:stop]
     if spec.get("http_url"):
+        import httpx  # only here: a gRPC-only run (the GPU check) needs no HTTP client
+
         connections = spec["concurrency"] + 1
         # Idle connections are dropped after 1 s, before the server's keep-alive timeout (uvicorn's 5 s) closes
         # them under a request being sent (the wait for "go" leaves the warm-up connection idle).

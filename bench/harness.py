@@ -272,7 +272,8 @@ def _run_service(run: _Run, settings: dict[str, Any]) -> None:
     assert workload is not None
     protocols = [system for system in ("service", "service_http") if system in options.systems]
     try:
-        with service.ServiceProcess(settings, options.out_dir / "service.log") as server:
+        log = options.out_dir / "service.log"
+        with service.ServiceProcess(settings, log, http="service_http" in protocols) as server:
             for system in protocols:
                 http_url = server.http_url if system == "service_http" else None
                 for level in workload.concurrency:

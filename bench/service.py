@@ -85,8 +85,11 @@ class ServiceProcess:
     """The server in a subprocess, as a context manager; `target` (gRPC host:port), `http_url` and `pid` are
     known once it has started."""
 
-    def __init__(self, settings: dict[str, Any], log_path: Path, start_timeout: float = 900.0) -> None:
-        self.settings = {**settings, "host": "127.0.0.1", "port": 0, "http_port": 0}
+    def __init__(
+        self, settings: dict[str, Any], log_path: Path, start_timeout: float = 900.0, http: bool = True
+    ) -> None:
+        """`http` False serves gRPC only: the web stack is not even imported (the GPU check runs so)."""
+        self.settings = {**settings, "host": "127.0.0.1", "port": 0, "http_port": 0, "http": http}
         self.log_path = log_path
         self.start_timeout = start_timeout
         self._process: subprocess.Popen[str] | None = None

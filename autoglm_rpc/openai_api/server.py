@@ -4,14 +4,15 @@
 use is an `OSError` naming the address, as for gRPC); `start()` runs uvicorn as a task of the running loop;
 `stop()` asks it to finish: no new connections, the responses in flight get `grace` seconds. uvicorn's own
 signal handling is left out (the gateway handles SIGINT/SIGTERM and drains both protocols), and so is its access
-log (ours is `autoglm_rpc.access`). TLS uses the gRPC server's certificate and key, and with `tls_client_ca` asks
-for client certificates just as gRPC does.
+log (ours is `autoglm_rpc.access`); its start and stop lines show only at DEBUG. TLS uses the gRPC server's
+certificate and key, and with `tls_client_ca` asks for client certificates just as gRPC does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -54,6 +55,9 @@ class HttpServer:
             ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,
         )
         config.load()  # now: a certificate that cannot be read fails the start, not the first call
+        if not logger.isEnabledFor(logging.DEBUG):
+            # Its start and stop lines repeat the gateway's own, and would follow a fatal error's line at exit.
+            logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
@@ -68,7 +72,13 @@ class HttpServer:
             sock.listen(2048)
         except OSError as exc:
             sock.close()
-            raise OSError(exc.errno, f"http: could not bind {host}:{port}: {exc.strerror}") from None
+            if exc.errno == errno.EADDRINUSE:  # said as the gRPC port's refusal says it (binding.py)
+                message = (
+                    f"http: port {port} on {host} is in use; stop what listens there or pick another --http-port"
+                )
+            else:
+                message = f"http: could not bind {host}:{port}: {exc.strerror}"
+            raise OSError(exc.errno, message) from None
         sock.setblocking(False)
         return cls(app, sock, tls)
 

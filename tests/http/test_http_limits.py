@@ -1,5 +1,5 @@
-"""The HTTP API under the same keys, limits and drain as gRPC: 401, 409, 413, 429 (capacity and rate) with
-Retry-After, a disconnecting client freeing its slot, and 503 while draining.
+"""The HTTP API under the same keys, limits and drain as gRPC: 401, 409 (within one owner: ids are scoped to it),
+413, 429 (capacity and rate) with Retry-After, a disconnecting client freeing its slot, and 503 while draining.
 
 One server for the module: one worker with one batch slot and one queue place (capacity two), the demo's model
 size (a long request runs for many seconds), API keys, four requests per minute per key, 64 KiB bodies.
@@ -88,13 +88,16 @@ def test_capacity_duplicates_and_disconnects(server: ServerThread) -> None:
         lines = running.iter_lines()  # kept: an iterator dropped closes the response (a disconnect)
         next(lines)  # the first token: the one batch slot is taken
         with pytest.raises(openai.ConflictError) as duplicate:
-            _sdk(server, CAROL).completions.create(model="", prompt="x", max_tokens=1,
+            _sdk(server, ALICE).completions.create(model="", prompt="x", max_tokens=1,
                                                    extra_headers={"x-request-id": "long-1"})  # fmt: skip
         assert duplicate.value.code == "duplicate_request_id"
-        with second.stream("POST", url, json={**LONG, "stream": True}, headers=_auth(BOB)) as waiting:
+        # Ids are scoped to their key's owner: Carol's "long-1" is her own, neither a conflict nor a probe.
+        carol = {**_auth(CAROL), "x-request-id": "long-1"}
+        with second.stream("POST", url, json={**LONG, "stream": True}, headers=carol) as waiting:
             assert waiting.status_code == 200  # admitted to the queue's one place
+            assert waiting.headers["x-request-id"] == "long-1"
             with pytest.raises(openai.RateLimitError) as full:
-                _sdk(server, CAROL).completions.create(model="", prompt="x", max_tokens=1)
+                _sdk(server, BOB).completions.create(model="", prompt="x", max_tokens=1)
             assert full.value.code == "queue_full"
             assert int(full.value.response.headers["retry-after"]) >= 1
     _wait_until_idle(server)  # both clients went away: their requests left the worker
