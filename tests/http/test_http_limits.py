@@ -2,7 +2,7 @@
 413, 429 (capacity and rate) with Retry-After, a disconnecting client freeing its slot, and 503 while draining.
 
 One server for the module: one worker with one batch slot and one queue place (capacity two), the demo's model
-size (a long request runs for many seconds), API keys, four requests per minute per key, 64 KiB bodies.
+size (a long request runs for many seconds), API keys, five requests per minute per key, 64 KiB bodies.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
                       {ALICE: "alice", BOB: "bob", CAROL: "carol", DAVE: "dave"})  # fmt: skip
     settings = server_settings(
         checkpoint, workers=1, max_batch_size=1, max_queue_depth=1, api_keys_file=str(keys),
-        rate_limit_requests_per_minute=4, max_message_bytes=65536,
+        rate_limit_requests_per_minute=5, max_message_bytes=65536,
     )  # fmt: skip
     server = ServerThread(settings).start()
     yield server
@@ -88,6 +88,7 @@ def test_capacity_duplicates_and_disconnects(server: ServerThread) -> None:
         lines = running.iter_lines()  # kept: an iterator dropped closes the response (a disconnect)
         next(lines)  # the first token: the one batch slot is taken
         with pytest.raises(openai.ConflictError) as duplicate:
+            # The same key: request ids are scoped to their owner.
             _sdk(server, ALICE).completions.create(model="", prompt="x", max_tokens=1,
                                                    extra_headers={"x-request-id": "long-1"})  # fmt: skip
         assert duplicate.value.code == "duplicate_request_id"
@@ -111,7 +112,7 @@ def test_capacity_duplicates_and_disconnects(server: ServerThread) -> None:
 
 def test_the_rate_limit_is_per_key_with_retry_after(server: ServerThread) -> None:
     dave = _sdk(server, DAVE)
-    for _ in range(4):
+    for _ in range(5):
         dave.completions.create(model="", prompt="Hi", max_tokens=1)
     with pytest.raises(openai.RateLimitError) as limited:
         dave.completions.create(model="", prompt="Hi", max_tokens=1)
