@@ -23,6 +23,8 @@ from autoglm_rpc.servicers.status import to_rpc_status
         (errors.NoReadyWorker(), grpc.StatusCode.UNAVAILABLE, "NO_READY_WORKER"),
         (errors.ServerDraining(), grpc.StatusCode.UNAVAILABLE, "SERVER_DRAINING"),
         (errors.WorkerCrashed(1), grpc.StatusCode.UNAVAILABLE, "WORKER_CRASHED"),
+        (errors.WorkerHung(1, 120.0), grpc.StatusCode.UNAVAILABLE, "WORKER_HUNG"),
+        (errors.TooManyWatchers(100), grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_HEALTH_WATCHERS"),
         (errors.InternalError("r9"), grpc.StatusCode.INTERNAL, "INTERNAL_ERROR"),
     ],
 )

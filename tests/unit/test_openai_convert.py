@@ -91,6 +91,8 @@ def test_bad_fields_are_named(make, fields: dict, param: str) -> None:
         (errors.NoReadyWorker(), 503, "no_ready_worker"),
         (errors.ServerDraining(), 503, "server_draining"),
         (errors.WorkerCrashed(0), 503, "worker_crashed"),
+        (errors.WorkerHung(0, 120.0), 503, "worker_hung"),
+        (errors.TooManyWatchers(100), 429, "too_many_health_watchers"),
         (errors.DeadlineExceeded(), 504, None),
         (errors.InternalError("r"), 500, "internal_error"),
     ],
