@@ -153,15 +153,23 @@ class _Call:
 def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
     """The status the caller gets, as far as the server knows when the handler returns or raises."""
     if isinstance(error, asyncio.CancelledError):
-        remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
-        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        return _ended_early(context)
     code = _context_code(context)
     if code is not None:
         return code
-    if error is None or isinstance(error, GeneratorExit):
+    if isinstance(error, GeneratorExit):
+        # grpc stopped reading the stream before it ended: the caller cancelled (or its deadline passed) while a
+        # message was being sent, so the task's cancellation hit grpc's sender and not this generator.
+        return _ended_early(context)
+    if error is None:
         return grpc.StatusCode.OK
     return grpc.StatusCode.UNKNOWN  # grpc reports an exception that escapes a handler as UNKNOWN
+
+
+def _ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= 0
+    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
 
 def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
