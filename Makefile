@@ -9,6 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 50051
+HTTP_PORT ?= 8000
 MODEL ?=
 DEMO_MODEL := .demo-model
 PROTOS := $(wildcard proto/autoglm/v1/*.proto)
@@ -108,11 +109,12 @@ go-client:
 	cd .gopath/src/$(GO_MODULE) && GOPATH=$(GO_PATH) GO111MODULE=off GOFLAGS= GOPROXY=off \
 		go build -o $(CURDIR)/clients/go/bin/generate-stream ./cmd/generate-stream
 
-# Serves MODEL (a checkpoint directory or a hub id in the local cache); without one, the random-weight demo
-# checkpoint, built once into $(DEMO_MODEL)/.
+# Serves MODEL (a checkpoint directory or a hub id in the local cache) over gRPC and OpenAI-compatible HTTP;
+# without one, the random-weight demo checkpoint, built once into $(DEMO_MODEL)/.
 run: $(STAMP)
 	@if [ -z "$(MODEL)" ]; then $(VENV)/bin/autoglm-rpc demo-model --output $(DEMO_MODEL) --if-missing; fi
-	$(VENV)/bin/autoglm-rpc serve --host $(HOST) --port $(PORT) \
+	@echo "gRPC on $(HOST):$(PORT), OpenAI-compatible HTTP on http://$(HOST):$(HTTP_PORT)/v1 (docs at /docs)"
+	$(VENV)/bin/autoglm-rpc serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) \
 		$(if $(MODEL),--model "$(MODEL)",--model $(DEMO_MODEL) --model-id autoglm-demo)
 
 # A/B: throughput and TTFT with tracing off vs 10 % request sampling exported to an in-process OTLP sink.

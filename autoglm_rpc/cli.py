@@ -31,12 +31,11 @@ API_KEY_VARIABLE = "AUTOGLM_API_KEY"  # the key `generate` sends, unless --api-k
 
 
 def _serve_parser(commands: argparse._SubParsersAction) -> None:
-    serve = commands.add_parser("serve", help="serve a checkpoint over gRPC")
+    serve = commands.add_parser("serve", help="serve a checkpoint over gRPC and OpenAI-compatible HTTP")
     serve.add_argument("--config", help="TOML file with settings (keys as the flags, with underscores)")
     serve.add_argument("--model", help="checkpoint directory, or a hub id already in the local cache")
     serve.add_argument("--model-id", help="the name clients use as `model` (default: the directory name)")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one (default 50051)")
+    _listen_flags(serve)
     serve.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1 on CPU)")
     serve.add_argument(
         "--tensor-parallel-size", type=int, help="split each replica of the model across N workers (default 1)"
@@ -107,6 +106,16 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
         "--allow-pickle-weights", action="store_const", const=True, help="load .bin weights (pickle can run code)"
     )
     _observability_flags(serve)
+
+
+def _listen_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on, 0 for any free one (default 50051)")
+    serve.add_argument("--http-port", type=int, help="OpenAI-compatible HTTP API port, 0 for any free one (8000)")
+    serve.add_argument("--http-host", help="address of the HTTP API (default: --host)")
+    serve.add_argument(
+        "--no-http", dest="http", action="store_const", const=False, help="serve gRPC only (no HTTP API)"
+    )
 
 
 def _observability_flags(serve: argparse.ArgumentParser) -> None:

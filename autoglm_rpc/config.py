@@ -43,6 +43,9 @@ class Settings:
     model_id: str | None = None  # the name served as `model`; default: the checkpoint directory's name
     host: str = "127.0.0.1"
     port: int = 50051
+    http: bool = True  # serve the OpenAI-compatible HTTP API beside gRPC (--no-http: off)
+    http_host: str | None = None  # default: host
+    http_port: int = 8000  # 0 picks a free port (logged)
     workers: int | None = None  # default: one per visible GPU with device cuda, else tensor_parallel_size
     # Ranks one replica of the model is split across (tensor parallelism); workers / tensor_parallel_size replicas.
     tensor_parallel_size: int = 1
@@ -146,8 +149,9 @@ class Settings:
         if not 0 < self.kv_cache_memory_fraction <= 1:
             raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {self.kv_cache_memory_fraction}")
         self._validate_observability()
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        for name in ("port", "http_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be in 0..65535, got {getattr(self, name)}")
         for name in ("max_batch_size", "max_num_batched_tokens", "default_max_new_tokens", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

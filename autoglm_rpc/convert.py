@@ -6,14 +6,18 @@ contract spells it (`sampling.temperature`). Checks that need the model (vocabul
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 from google.protobuf import duration_pb2
 
 from autoglm.v1 import generation_pb2, types_pb2
 from autoglm_rpc.errors import InvalidParameter
-from autoglm_rpc.requests import (
+from autoglm_rpc.requests import (  # the fixed bounds and checks both protocols share
+    MAX_CHAT_MESSAGES,
+    MAX_PROMPT_TOKEN_IDS,
+    MAX_ROLE_CHARS,
+    MAX_STOP_TOKEN_IDS,
+    MAX_TOP_K,
     ChatMessage,
     ChatPrompt,
     Completed,
@@ -25,17 +29,12 @@ from autoglm_rpc.requests import (
     StopRequest,
     Timings,
     TokenPrompt,
+    in_range,
+    model_name,
+    request_id,
 )
 from workers.protocol import FinishReason, Priority, TokenLogprob
 
-# Fixed bounds; the configurable ones are `RequestLimits` (settings max_stop_sequences, ...).
-MAX_REQUEST_ID_CHARS = 128
-MAX_MODEL_NAME_CHARS = 256
-MAX_STOP_TOKEN_IDS = 64
-MAX_PROMPT_TOKEN_IDS = 1_000_000
-MAX_CHAT_MESSAGES = 1024
-MAX_ROLE_CHARS = 64
-MAX_TOP_K = 1_000_000
 MAX_MIN_TOKENS_PER_MESSAGE = 4096
 DEFAULT_LIMITS = RequestLimits()
 # Duration's own range (google/protobuf/duration.proto): about 10,000 years.
@@ -91,22 +90,6 @@ def generation_request(
     )
 
 
-def model_name(value: str, field: str = "model") -> str:
-    """The `model` field: empty (the served model) or a name of sensible length (it is echoed in errors)."""
-    if len(value) > MAX_MODEL_NAME_CHARS:
-        raise InvalidParameter(field, f"at most {MAX_MODEL_NAME_CHARS} characters")
-    return value
-
-
-def request_id(value: str, field: str) -> str:
-    """A caller's request id: empty, or up to 128 printable ASCII characters."""
-    if len(value) > MAX_REQUEST_ID_CHARS:
-        raise InvalidParameter(field, f"at most {MAX_REQUEST_ID_CHARS} characters")
-    if value and not (value.isascii() and value.isprintable()):
-        raise InvalidParameter(field, "printable ASCII characters only")
-    return value
-
-
 def _prompt(message: AnyGenerateRequest) -> Prompt:
     match message.WhichOneof("input"):
         case "prompt":
@@ -139,13 +122,6 @@ def chat_prompt(chat: types_pb2.ChatInput, field: str) -> ChatPrompt:
     return ChatPrompt(tuple(ChatMessage(m.role, m.content) for m in chat.messages), add)
 
 
-def _in_range(field: str, value: float, low: float, high: float, low_open: bool = False) -> float:
-    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise InvalidParameter(field, f"must be in {bracket}{low:g}, {high:g}], got {value:g}")
-    return value
-
-
 def _sampling(options: types_pb2.SamplingOptions) -> SamplingOverrides:
     def get(name: str) -> float | None:
         return getattr(options, name) if options.HasField(name) else None
@@ -157,11 +133,11 @@ def _sampling(options: types_pb2.SamplingOptions) -> SamplingOverrides:
     if top_k is not None and top_k > MAX_TOP_K:
         raise InvalidParameter("sampling.top_k", f"must be at most {MAX_TOP_K} (0 disables)")
     return SamplingOverrides(
-        temperature=None if temperature is None else _in_range("sampling.temperature", temperature, 0, 100),
-        top_p=None if top_p is None else _in_range("sampling.top_p", top_p, 0, 1, low_open=True),
+        temperature=None if temperature is None else in_range("sampling.temperature", temperature, 0, 100),
+        top_p=None if top_p is None else in_range("sampling.top_p", top_p, 0, 1, low_open=True),
         top_k=None if top_k is None else int(top_k),
         repetition_penalty=(
-            None if penalty is None else _in_range("sampling.repetition_penalty", penalty, 0, 10, low_open=True)
+            None if penalty is None else in_range("sampling.repetition_penalty", penalty, 0, 10, low_open=True)
         ),
         seed=None if seed is None else int(seed),
     )

@@ -14,17 +14,18 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
-
-import grpc
 
 from autoglm_rpc import errors, request_ids
 from autoglm_rpc.pool.pool import InFlight, WorkerPool
 from autoglm_rpc.requests import (
+    NO_OBSERVER,
     Admitted,
     ChatPrompt,
     Completed,
     GenerationEvent,
+    GenerationObserver,
     GenerationRequest,
     Prompt,
     TextDelta,
@@ -61,7 +62,7 @@ def _worker_failure(request_id: str, reason: FailureReason, message: str) -> err
         case FailureReason.PROMPT_TOO_LONG:
             return errors.PromptTooLong(message)
         case FailureReason.INVALID_PARAMETER:
-            return errors.ServiceError(message, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETER")
+            return errors.ServiceError(message, errors.Code.INVALID_ARGUMENT, "INVALID_PARAMETER")
         case FailureReason.DUPLICATE_REQUEST_ID:
             return errors.DuplicateRequestId(request_id)
     logger.error("request %s failed in its worker: %s", request_id, message)
@@ -239,12 +240,32 @@ class Frontend:
         deadline: float | None = None,
         carrier: dict[str, str] | None = None,
         owner: str | None = None,
+        observer: GenerationObserver = NO_OBSERVER,
     ) -> AsyncIterator[GenerationEvent]:
         """Yield `Admitted`, then `TextDelta`s, then one `Completed`; raise `ServiceError` on failure.
 
         Closing the iterator early (the caller cancelled or its deadline passed) cancels the work in the worker.
-        `owner` (the API key's owner) is charged the tokens (rate limits) and may cancel the request.
+        `owner` (the API key's owner) is charged the tokens (rate limits) and may cancel the request. `observer`
+        (telemetry) is told every event and how the request ended; it never changes what is yielded.
         """
+        try:
+            async with aclosing(self._generate(request, deadline, carrier, owner, observer)) as events:
+                async for event in events:
+                    observer.saw(event)
+                    yield event
+        except BaseException as error:
+            observer.ended(error)
+            raise
+        observer.ended(None)
+
+    async def _generate(
+        self,
+        request: GenerationRequest,
+        deadline: float | None,
+        carrier: dict[str, str] | None,
+        owner: str | None,
+        observer: GenerationObserver,
+    ) -> AsyncIterator[GenerationEvent]:
         arrival = time.monotonic()
         # Refuse before tokenizing when the answer is already no (draining, no worker, over capacity).
         self.check_model(request.model)
@@ -256,7 +277,8 @@ class Frontend:
             submit = await asyncio.to_thread(self.resolve, request, deadline, carrier or {}, owner)
         else:
             submit = self.resolve(request, deadline, carrier or {}, owner)
-        flight = self._admit(submit, owner)
+        with observer.admitting():
+            flight = self._admit(submit, owner)
         text = TextStream(
             self.model.tokenizer,
             request.stopping.stop_sequences,
@@ -269,7 +291,7 @@ class Frontend:
         try:
             yield Admitted(run.request_id, self.model.model_id, len(submit.prompt_ids), submit.sampling.seed)
             while not run.is_done:
-                for event in run.handle(await flight.events.get()):
+                for event in run.handle(await flight.events.get_merged()):
                     yield event
         finally:
             if not run.is_done or run.must_cancel:
@@ -333,16 +355,18 @@ class _Run:
         raise TypeError(f"unexpected worker event {event!r}")
 
     def _on_delta(self, delta: RequestDelta) -> list[TextDelta | Completed]:
+        """One worker delta (one step, or the steps a slow caller let pile up) is one `TextDelta`."""
         now = time.monotonic()
+        events: list[TextDelta | Completed] = []
         if delta.token_ids:
             self.first_token_at = self.first_token_at or now
             self.last_token_at = now
-        events: list[TextDelta | Completed] = []
-        for position, token_id in enumerate(delta.token_ids):
-            piece = self.text.push(token_id)
-            token_logprobs = (delta.logprobs[position],) if position < len(delta.logprobs) else ()
+            before = self.text.num_tokens
+            piece = self.text.push(delta.token_ids)
+            kept = self.text.num_tokens - before  # fewer than sent when a stop sequence ended the output
+            token_logprobs = delta.logprobs[:kept]
             self.logprobs.extend(token_logprobs)
-            events.append(TextDelta(piece, (token_id,), token_logprobs))
+            events.append(TextDelta(piece, delta.token_ids[:kept], token_logprobs))
             if self.text.stop_sequence is not None:
                 self.must_cancel = True
                 events.append(self._complete(FinishReason.STOP_SEQUENCE, None))

@@ -1,15 +1,54 @@
-"""Plain dataclasses for a generation request and the events of its life, behind the protobuf edge.
+"""Plain dataclasses for a generation request and the events of its life, behind each protocol's edge.
 
-`convert.py` builds a `GenerationRequest` from either RPC's message (checking each field's range and naming the
-field on failure); `frontend.py` resolves it against the served model and yields `GenerationEvent`s, which the
-servicer turns back into protobuf. Nothing here knows about gRPC.
+`convert.py` builds a `GenerationRequest` from either RPC's message, `openai_api/convert.py` from an HTTP body,
+each checking every field's range against the bounds here and naming the field on failure; `frontend.py` resolves
+it against the served model and yields `GenerationEvent`s, which the servicer (or the HTTP route) turns back into
+its wire format. Nothing here knows about gRPC or HTTP.
 """
 
 from __future__ import annotations
 
+import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from autoglm_rpc.errors import InvalidParameter
 from workers.protocol import FinishReason, Priority, TokenLogprob
+
+# Fixed bounds of request fields, the same for every protocol; the configurable ones are `RequestLimits`
+# (settings max_stop_sequences, ...).
+MAX_REQUEST_ID_CHARS = 128
+MAX_MODEL_NAME_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
+MAX_PROMPT_TOKEN_IDS = 1_000_000
+MAX_CHAT_MESSAGES = 1024
+MAX_ROLE_CHARS = 64
+MAX_TOP_K = 1_000_000
+
+
+def model_name(value: str, field: str = "model") -> str:
+    """The `model` field: empty (the served model) or a name of sensible length (it is echoed in errors)."""
+    if len(value) > MAX_MODEL_NAME_CHARS:
+        raise InvalidParameter(field, f"at most {MAX_MODEL_NAME_CHARS} characters")
+    return value
+
+
+def request_id(value: str, field: str) -> str:
+    """A caller's request id: empty, or up to 128 printable ASCII characters."""
+    if len(value) > MAX_REQUEST_ID_CHARS:
+        raise InvalidParameter(field, f"at most {MAX_REQUEST_ID_CHARS} characters")
+    if value and not (value.isascii() and value.isprintable()):
+        raise InvalidParameter(field, "printable ASCII characters only")
+    return value
+
+
+def in_range(field: str, value: float, low: float, high: float, low_open: bool = False) -> float:
+    """`value` if it lies in [low, high] (or (low, high]); else InvalidParameter naming `field`."""
+    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise InvalidParameter(field, f"must be in {bracket}{low:g}, {high:g}], got {value:g}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +174,33 @@ class Completed:
 
 
 GenerationEvent = Admitted | TextDelta | Completed
+
+
+class GenerationObserver(Protocol):
+    """What watches a request from outside the data path (telemetry): told, never asked.
+
+    `admitting()` is entered while the request is handed to a worker (the observer's trace context is then the
+    current one, so what routing records, and the carrier sent to the worker, descend from it); `saw` gets every
+    event as it is yielded; `ended` gets what ended the request: None, the error, or GeneratorExit /
+    CancelledError when the caller went away.
+    """
+
+    def admitting(self) -> AbstractContextManager[object]: ...
+
+    def saw(self, event: GenerationEvent) -> None: ...
+
+    def ended(self, error: BaseException | None) -> None: ...
+
+
+class _NoObserver:
+    def admitting(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def saw(self, event: GenerationEvent) -> None:
+        pass
+
+    def ended(self, error: BaseException | None) -> None:
+        pass
+
+
+NO_OBSERVER: GenerationObserver = _NoObserver()

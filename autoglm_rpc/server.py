@@ -1,14 +1,15 @@
-"""Assembles the service: settings in, a started gRPC server with its worker pool out.
+"""Assembles the service: settings in, started gRPC and HTTP servers with their worker pool out.
 
-`build_app(settings)` binds the port (0 picks a free one) and wires servicers, health and reflection; `App.start()`
-starts the server and spawns the workers; `serve(settings)` runs it until SIGINT/SIGTERM. Health: service "" is
+`build_app(settings)` binds the ports (0 picks a free one) and wires servicers, health and reflection, and the
+OpenAI-compatible HTTP API on the same event loop (`openai_api`, unless `http` is off); `App.start()` starts both
+servers and spawns the workers; `serve(settings)` runs it until SIGINT/SIGTERM. Health: service "" is
 liveness (SERVING while the process runs); `autoglm.v1.GenerationService` is readiness (SERVING while at least one
 worker is ready and the server is not draining).
 
 Shutdown is a drain (`App.stop`): readiness turns NOT_SERVING first, new generation calls get UNAVAILABLE /
-SERVER_DRAINING, the requests in flight get `grace_period` seconds to finish (those still running then end
-with SERVER_DRAINING), then the gRPC server stops and the workers shut down. A second SIGINT/SIGTERM cuts the
-grace short.
+SERVER_DRAINING (HTTP: 503), the requests in flight get `grace_period` seconds to finish (those still running then
+end with SERVER_DRAINING), then the gRPC and HTTP servers stop and the workers shut down. A second
+SIGINT/SIGTERM cuts the grace short.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import dataclasses
 import logging
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -46,6 +48,9 @@ from autoglm_rpc.telemetry import Telemetry
 from autoglm_rpc.text.checkpoint import read_checkpoint_facts
 from autoglm_rpc.text.tokenizer import TextTokenizer
 from workers.protocol import RANDOM_WEIGHTS_MARKER
+
+if TYPE_CHECKING:
+    from autoglm_rpc.openai_api.server import HttpServer
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +90,7 @@ class App:
     frontend: Frontend
     health: health.aio.HealthServicer
     telemetry: Telemetry
+    http: HttpServer | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _cut_drain: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -95,6 +101,8 @@ class App:
         self.pool.add_listener(self._on_pool_change)
         self.telemetry.start()
         await self.server.start()
+        if self.http is not None:
+            self.http.start()
         self.pool.start()
 
     async def wait_until_ready(self, timeout: float | None = None) -> None:
@@ -106,12 +114,14 @@ class App:
             raise RuntimeError("no worker could load the model; the log above says why")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain (see `drain`), then stop the gRPC server and shut the workers down."""
+        """Drain (see `drain`), then stop the gRPC and HTTP servers and shut the workers down."""
         grace = self.settings.grace_period if grace is None else grace
         await self.drain(grace)
         await self.health.enter_graceful_shutdown()
         # What is left are calls writing their last message, and health watchers: a second is plenty.
         await self.server.stop(min(1.0, grace))
+        if self.http is not None:
+            await self.http.stop()
         await self.pool.stop()
         self.telemetry.shutdown()
 
@@ -225,7 +235,12 @@ def build_app(settings: Settings) -> App:
         credentials = tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         logger.info("TLS on; client certificates %s", "required" if settings.tls_client_ca else "not required")
     port = binding.bind(server, settings.host, settings.port, credentials)
-    return App(settings, server, port, pool, frontend, health_servicer, telemetry)
+    http = None
+    if settings.http:  # imported only then: a gRPC-only server needs no web stack (the GPU check runs so)
+        from autoglm_rpc.openai_api import build_http_server
+
+        http = build_http_server(settings, frontend, telemetry, keys, limits)
+    return App(settings, server, port, pool, frontend, health_servicer, telemetry, http)
 
 
 def _generation_handlers(servicer: GenerationServicer) -> grpc.GenericRpcHandler:
@@ -265,6 +280,12 @@ async def run(settings: Settings) -> int:
         "autoglm-rpc listening on %s:%d, serving %s from %s (%d worker(s))",
         settings.host, app.port, app.frontend.model.model_id, app.frontend.model.source, app.pool.num_workers,
     )  # fmt: skip
+    if app.http is not None:
+        scheme = "https" if app.http.is_tls else "http"
+        logger.info(
+            "OpenAI-compatible HTTP API on %s://%s:%d/v1 (docs at /docs)",
+            scheme, settings.http_host or settings.host, app.http.port,
+        )  # fmt: skip
     stop = asyncio.Event()
 
     def on_signal() -> None:

@@ -1,4 +1,5 @@
-"""The benchmark harness: HF transformers baselines, the engine in process and the whole service, side by side.
+"""The benchmark harness: HF transformers baselines, the engine in process and the whole service (over gRPC and
+over the OpenAI-compatible HTTP API), side by side.
 
 `python -m bench cpu` (`make bench`) runs on any machine with the tiny demo checkpoint; `python -m bench gpu`
 (`make bench-gpu`) builds a random-init GLM-4-9B-shaped model on the GPU. Both measure every system on the same
@@ -12,9 +13,10 @@ Modules, one job each:
     hf_baselines.py     transformers `generate()` serial and on a static batch, `generate_batch` (continuous)
     cuda_graph.py       transformers + StaticCache with one decode step captured in a CUDA graph (GPU only)
     engine_runner.py    the engine in this process, as the worker drives it
-    service.py          the whole service: server subprocess, client subprocesses (client_process.py)
+    service.py          the whole service: server subprocess, client subprocesses (client_process.py), and the
+                        gateway process's CPU time per output token
     service_process.py  the server subprocess's entry point
-    client_process.py   a client subprocess's entry point (AsyncClient streams)
+    client_process.py   a client subprocess's entry point (gRPC `AsyncClient` streams, or HTTP SSE streams)
     machine.py          what the run ran on
     report.py, plot.py  JSON + markdown (and merging a run done in parts), and the PNG
     harness.py          one run from options to files

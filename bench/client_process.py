@@ -3,7 +3,9 @@
 The spec names the target, the workload, the level's concurrency for this process and the slice of the level's
 requests it owns. The process connects, waits for readiness, sends one short warm-up stream, prints `ready`,
 waits for a line on stdin (so that every client process of a level starts together), then keeps its streams
-busy (closed loop) with `AsyncClient.stream` until its requests are done. It prints one JSON line: the
+busy (closed loop) until its requests are done: `AsyncClient.stream` over gRPC, or, when the spec has an
+`http_url`, streamed `/v1/completions` over the OpenAI-compatible HTTP API (httpx, one connection per stream;
+`logprobs: 0` so that each SSE chunk says how many tokens it carries). It prints one JSON line: the
 `time.monotonic()` start and end (one clock for every process on Linux) and each request's submit time and
 token arrival times, taken when a message with new token ids arrives.
 """
@@ -14,10 +16,13 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoglm_rpc.client import AsyncClient, Client
 from bench.workload import Workload
+
+if TYPE_CHECKING:
+    import httpx
 
 
 async def _stream(client: AsyncClient, prompt: list[int], new_tokens: int) -> dict[str, Any]:
@@ -37,25 +42,69 @@ async def _stream(client: AsyncClient, prompt: list[int], new_tokens: int) -> di
     return {"submit": submit, "token_times": token_times}
 
 
+async def _stream_http(client: httpx.AsyncClient, prompt: list[int], new_tokens: int) -> dict[str, Any]:
+    submit = time.monotonic()
+    token_times: list[float] = []
+    completion_tokens = -1
+    body = {
+        "prompt": prompt, "max_tokens": new_tokens, "min_tokens": new_tokens, "ignore_eos": True,
+        "temperature": 0.0, "logprobs": 0, "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(f"the stream failed: {chunk['error']}")
+            for choice in chunk["choices"]:
+                if choice["logprobs"]:
+                    token_times.extend([time.monotonic()] * len(choice["logprobs"]["tokens"]))
+            if chunk.get("usage"):
+                completion_tokens = chunk["usage"]["completion_tokens"]
+    if completion_tokens != len(token_times):
+        raise RuntimeError(f"counted {len(token_times)} tokens, usage says {completion_tokens}")
+    return {"submit": submit, "token_times": token_times}
+
+
 async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     workload = Workload.from_dict(spec["workload"])
     first, stop = spec["requests"]
     prompts = workload.prompts(stop)[first:stop]
+    if spec.get("http_url"):
+        import httpx  # only here: a gRPC-only run (the GPU check) needs no HTTP client
+
+        connections = spec["concurrency"] + 1
+        # Idle connections are dropped after 1 s, before the server's keep-alive timeout (uvicorn's 5 s) closes
+        # them under a request being sent (the wait for "go" leaves the warm-up connection idle).
+        limits = httpx.Limits(
+            max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=1.0
+        )
+        async with httpx.AsyncClient(base_url=spec["http_url"], limits=limits, timeout=1800.0) as http:
+            return await _drive(spec, prompts, workload, lambda p, n: _stream_http(http, p, n))
     async with AsyncClient(spec["target"]) as client:
-        await _stream(client, prompts[0], min(2, workload.new_tokens))  # warm-up: the channel and the path
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        queue = list(reversed(prompts))
-        results: list[dict[str, Any]] = []
+        return await _drive(spec, prompts, workload, lambda p, n: _stream(client, p, n))
 
-        async def stream_loop() -> None:
-            while queue:
-                results.append(await _stream(client, queue.pop(), workload.new_tokens))
 
-        start = time.monotonic()
-        await asyncio.gather(*(stream_loop() for _ in range(spec["concurrency"])))
-        end = time.monotonic()
+async def _drive(
+    spec: dict[str, Any], prompts: list[list[int]], workload: Workload, stream: Any
+) -> dict[str, Any]:
+    """Warm up, report ready, wait for "go", then keep `concurrency` streams busy until the prompts are done."""
+    await stream(prompts[0], min(2, workload.new_tokens))  # warm-up: the connection and the path
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    queue = list(reversed(prompts))
+    results: list[dict[str, Any]] = []
+
+    async def stream_loop() -> None:
+        while queue:
+            results.append(await stream(queue.pop(), workload.new_tokens))
+
+    start = time.monotonic()
+    await asyncio.gather(*(stream_loop() for _ in range(spec["concurrency"])))
+    end = time.monotonic()
     return {"start": start, "end": end, "requests": results}
 
 

@@ -29,7 +29,10 @@ from workers.protocol import WorkerConfig
 
 logger = logging.getLogger(__name__)
 
-SYSTEMS = ("hf_generate", "hf_static_batch", "hf_continuous_batching", "hf_cuda_graph", "engine", "service")
+SYSTEMS = (
+    "hf_generate", "hf_static_batch", "hf_continuous_batching", "hf_cuda_graph", "engine",
+    "service", "service_http",
+)  # fmt: skip
 HF_SYSTEMS = SYSTEMS[:4]
 
 
@@ -126,7 +129,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         if "engine" in options.systems:
             _run_engine(run, worker_config)
         settings = _service_settings(options, checkpoint, run.workload)
-        if "service" in options.systems:
+        if {"service", "service_http"} & set(options.systems):
             _run_service(run, settings)
         model = {**checkpoint.description, "dtype": options.dtype, "quantization": options.quantization}
         report = build_report(
@@ -264,19 +267,23 @@ def _run_engine(run: _Run, config: WorkerConfig) -> None:
 
 
 def _run_service(run: _Run, settings: dict[str, Any]) -> None:
+    """The service's levels over gRPC (`service`) and over HTTP (`service_http`), one server for both."""
     workload, options = run.workload, run.options
     assert workload is not None
+    protocols = [system for system in ("service", "service_http") if system in options.systems]
     try:
-        with service.ServiceProcess(settings, options.out_dir / "service.log") as target:
-            for level in workload.concurrency:
-                run.measure(
-                    "service",
-                    level,
-                    lambda c=level: service.run_service_level(target, workload, c, options.client_processes),
-                )
+        log = options.out_dir / "service.log"
+        with service.ServiceProcess(settings, log, http="service_http" in protocols) as server:
+            for system in protocols:
+                http_url = server.http_url if system == "service_http" else None
+                for level in workload.concurrency:
+                    run.measure(system, level, lambda c=level, url=http_url: service.run_service_level(
+                        server.target, workload, c, options.client_processes, http_url=url, gateway_pid=server.pid,
+                    ))  # fmt: skip
     except Exception as exc:
         logger.exception("the service failed")
-        run.skip("service", None, f"failed: {type(exc).__name__}: {exc} (see {options.out_dir / 'service.log'})")
+        for system in protocols:
+            run.skip(system, None, f"failed: {type(exc).__name__}: {exc} (see {options.out_dir / 'service.log'})")
 
 
 def _free_device_memory() -> None:

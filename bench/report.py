@@ -27,6 +27,7 @@ SYSTEM_ORDER = (
     "hf_cuda_graph",
     "engine",
     "service",
+    "service_http",
 )
 
 
@@ -179,12 +180,32 @@ def render_markdown(report: dict[str, Any]) -> str:
         latencies = [_ms(r.ttft_s[p]) for p in _PERCENTILE_KEYS] + [_ms(r.itl_s[p]) for p in _PERCENTILE_KEYS]
         counts = f"{r.concurrency} | {r.num_requests} | {r.output_tokens} | {_num(r.throughput_tok_s)}"
         lines.append(f"| {r.system} | {counts} | " + " | ".join(latencies) + " |")
+    lines += _gateway_cpu_lines(results, levels)
     lines += _comparison_lines(report["comparison"])
     lines += _target_lines(report["targets"])
     if report["skipped"]:
         lines += ["", "## Not run", ""]
         lines += [f"- {s['system']} (C={s.get('concurrency') or '—'}): {s['reason']}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def _gateway_cpu_lines(results: list[LevelResult], levels: list[int]) -> list[str]:
+    """The gateway process's CPU time per output token, per protocol and level (its own counters)."""
+    measured = [r for r in results if r.gateway_cpu_us_per_token is not None]
+    if not measured:
+        return []
+    by_key = {(r.system, r.concurrency): r.gateway_cpu_us_per_token for r in measured}
+    lines = [
+        "",
+        "## Gateway CPU per output token (µs; user + system time of the gateway process, all its threads)",
+        "",
+        "| system | " + " | ".join(f"C={level}" for level in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for system in _systems(measured):
+        cells = [f"{by_key[(system, lv)]:.0f}" if (system, lv) in by_key else "—" for lv in levels]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _comparison_lines(comparison: list[dict[str, Any]]) -> list[str]:

@@ -1,5 +1,7 @@
 """The whole service under load: a server subprocess (`bench.service_process`) and, per level, client
-subprocesses (`bench.client_process`) that stream over gRPC, so no client work shares a process with the gateway.
+subprocesses (`bench.client_process`) that stream over gRPC or over the OpenAI-compatible HTTP API, so no client
+work shares a process with the gateway. Each level also reads the gateway process's own CPU time (user + system,
+from /proc, all its threads, none of its workers) before and after, and reports it per output token.
 
 Every process binds or dials 127.0.0.1 (the server on port 0); `ServiceProcess` stops the server (closing its
 stdin, then terminate and kill if it lingers) however the run ends. A level's streams are split over
@@ -69,22 +71,43 @@ def _stop(process: subprocess.Popen[str], timeout: float) -> None:
             process.wait()
 
 
-class ServiceProcess:
-    """The server in a subprocess, as a context manager that yields its `host:port` target."""
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (its threads, not its children); None without /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15 (proc(5)).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, settings: dict[str, Any], log_path: Path, start_timeout: float = 900.0) -> None:
-        self.settings = {**settings, "host": "127.0.0.1", "port": 0}
+
+class ServiceProcess:
+    """The server in a subprocess, as a context manager; `target` (gRPC host:port), `http_url` and `pid` are
+    known once it has started."""
+
+    def __init__(
+        self, settings: dict[str, Any], log_path: Path, start_timeout: float = 900.0, http: bool = True
+    ) -> None:
+        """`http` False serves gRPC only: the web stack is not even imported (the GPU check runs so)."""
+        self.settings = {**settings, "host": "127.0.0.1", "port": 0, "http_port": 0, "http": http}
         self.log_path = log_path
         self.start_timeout = start_timeout
         self._process: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
+        self.target = ""  # host:port of gRPC, once started
+        self.http_url: str | None = None
+        self.pid: int | None = None
 
-    def __enter__(self) -> str:
+    def __enter__(self) -> ServiceProcess:
         self._log = self.log_path.open("a")
         self._process = _python_module("bench.service_process", json.dumps(self.settings), stderr=self._log)
         try:
-            line = _read_line(self._process, self.start_timeout, f"the server (log: {self.log_path})")
-            return f"127.0.0.1:{json.loads(line)['port']}"
+            line = json.loads(_read_line(self._process, self.start_timeout, f"the server (log: {self.log_path})"))
+            self.pid = line.get("pid")
+            if line.get("http_port"):
+                self.http_url = f"http://127.0.0.1:{line['http_port']}"
+            self.target = f"127.0.0.1:{line['port']}"
+            return self
         except BaseException:
             self.__exit__()
             raise
@@ -114,15 +137,24 @@ def split_streams(concurrency: int, num_requests: int, client_processes: int) ->
 
 
 def run_service_level(
-    target: str, workload: Workload, concurrency: int, client_processes: int, timeout: float = 1800.0
+    target: str,
+    workload: Workload,
+    concurrency: int,
+    client_processes: int,
+    timeout: float = 1800.0,
+    *,
+    http_url: str | None = None,
+    gateway_pid: int | None = None,
 ) -> LevelResult:
-    """One level through the whole service, streams spread over `client_processes` client processes."""
+    """One level through the whole service, streams spread over `client_processes` client processes; over the
+    HTTP API at `http_url` when given (system `service_http`), else over gRPC (system `service`)."""
     num_requests = workload.requests_for_level(concurrency)
     clients = []
     try:
         for streams, first, end in split_streams(concurrency, num_requests, client_processes):
             spec = {
                 "target": target,
+                "http_url": http_url,
                 "workload": workload.to_dict(),
                 "concurrency": streams,
                 "requests": [first, end],
@@ -131,15 +163,23 @@ def run_service_level(
         for client in clients:
             if _read_line(client, timeout, "a client process").strip() != "ready":
                 raise RuntimeError("a client process did not report ready")
+        cpu_before = process_cpu_seconds(gateway_pid) if gateway_pid else None
         for client in clients:  # start every client together
             assert client.stdin is not None
             client.stdin.write("go\n")
             client.stdin.flush()
         results = [json.loads(_read_line(client, timeout, "a client process")) for client in clients]
+        cpu_after = process_cpu_seconds(gateway_pid) if gateway_pid else None
     finally:
         for client in clients:
             _stop(client, timeout=30)
     timings = [RequestTiming(r["submit"], r["token_times"]) for result in results for r in result["requests"]]
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
-    note = f"gRPC streams from {len(clients)} client process(es)"
-    return summarize("service", concurrency, timings, wall, note)
+    protocol = "HTTP (SSE)" if http_url else "gRPC"
+    system = "service_http" if http_url else "service"
+    result = summarize(
+        system, concurrency, timings, wall, f"{protocol} streams from {len(clients)} client process(es)"
+    )
+    if cpu_before is not None and cpu_after is not None and result.output_tokens:
+        result.gateway_cpu_us_per_token = 1e6 * (cpu_after - cpu_before) / result.output_tokens
+    return result

@@ -1,8 +1,8 @@
 """The server subprocess of a service benchmark: `python -m bench.service_process SETTINGS_JSON`.
 
 It builds the real service with `autoglm_rpc.server.build_app` (the gateway, the pipes, the worker processes),
-waits until a worker is ready, prints one JSON line `{"port": N}` on stdout, and serves until its stdin closes
-(the parent's way of saying "stop"), then drains and exits. Logs go to stderr.
+waits until a worker is ready, prints one JSON line `{"port": N, "http_port": M, "pid": P}` on stdout, and
+serves until its stdin closes (the parent's way of saying "stop"), then drains and exits. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 
 from autoglm_rpc.config import Settings
@@ -21,7 +22,8 @@ async def _serve(settings: Settings) -> None:
     try:
         await app.start()
         await app.wait_until_ready()
-        sys.stdout.write(json.dumps({"port": app.port}) + "\n")
+        http_port = app.http.port if app.http is not None else None
+        sys.stdout.write(json.dumps({"port": app.port, "http_port": http_port, "pid": os.getpid()}) + "\n")
         sys.stdout.flush()
         # Block until the parent closes our stdin (or dies), without blocking the event loop.
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)

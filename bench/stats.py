@@ -47,6 +47,7 @@ class LevelResult:
     ttft_s: dict[str, float | None]
     itl_s: dict[str, float | None]
     note: str = ""
+    gateway_cpu_us_per_token: float | None = None  # the service's gateway process, from its CPU counters
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -155,6 +155,7 @@ def settings_for(args: argparse.Namespace, model: str, **overrides: object) -> S
     values: dict[str, object] = {
         "model": model,
         "port": 0,
+        "http": False,
         "device": args.device,
         "workers": 1,
         "max_batch_size": args.concurrency,

@@ -24,7 +24,7 @@ class ServeProcess:
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         self.process = subprocess.Popen(
-            [*CLI, "serve", "--port", "0", *flags],
+            [*CLI, "serve", "--port", "0", "--http-port", "0", *flags],
             cwd=ROOT,
             env=os.environ | (environ or {}),
             stderr=subprocess.PIPE,

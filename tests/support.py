@@ -29,6 +29,7 @@ def server_settings(model: Path, **overrides: object) -> Settings:
         "max_batch_size": 8,
         "max_num_batched_tokens": 64,
         "grace_period": 1.0,
+        "http_port": 0,
         "worker_start_timeout": 120.0,
     }
     values.update(overrides)

@@ -14,7 +14,6 @@ import signal
 import sys
 from multiprocessing.connection import Connection
 
-from workers.faults import Faults
 from workers.protocol import WorkerConfig
 
 
@@ -35,14 +34,13 @@ def main(conn: Connection, config: WorkerConfig) -> None:
         # Without this, every step after a profiled one stays slower (CUPTI left attached; see docs/tracing.md).
         os.environ.setdefault("TEARDOWN_CUPTI", "1")
     configure_logging(config)
-    faults = Faults.from_environ(config.worker_id)  # test-only; see workers/faults.py
 
     from workers.telemetry.setup import start_telemetry
     from workers.worker import run_worker
 
     telemetry = start_telemetry(config)
     try:
-        exit_code = run_worker(conn, config, telemetry, faults)
+        exit_code = run_worker(conn, config, telemetry)
     finally:
         telemetry.shutdown()
     if exit_code != 0:

@@ -21,7 +21,6 @@ from multiprocessing.connection import Connection
 import torch
 
 from workers.engine import Engine
-from workers.faults import Faults, segfault
 from workers.protocol import (
     Cancel,
     GatewayMessage,
@@ -41,22 +40,14 @@ logger = logging.getLogger(__name__)
 _PIPE_CLOSED = object()  # put on the inbox by the reader thread when the gateway's end closes
 
 
-def run_worker(
-    conn: Connection, config: WorkerConfig, telemetry: WorkerTelemetry | None = None, faults: Faults | None = None
-) -> int:
-    """Load, report Ready and serve until Shutdown or EOF; returns the process exit code (0 or 1).
-
-    `faults` (tests only, see `workers.faults`) makes the worker fail on purpose.
-    """
-    faults = faults or Faults()
+def run_worker(conn: Connection, config: WorkerConfig, telemetry: WorkerTelemetry | None = None) -> int:
+    """Load, report Ready and serve until Shutdown or EOF; returns the process exit code (0 or 1)."""
     engine: Engine | None = None
     try:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        if faults.oom_at_load:
-            raise MemoryError(f"injected by {Faults.__module__}: out of memory while loading the model")
         engine = _start_engine(conn, config)
-        _serve(conn, engine, telemetry or WorkerTelemetry(), faults, config.worker_id)
+        _serve(conn, engine, telemetry or WorkerTelemetry(), config.worker_id)
         logger.info("worker %s stops", config.worker_id)
         return 0
     except (BrokenPipeError, EOFError, ConnectionResetError):
@@ -99,7 +90,7 @@ def _start_engine(conn: Connection, config: WorkerConfig) -> Engine:
     return engine
 
 
-def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, faults: Faults, worker_id: int) -> None:
+def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, worker_id: int) -> None:
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_read_pipe, args=(conn, inbox), name="pipe-reader", daemon=True).start()
     while True:
@@ -109,8 +100,6 @@ def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, faults:
             if message is _PIPE_CLOSED:
                 raise EOFError("pipe closed")
             if isinstance(message, Submit):
-                if faults.segfault_on_submit:
-                    segfault()
                 telemetry.on_submit(message)
             if isinstance(message, Ping):  # answered here, between steps: a wedged step answers nothing
                 conn.send(Pong(worker_id, message.sequence))

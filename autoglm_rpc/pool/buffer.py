@@ -62,3 +62,22 @@ class EventBuffer:
             self._has_events.clear()
             await self._has_events.wait()
         return self._events.popleft()
+
+    async def get_merged(self) -> WorkerEvent:
+        """Like `get`, but every delta pending behind a delta comes merged into it (up to an end event).
+
+        A consumer that fell behind (its writes are slower than the worker's steps) then takes what is waiting in
+        one event, and pays the per-event work (text, one wire message) once for all of it.
+        """
+        event = await self.get()
+        if not isinstance(event, RequestDelta) or event.finish is not None or not self._events:
+            return event
+        token_ids, logprobs, finish = list(event.token_ids), list(event.logprobs), None
+        while self._events and isinstance(self._events[0], RequestDelta) and finish is None:
+            later = self._events.popleft()
+            assert isinstance(later, RequestDelta)
+            token_ids.extend(later.token_ids)
+            logprobs.extend(later.logprobs)
+            finish = later.finish
+        self.num_merged += 1
+        return RequestDelta(event.request_id, tuple(token_ids), tuple(logprobs), finish)

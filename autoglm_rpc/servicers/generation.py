@@ -59,7 +59,8 @@ class GenerationServicer:
         parsed = convert.generation_request(request.message, request.num_inputs, self._limits)
         deadline, carrier = _call_facts(context)
         request_id = ""
-        events = self._telemetry.generate(self._frontend, parsed, deadline, carrier, owner=owner, stream=False)
+        observer = self._telemetry.observe(parsed, stream=False)
+        events = self._frontend.generate(parsed, deadline, carrier, owner, observer)
         async with aclosing(events):
             async for event in events:
                 match event:
@@ -79,7 +80,8 @@ class GenerationServicer:
         parsed = convert.generation_request(request.message, request.num_inputs, self._limits)
         deadline, carrier = _call_facts(context)
         batcher = _DeltaBatcher(parsed)
-        events = self._telemetry.generate(self._frontend, parsed, deadline, carrier, owner=owner, stream=True)
+        observer = self._telemetry.observe(parsed, stream=True)
+        events = self._frontend.generate(parsed, deadline, carrier, owner, observer)
         async with aclosing(events):
             async for event in events:
                 match event:

@@ -2,8 +2,8 @@
 
 `Telemetry.from_settings` decides once, at start, what is on: tracing when an OTLP endpoint is configured (see
 `tracing`), metrics always recorded and served when `metrics_port` is set, and what the workers are told
-(`TelemetryConfig`). `build_app` wires its pieces: the interceptor on the server, the generation wrapper in the
-servicer, the observer on the pool.
+(`TelemetryConfig`). `build_app` wires its pieces: the interceptor on the gRPC server, the middleware on the
+HTTP app, the generation observer given to the front end by the servicer and the routes, the pool observer.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from opentelemetry import trace
 from autoglm_rpc.config import Settings
 from autoglm_rpc.telemetry import semconv
 from autoglm_rpc.telemetry.generation import GenerationTelemetry, PoolObserver
+from autoglm_rpc.telemetry.http import HttpTelemetryMiddleware
 from autoglm_rpc.telemetry.interceptor import TelemetryInterceptor
 from autoglm_rpc.telemetry.metrics import GatewayMetrics
 from autoglm_rpc.telemetry.tracing import TraceExport, build_tracer_provider, resolve_export
@@ -72,6 +73,9 @@ class Telemetry:
 
     def interceptor(self, services: frozenset[str]) -> TelemetryInterceptor:
         return TelemetryInterceptor(self.tracer, self.metrics, services)
+
+    def http_middleware(self, app: Any) -> HttpTelemetryMiddleware:
+        return HttpTelemetryMiddleware(app, self.tracer, self.metrics)
 
     def generation(self) -> GenerationTelemetry:
         return GenerationTelemetry(self.tracer, self.metrics, self.model_id, self.settings.log_prompts)

@@ -1,8 +1,8 @@
 """What the access log and the RPC span learn about one call while it is served (a per-task context variable).
 
-The interceptor creates a `CallRecord` for each call of our services and makes it current; the generation wrapper
-fills in the request id, token counts and timings as they become known; the interceptor reads it back when the call
-ends. The record travels with the handler's task, so nothing is shared between calls.
+The interceptor (or the HTTP middleware) creates a `CallRecord` for each call of our services and makes it current;
+the generation observer fills in the request id, token counts and timings as they become known; the interceptor
+reads it back when the call ends. The record travels with the handler's task, so nothing is shared between calls.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""The `generate`, `route` and `pipe.send` spans, and the request metrics, around the front end's event stream.
+"""The `generate`, `route` and `pipe.send` spans, and the request metrics, observing the front end's events.
 
-`GenerationTelemetry.generate` wraps `Frontend.generate`: it opens `generate <model>` (current for the whole
-request, so it is the parent of what follows), watches the events for the request id, the first token, the usage
-and the finish reason, and records the metrics and the call record that the access log reads. `PoolObserver` is
+`GenerationTelemetry.observe` gives `Frontend.generate` its observer (`GenerationSpan`): a `generate <model>` span,
+child of the trace context the edge built (the RPC or HTTP span), current while the request is routed (so it is
+the parent of what follows); it reads the events for the request id, the first token, the usage and the finish
+reason, and records the metrics and the call record that the access log reads. It never wraps or drives the data
+path. `PoolObserver` is
 the pool's hook: when a request is routed it writes `route` and `pipe.send worker-<i>` (PRODUCER) and injects the
 W3C carrier of `pipe.send` into the `Submit`, so the worker's `request` span continues this trace; it also keeps
 the workers' reported load for the gauges. Prompt and output text never go into a span.
@@ -12,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
@@ -22,14 +23,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from autoglm_rpc.errors import ServiceError
 from autoglm_rpc.requests import Admitted, ChatPrompt, Completed, GenerationEvent, GenerationRequest, TextDelta
 from autoglm_rpc.telemetry import semconv
-from autoglm_rpc.telemetry.attach import attached
 from autoglm_rpc.telemetry.calls import CallRecord, current_call
 from autoglm_rpc.telemetry.logs import current_request_id
 from autoglm_rpc.telemetry.metrics import GatewayMetrics
 from workers.protocol import StepOutput, Submit
 
 if TYPE_CHECKING:
-    from autoglm_rpc.frontend import Frontend
     from autoglm_rpc.pool.handle import WorkerHandle
     from autoglm_rpc.pool.pool import WorkerPool
 
@@ -46,56 +45,33 @@ class GenerationTelemetry:
         self._model_id = model_id
         self._log_prompts = log_prompts
 
-    async def generate(
-        self,
-        frontend: Frontend,
-        request: GenerationRequest,
-        deadline: float | None,
-        carrier: dict[str, str],
-        *,
-        owner: str | None,
-        stream: bool,
-    ) -> AsyncIterator[GenerationEvent]:
-        """`frontend.generate(...)`'s events, unchanged, inside a `generate <model>` span."""
+    def observe(self, request: GenerationRequest, *, stream: bool) -> GenerationSpan:
+        """The observer of one request for `Frontend.generate`: a `generate <model>` span, child of the trace
+        context the edge made current (the RPC or HTTP span)."""
         call = current_call.get() or CallRecord(method="")
         if self._log_prompts:
             call.prompt = _prompt_text(request)
         span = self._tracer.start_span(
             f"{semconv.GENERATE} {self._model_id}", attributes=_request_attributes(request, self._model_id, stream)
         )
-        watcher = _Watcher(span, self._metrics, call)
-        try:
-            with attached(span):  # not use_span: the caller may go away, see attach.py
-                async with aclosing(frontend.generate(request, deadline, carrier, owner)) as events:
-                    async for event in events:
-                        watcher.observe(event)
-                        yield event
-        except (GeneratorExit, asyncio.CancelledError):
-            span.add_event(semconv.EVENT_CANCELLED)
-            raise
-        except ServiceError as error:
-            span.set_attribute(semconv.ERROR_TYPE, error.reason)
-            if error.code.name in SERVER_FAULT_CODES:
-                span.set_status(Status(StatusCode.ERROR, error.reason))
-            raise
-        except Exception as error:
-            span.set_attribute(semconv.ERROR_TYPE, type(error).__qualname__)
-            span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
-            raise
-        finally:
-            span.end()
+        return GenerationSpan(span, self._metrics, call)
 
 
-class _Watcher:
-    """Reads a request's events once, for the span, the metrics and the call record."""
+class GenerationSpan:
+    """Reads a request's events once, for the span, the metrics and the call record (a `GenerationObserver`)."""
 
     def __init__(self, span: trace.Span, metrics: GatewayMetrics, call: CallRecord) -> None:
         self.span = span
         self.metrics = metrics
         self.call = call
         self.has_first_token = False
+        self.is_complete = False
 
-    def observe(self, event: GenerationEvent) -> None:
+    def admitting(self) -> AbstractContextManager[object]:
+        """The span is current while the request is routed: `route` and `pipe.send` are its children."""
+        return trace.use_span(self.span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+
+    def saw(self, event: GenerationEvent) -> None:
         match event:
             case TextDelta(token_ids=token_ids) if token_ids:
                 if not self.has_first_token:
@@ -118,7 +94,25 @@ class _Watcher:
             case Completed():
                 self._complete(event)
 
+    def ended(self, error: BaseException | None) -> None:
+        match error:
+            case None:
+                pass
+            case GeneratorExit() | asyncio.CancelledError() if self.is_complete:
+                pass  # the caller had its whole answer, then let go of the stream
+            case GeneratorExit() | asyncio.CancelledError():
+                self.span.add_event(semconv.EVENT_CANCELLED)
+            case ServiceError():
+                self.span.set_attribute(semconv.ERROR_TYPE, error.reason)
+                if error.code.name in SERVER_FAULT_CODES:
+                    self.span.set_status(Status(StatusCode.ERROR, error.reason))
+            case _:
+                self.span.set_attribute(semconv.ERROR_TYPE, type(error).__qualname__)
+                self.span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
+        self.span.end()
+
     def _complete(self, done: Completed) -> None:
+        self.is_complete = True
         timings, num_tokens = done.timings, len(done.token_ids)
         self.call.finish_reason = done.finish_reason.value
         self.call.time_to_first_token = timings.time_to_first_token

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,13 +22,11 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from autoglm_rpc.telemetry import semconv
+from autoglm_rpc.telemetry.access import access_log
 from autoglm_rpc.telemetry.attach import attached, reset_here
 from autoglm_rpc.telemetry.calls import CallRecord, current_call
 from autoglm_rpc.telemetry.generation import SERVER_FAULT_CODES
-from autoglm_rpc.telemetry.logs import text_value
 from autoglm_rpc.telemetry.metrics import GatewayMetrics
-
-access_logger = logging.getLogger("autoglm_rpc.access")
 
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 GENERATION_METHODS = frozenset({"Generate", "GenerateStream"})
@@ -150,21 +147,29 @@ class _Call:
         span.end()
         if self.method in GENERATION_METHODS:
             self.interceptor._metrics.record_request(code.name, duration)
-        _access_log(record, code, duration, context, span.get_span_context())
+        access_log(record, code.name, duration, span.get_span_context())
 
 
 def final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
     """The status the caller gets, as far as the server knows when the handler returns or raises."""
     if isinstance(error, asyncio.CancelledError):
-        remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
-        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        return _ended_early(context)
     code = _context_code(context)
     if code is not None:
         return code
-    if error is None or isinstance(error, GeneratorExit):
+    if isinstance(error, GeneratorExit):
+        # grpc stopped reading the stream before it ended: the caller cancelled (or its deadline passed) while a
+        # message was being sent, so the task's cancellation hit grpc's sender and not this generator.
+        return _ended_early(context)
+    if error is None:
         return grpc.StatusCode.OK
     return grpc.StatusCode.UNKNOWN  # grpc reports an exception that escapes a handler as UNKNOWN
+
+
+def _ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    expired = remaining is not None and remaining <= 0
+    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
 
 def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
@@ -179,42 +184,3 @@ def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
 def _details(context: grpc.aio.ServicerContext) -> str:
     details = context.details()
     return details.decode(errors="replace") if isinstance(details, bytes) else str(details or "")
-
-
-def _access_log(
-    record: CallRecord,
-    code: grpc.StatusCode,
-    duration: float,
-    context: grpc.aio.ServicerContext,
-    span_context: trace.SpanContext,
-) -> None:
-    if not access_logger.isEnabledFor(logging.INFO):
-        return
-    ttft_ms = None if record.time_to_first_token is None else round(1e3 * record.time_to_first_token, 3)
-    fields: dict[str, Any] = {
-        "method": record.method,
-        "code": code.name,
-        "duration_ms": round(1e3 * duration, 3),
-        "request_id": record.request_id,
-        "prompt_tokens": record.prompt_tokens,
-        "completion_tokens": record.completion_tokens if record.prompt_tokens is not None else None,
-        "time_to_first_token_ms": ttft_ms,
-        "finish_reason": record.finish_reason,
-        "peer": record.peer,
-    }
-    if span_context.is_valid:  # the call's own span, which has ended by now
-        fields["trace_id"] = format(span_context.trace_id, "032x")
-        fields["span_id"] = format(span_context.span_id, "016x")
-    if record.prompt is not None:
-        fields["prompt"] = record.prompt
-    fields = {key: value for key, value in fields.items() if value is not None}
-    shown = (
-        "request_id",
-        "prompt_tokens",
-        "completion_tokens",
-        "duration_ms",
-        "time_to_first_token_ms",
-        "finish_reason",
-    )
-    text = " ".join(f"{key}={text_value(fields[key])}" for key in shown if key in fields)
-    access_logger.info("%s %s %s", record.method, code.name, text, extra=fields)

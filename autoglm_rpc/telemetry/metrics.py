@@ -3,8 +3,8 @@
 The gateway sees every token, so it measures the request metrics; the workers report their load (running and
 waiting requests, KV-cache use) on every `StepOutput`, and the gauges are read from those reports when Prometheus
 scrapes (`--metrics-port`, text format at `/metrics`; OpenMetrics when the scraper asks for it). Labels are
-bounded: `model` (the one served model), `worker` (0..N-1), `rank` (0..tensor_parallel_size-1) and `code` (a
-gRPC status name).
+bounded: `model` (the one served model), `worker` (0..N-1), `rank` (0..tensor_parallel_size-1), `protocol` (grpc
+or http) and `code` (a gRPC status name, or an HTTP status for http).
 
 Histogram buckets are the OpenTelemetry GenAI semantic conventions' (v1.37.0) for the three `gen_ai_server_*`
 metrics.
@@ -68,8 +68,10 @@ class GatewayMetrics:
             registry=registry,
         ).labels(model_id)  # fmt: skip
         self._requests = Counter(
-            "autoglm_requests_total", "Generate and GenerateStream calls by final gRPC status.", ["model", "code"],
-            registry=registry,
+            "autoglm_requests_total",
+            "Generation calls by protocol (grpc: Generate and GenerateStream; http: the OpenAI completion routes) "
+            "and final status (a gRPC status name, or the HTTP status).",
+            ["model", "protocol", "code"], registry=registry,
         )  # fmt: skip
         self._loads: dict[int, StepOutput] = {}  # each worker's latest step report (its load and KV counters)
         self._restarts: collections.Counter[int] = collections.Counter()
@@ -78,8 +80,8 @@ class GatewayMetrics:
 
     # -- recording (event loop) ---------------------------------------------------------------------------------
 
-    def record_request(self, code: str, duration: float) -> None:
-        self._requests.labels(self.model_id, code).inc()
+    def record_request(self, code: str, duration: float, protocol: str = "grpc") -> None:
+        self._requests.labels(self.model_id, protocol, code).inc()
         self.request_duration.observe(duration)
 
     def record_load(self, worker_id: int, output: StepOutput) -> None:

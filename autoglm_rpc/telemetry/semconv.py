@@ -24,6 +24,13 @@ RPC_GRPC_STATUS_CODE = "rpc.grpc.status_code"
 NETWORK_PEER_ADDRESS = "network.peer.address"
 ERROR_TYPE = "error.type"
 
+# HTTP conventions (v1.37.0), for the OpenAI-compatible API. Its server span is named "<method> <route>".
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_ROUTE = "http.route"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+URL_PATH = "url.path"
+URL_SCHEME = "url.scheme"
+
 # GenAI conventions (v1.37.0).
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
 GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"

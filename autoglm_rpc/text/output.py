@@ -70,7 +70,12 @@ class TextStream:
         """Feed the next generated id (or ids); return the text they add, possibly "". ValueError after `flush`."""
         if self._is_flushed:
             raise ValueError("push after flush: the output is finished")
-        ids = (token_ids,) if isinstance(token_ids, int) else token_ids
+        ids = (token_ids,) if isinstance(token_ids, int) else tuple(token_ids)
+        if not self._matcher.has_stops:
+            # Nothing to pin to a token: the whole delta goes through the detokenizer at once (one decode pair per
+            # delta, not per token), and no matcher runs.
+            self._token_ids.extend(ids)
+            return self._emit(self._detokenizer.push(ids))
         parts: list[str] = []
         for token_id in ids:
             if self.is_stopped:

@@ -41,6 +41,11 @@ class StopSequenceMatcher:
         self._is_flushed = False
 
     @property
+    def has_stops(self) -> bool:
+        """False when there is nothing to match: `feed` would return its text unchanged."""
+        return bool(self._stops)
+
+    @property
     def match(self) -> StopMatch | None:
         """The stop that ended the text, once one has matched."""
         return self._match

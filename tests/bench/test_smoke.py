@@ -1,8 +1,8 @@
 """The harness end to end on the session's tiny GLM checkpoint: every CPU system, two levels, a few tokens.
 
 Real components throughout: HF `generate()`, the engine in process, and the service (a server subprocess with a
-worker process, driven by client subprocesses over gRPC). Only counts and report structure are asserted, never
-speed.
+worker process, driven by client subprocesses over gRPC and over HTTP). Only counts and report structure are
+asserted, never speed.
 """
 
 from __future__ import annotations
@@ -37,11 +37,16 @@ def test_cpu_run_measures_every_system_and_writes_the_report(glm_checkpoint: Pat
     )
     report = run_bench(options)
     assert json.loads((tmp_path / "run" / "bench.json").read_text()) == report
-    assert "## The service against the engine in process" in (tmp_path / "run" / "bench.md").read_text()
+    markdown = (tmp_path / "run" / "bench.md").read_text()
+    assert "## The service against the engine in process" in markdown
+    assert "## Gateway CPU per output token" in markdown
 
     measured = {(r["system"], r["concurrency"]): r for r in report["results"]}
-    expected = {("hf_generate", 1)} | {(s, c) for s in ("hf_static_batch", "engine", "service") for c in (1, 2)}
+    systems = ("hf_static_batch", "engine", "service", "service_http")
+    expected = {("hf_generate", 1)} | {(s, c) for s in systems for c in (1, 2)}
     assert set(measured) == expected
+    for (system, _), result in measured.items():  # the gateway's own CPU counters, read around each level
+        assert (result["gateway_cpu_us_per_token"] is not None) == system.startswith("service")
     for result in measured.values():
         assert result["num_requests"] == 2
         assert result["output_tokens"] == 2 * NEW_TOKENS  # every request produced exactly its tokens

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +39,12 @@ def _wait_for(lines: queue.Queue[str], pattern: str, seen: list[str], timeout: f
 
 def test_serve_then_generate_streams_text_and_sigterm_exits_cleanly(glm_checkpoint: Path) -> None:
     # The model comes through the seed document's alias, the batch size through AUTOGLM_*.
-    environ = os.environ | {"MODEL_PATH": str(glm_checkpoint), "AUTOGLM_MAX_BATCH_SIZE": "4"}
+    # The HTTP API on a free port through AUTOGLM_*, as the config file or --http-port would set it.
+    environ = os.environ | {
+        "MODEL_PATH": str(glm_checkpoint),
+        "AUTOGLM_MAX_BATCH_SIZE": "4",
+        "AUTOGLM_HTTP_PORT": "0",
+    }
     serve = subprocess.Popen(
         [*CLI, "serve", "--port", "0", "--device", "cpu", "--workers", "1", "--worker-threads", "1"],
         cwd=ROOT,
@@ -52,6 +58,7 @@ def test_serve_then_generate_streams_text_and_sigterm_exits_cleanly(glm_checkpoi
     threading.Thread(target=_lines, args=(serve.stderr, lines), daemon=True).start()
     try:
         port = _wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", seen, 60).group(1)
+        http_port = _wait_for(lines, r"HTTP API on http://127\.0\.0\.1:(\d+)/v1", seen, 60).group(1)
         _wait_for(lines, r"loading weights", seen, 60)  # load progress is shown
         generate = subprocess.run(
             [*CLI, "generate", "Hello", "--target", f"127.0.0.1:{port}", "--max-new-tokens", "12"],
@@ -64,6 +71,8 @@ def test_serve_then_generate_streams_text_and_sigterm_exits_cleanly(glm_checkpoi
         assert generate.returncode == 0, generate.stderr
         assert generate.stdout.strip(), "no text was streamed"
         assert re.search(r"\[\w+: \d+ tokens", generate.stderr)
+        models = httpx.get(f"http://127.0.0.1:{http_port}/v1/models", timeout=30).json()
+        assert [card["id"] for card in models["data"]] == [glm_checkpoint.name]
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0
         _wait_for(lines, r"shutting down", seen, 5)

@@ -27,7 +27,10 @@ def _cuda_greedy(checkpoint: Path, prompt_ids: list[int], max_new_tokens: int) -
 
 @pytest.mark.parametrize(("dtype", "quantization"), [("float32", "none"), ("bfloat16", "none"), ("auto", "nf4")])
 def test_served_on_cuda(glm_checkpoint: Path, dtype: str, quantization: str) -> None:
-    settings = server_settings(glm_checkpoint, device="cuda", workers=1, dtype=dtype, quantization=quantization)
+    # gRPC only, as the GPU check runs the service: its machine has no web stack (tools/gpu_check/wheels.py).
+    settings = server_settings(
+        glm_checkpoint, device="cuda", workers=1, dtype=dtype, quantization=quantization, http=False
+    )
     server = ServerThread(settings).start()
     try:
         with server.client() as client:

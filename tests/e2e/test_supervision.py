@@ -1,15 +1,13 @@
-"""Faults injected for real: a worker that segfaults before its first token (the request is retried on the other
-worker and succeeds), a worker that runs out of memory at every load (a crash loop, reported and not spun, while
-the other worker serves), and a checkpoint no worker can load (the server gives up and exits 1)."""
+"""Faults for real, in real processes: a worker killed by SIGSEGV (restarted, its death described, the other worker
+serving meanwhile), and a checkpoint no worker can load (the server gives up and exits 1)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import pytest
 
 from autoglm.v1 import model_pb2
 from tests.support import ServerThread, server_settings
@@ -18,48 +16,21 @@ from tests.support import wait_for_info as _wait_for
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_segfault_before_the_first_token_is_retried_on_another_worker(
-    glm_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AUTOGLM_TEST_FAULT", "segfault-on-submit@0")
+def test_a_worker_that_segfaults_is_restarted_while_the_other_serves(glm_checkpoint: Path) -> None:
+    """A real SIGSEGV from outside (what a crash in native code looks like to the gateway). Retry-once and the
+    crash loop are unit-tested with the in-process worker (tests/unit/test_pool_inproc.py)."""
     settings = server_settings(glm_checkpoint, workers=2, restart_backoff_initial=0.5)
     server = ServerThread(settings).start()
     try:
         with server.client() as client:
             client.wait_until_ready(60)
             _wait_for(client, lambda i: all(w.state == model_pb2.WORKER_STATE_READY for w in i.workers), 60)
-            # Both idle: the request goes to worker 0, which dies on receiving it; worker 1 serves it.
-            result = client.generate("Hello", max_new_tokens=5, return_token_ids=True, timeout=60)
-            assert len(result.sequences[0].token_ids) == 5
-            assert server.call(lambda: server.app.pool.num_retried) == 1
+            os.kill(server.app.pool.workers[0].pid, signal.SIGSEGV)
             info = _wait_for(client, lambda i: i.workers[0].restarts == 1, 60)
             assert info.workers[0].last_exit == "killed by signal SIGSEGV"
             assert info.workers[1].state == model_pb2.WORKER_STATE_READY
-    finally:
-        server.stop()
-
-
-def test_a_worker_that_cannot_load_is_a_crash_loop_while_the_other_serves(
-    glm_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AUTOGLM_TEST_FAULT", "oom-at-load@1")
-    settings = server_settings(
-        glm_checkpoint, workers=2, restart_backoff_initial=0.1, max_restarts_per_window=1, restart_window=600.0
-    )
-    server = ServerThread(settings).start()
-    try:
-        with server.client() as client:
-            crash_loop = model_pb2.WORKER_STATE_CRASH_LOOP
-            info = _wait_for(client, lambda i: i.workers[1].state == crash_loop, 90)
-            broken = info.workers[1]
-            assert (broken.restarts, broken.pid) == (1, 0)  # restarted once, then left down
-            assert broken.last_exit.startswith("exit code 1 (MemoryError")
-            assert info.workers[0].state == model_pb2.WORKER_STATE_READY
-            assert info.ready_workers == 1
-            client.wait_until_ready(10)  # readiness stays SERVING on the healthy worker
-            assert client.generate("Hello", max_new_tokens=3, timeout=30).usage.completion_tokens == 3
-            time.sleep(0.5)  # several backoffs' worth: nothing restarts a worker in a crash loop
-            assert client.server_info().workers[1].restarts == 1
+            assert client.generate("Hello", max_new_tokens=5, timeout=60).usage.completion_tokens == 5
+            _wait_for(client, lambda i: i.workers[0].state == model_pb2.WORKER_STATE_READY, 60)
     finally:
         server.stop()
 
@@ -71,6 +42,7 @@ def test_a_checkpoint_no_worker_can_load_ends_the_server(glm_checkpoint: Path, t
         (broken / item.name).write_bytes(item.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     flags = ["--model", str(broken), "--port", "0", "--device", "cpu", "--workers", "1", "--worker-threads", "1"]
+    flags += ["--no-http"]
     result = subprocess.run(
         [sys.executable, "-m", "autoglm_rpc.cli", "serve", *flags],
         cwd=ROOT,

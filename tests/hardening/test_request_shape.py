@@ -12,6 +12,7 @@ import threading
 import time
 
 import grpc
+import httpx
 import pytest
 
 from autoglm.v1 import generation_pb2, generation_pb2_grpc
@@ -100,6 +101,13 @@ def test_a_prompt_far_over_the_context_is_refused_by_its_length(glm_server: Serv
     with glm_server.client() as client, pytest.raises(AutoglmError) as caught:
         client.generate("x" * (16 * 512 + 1), max_new_tokens=2, timeout=60)
     assert caught.value.reason == "PROMPT_TOO_LONG" and "8193 characters" in caught.value.message
+    # The same over HTTP: the body is small enough (64 KiB of 16 MiB), the prompt's length refuses it.
+    url = f"http://127.0.0.1:{glm_server.app.http.port}/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": "x" * (16 * 512 + 1)}], "max_tokens": 2}
+    refused = httpx.post(url, json=body, timeout=60)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "prompt_too_long" and "8193 characters" in error["message"]
 
 
 def test_the_command_line_help_says_its_summary_whole() -> None:

@@ -32,6 +32,8 @@ CLI = [
     "1",
     "--log-format",
     "text",
+    "--http-port",
+    "0",
 ]
 
 
@@ -71,6 +73,15 @@ def test_a_port_held_by_another_program(glm_checkpoint: Path) -> None:
         holder.listen()
         port = holder.getsockname()[1]
         _assert_one_clear_line(*_serve("--model", str(glm_checkpoint), "--port", str(port)), "is in use")
+
+
+def test_an_http_port_held_by_another_program(glm_checkpoint: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        args = ("--model", str(glm_checkpoint), "--port", "0", "--http-port", str(port))
+        _assert_one_clear_line(*_serve(*args), f"http: port {port} on 127.0.0.1 is in use")
 
 
 def test_a_second_server_on_a_served_port_is_refused(glm_server: ServerThread, glm_checkpoint: Path) -> None:

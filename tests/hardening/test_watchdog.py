@@ -1,13 +1,16 @@
 """The watchdog, with SIGSTOP on a real worker: a stopped worker is found, its requests end UNAVAILABLE /
-WORKER_HUNG, it is killed and restarted, and GetServerInfo shows what happened; then it serves again."""
+WORKER_HUNG (over HTTP too), it is killed and restarted, and GetServerInfo shows what happened; then it serves
+again."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from autoglm.v1 import model_pb2
@@ -53,6 +56,27 @@ def test_a_stopped_worker_mid_stream_ends_the_stream_worker_hung_and_restarts(wa
         worker = _ready_again(client, pid)
         assert worker.hangs == 1 and worker.restarts == 1
         assert "SIGKILL" in worker.last_exit and "hung" in worker.last_exit
+        assert client.generate("Hello", max_new_tokens=3, timeout=60).usage.completion_tokens == 3
+
+
+def test_a_stopped_worker_ends_an_http_stream_with_worker_hung(watched: ServerThread) -> None:
+    """A stream has sent its 200 already, so WORKER_HUNG arrives as its last event (a whole answer gets a 503)."""
+    with watched.client() as client:
+        pid = _ready_again(client, -1).pid
+    url = f"http://127.0.0.1:{watched.app.http.port}/v1/completions"
+    body = {"prompt": "Hello", "max_tokens": 500, "ignore_eos": True, "stream": True}
+    events, stopped = [], False
+    with httpx.stream("POST", url, json=body, timeout=120) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                events.append(json.loads(line.removeprefix("data: ")))
+                if not stopped:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped = True
+    assert stopped and events[-1]["error"]["code"] == "worker_hung", events[-1]
+    with watched.client() as client:
+        assert _ready_again(client, pid).restarts >= 1
         assert client.generate("Hello", max_new_tokens=3, timeout=60).usage.completion_tokens == 3
 
 

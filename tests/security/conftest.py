@@ -22,8 +22,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @contextmanager
 def gateway_only(settings: Settings) -> Iterator[App]:
-    """The real gRPC server of `settings`, started without its workers: enough for transport, authentication,
-    health and ModelService (generation answers NO_READY_WORKER). Cheap: no model is loaded."""
+    """The real gRPC and HTTP servers of `settings`, started without their workers: enough for transport,
+    authentication, health and ModelService (generation answers NO_READY_WORKER). Cheap: no model is loaded."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -31,6 +31,8 @@ def gateway_only(settings: Settings) -> Iterator[App]:
     async def start() -> App:
         app = build_app(settings)
         await app.server.start()
+        if app.http is not None:
+            app.http.start()
         return app
 
     app = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
@@ -38,6 +40,8 @@ def gateway_only(settings: Settings) -> Iterator[App]:
         yield app
     finally:
         asyncio.run_coroutine_threadsafe(app.server.stop(0), loop).result(30)
+        if app.http is not None:
+            asyncio.run_coroutine_threadsafe(app.http.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()

@@ -1,7 +1,7 @@
 """One trace from the RPC to the kernels, across real processes: the gateway (in this process) and a real worker
 process export OTLP/gRPC to a receiver in the test, and the spans are checked as they arrived there. Also: the RPC
 span's status for OK, INVALID_ARGUMENT, a client's cancel and a worker crash; the metrics endpoint after traffic;
-the access log."""
+the access log; the same for the OpenAI-compatible HTTP API (its server span continues `traceparent`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -273,7 +274,7 @@ def test_metrics_after_traffic(traced: Traced) -> None:
     assert families["gen_ai_server_time_per_output_token_seconds"].type == "histogram"
 
     requests = families["autoglm_requests"]  # the parser drops the counter's _total suffix from the family
-    ok = [s for s in requests.samples if s.labels == {"model": model, "code": "OK"}]
+    ok = [s for s in requests.samples if s.labels == {"model": model, "protocol": "grpc", "code": "OK"}]
     assert ok and ok[0].value >= 1
     assert {s.labels["code"] for s in requests.samples} >= {"OK", "INVALID_ARGUMENT"}
     assert next(s.value for s in families["autoglm_output_tokens"].samples) >= 5
@@ -303,6 +304,62 @@ def test_metrics_after_traffic(traced: Traced) -> None:
     assert "# UNIT gen_ai_server_request_duration_seconds seconds" in openmetrics
     assert "# UNIT autoglm_output_tokens tokens" in openmetrics
     assert "# UNIT autoglm_kv_cache_usage_ratio ratio" in openmetrics
+
+
+def _http(traced: Traced) -> str:
+    return f"http://127.0.0.1:{traced.server.app.http.port}/v1"
+
+
+def test_an_http_completion_is_one_trace_with_metrics_and_an_access_log_line(traced: Traced) -> None:
+    trace_id, caller_span_id, metadata = _traceparent()
+    body = {"prompt": "secret words", "max_tokens": 4, "ignore_eos": True}
+    reply = httpx.post(f"{_http(traced)}/completions", json=body, headers=dict(metadata), timeout=60).json()
+    request_id = reply["id"].removeprefix("cmpl-")
+
+    spans = traced.receiver.wait_for(
+        lambda spans: any(s.trace_id == trace_id and s.name == "request" for s in spans)
+    )
+    in_trace = [s for s in spans if s.trace_id == trace_id]
+    server = _one(in_trace, name="POST /v1/completions")
+    assert (server.kind, server.parent_span_id) == ("SPAN_KIND_SERVER", caller_span_id)
+    assert server.attributes["http.response.status_code"] == 200 and server.status == "STATUS_CODE_UNSET"
+    assert server.attributes["http.route"] == "/v1/completions"
+    generate = _one(in_trace, name=f"generate {traced.server.app.frontend.model.model_id}")
+    assert generate.parent_span_id == server.span_id
+    assert generate.attributes["gen_ai.response.id"] == request_id
+    assert _is_descendant(_one(in_trace, name="request"), server, _by_id(spans))
+
+    families = {family.name: family for family in text_string_to_metric_families(
+        _scrape(traced.server.app.telemetry.metrics_port or 0))}  # fmt: skip
+    http_ok = [s for s in families["autoglm_requests"].samples if s.labels.get("protocol") == "http"]
+    assert [s.labels["code"] for s in http_ok] == ["200"] and http_ok[0].value >= 1
+
+    lines = [json.loads(line) for line in traced.access_log.getvalue().splitlines()]
+    (line,) = [entry for entry in lines if entry.get("request_id") == request_id]
+    assert (line["method"], line["code"], line["protocol"]) == ("POST /v1/completions", "200", "http")
+    assert line["trace_id"] == trace_id and line["completion_tokens"] == 4
+    assert "secret" not in json.dumps(line)
+
+
+def test_an_http_client_that_disconnects_stops_its_request_in_the_worker(traced: Traced) -> None:
+    trace_id, _, metadata = _traceparent()
+    body = {"prompt": "Hello there", "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    url = f"{_http(traced)}/completions"
+    with httpx.stream("POST", url, json=body, headers=dict(metadata), timeout=60) as reply:
+        next(reply.iter_lines())  # the first chunk: the request is running
+    # Not streamed: the client stops waiting for the whole answer.
+    whole_trace_id, _, whole_metadata = _traceparent()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json={**body, "stream": False}, headers=dict(whole_metadata),
+                   timeout=httpx.Timeout(60, read=1.0))  # fmt: skip
+    for trace in (trace_id, whole_trace_id):
+        spans = traced.receiver.wait_for(
+            lambda spans, trace=trace: any(s.trace_id == trace and s.name == "request" for s in spans)
+        )
+        in_trace = [s for s in spans if s.trace_id == trace]
+        assert _one(in_trace, name="request").attributes["gen_ai.response.finish_reasons"] == ["cancelled"]
+        server = _one(in_trace, name="POST /v1/completions")
+        assert server.attributes["http.response.status_code"] == 499 and "cancelled" in server.events
 
 
 def test_rpc_span_of_a_worker_crash_is_unavailable_and_an_error(traced: Traced) -> None:

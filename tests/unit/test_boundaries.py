@@ -31,9 +31,36 @@ def test_gateway_does_not_import_torch_or_transformers() -> None:
     assert "transformers" not in loaded
 
 
-def test_workers_do_not_import_grpc() -> None:
+WEB_FRAMEWORK = ("fastapi", "starlette", "uvicorn")
+
+
+def _roots(loaded: set[str], roots: tuple[str, ...]) -> set[str]:
+    return {name for name in loaded if name.split(".")[0] in roots}
+
+
+def test_workers_do_not_import_grpc_or_the_web_framework() -> None:
     loaded = _modules_after_import(_package_modules("workers"))
     assert not {name for name in loaded if name == "grpc" or name.startswith(("grpc.", "autoglm_rpc"))}
+    assert not _roots(loaded, WEB_FRAMEWORK)
+
+
+CORE = ["autoglm_rpc.frontend", "autoglm_rpc.requests", "autoglm_rpc.errors", "autoglm_rpc.security.rate_limit",
+        *_package_modules("autoglm_rpc/pool"), *_package_modules("autoglm_rpc/text")]  # fmt: skip
+
+
+def test_the_request_core_imports_neither_grpc_nor_the_web_framework() -> None:
+    """The front end, the pool, text handling and the error taxonomy serve both protocols: each edge (the gRPC
+    servicers, the HTTP routes) converts to and from them, and maps the taxonomy to its own statuses."""
+    loaded = _modules_after_import(CORE)
+    assert not _roots(loaded, ("grpc", "google", "autoglm", *WEB_FRAMEWORK))
+
+
+def test_only_the_http_edge_imports_the_web_framework() -> None:
+    """The front end, the pool, text handling and telemetry (its HTTP middleware is plain ASGI) serve both
+    protocols; FastAPI, Starlette and uvicorn stay in `openai_api/`, which the server imports only when the HTTP
+    face is on (so a gRPC-only server, as the GPU check runs it, needs no web stack installed)."""
+    modules = [m for m in _package_modules("autoglm_rpc") if not m.startswith("autoglm_rpc.openai_api")]
+    assert not _roots(_modules_after_import([*modules, "bench.client_process", "bench.harness"]), WEB_FRAMEWORK)
 
 
 def test_protocol_uses_the_standard_library_only() -> None:

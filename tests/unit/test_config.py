@@ -100,3 +100,15 @@ def test_kv_cache_settings_from_flags_environment_and_file(tmp_path: Path) -> No
     config.write_text("kv_cache_tokens = 2048\nkv_block_size = 32\n")
     settings = Settings.from_sources({}, environ={"AUTOGLM_KV_CACHE_TOKENS": "1024"}, config_file=config)
     assert (settings.kv_cache_tokens, settings.kv_block_size, settings.enable_prefix_caching) == (1024, 32, True)
+
+
+def test_the_http_api_settings(tmp_path: Path) -> None:
+    defaults = Settings.from_sources({}, environ={})
+    assert (defaults.http, defaults.http_host, defaults.http_port) == (True, None, 8000)
+    config = tmp_path / "autoglm.toml"
+    config.write_text('http_port = 9000\nhttp_host = "0.0.0.0"\n')
+    settings = Settings.from_sources({"http": False}, environ={"AUTOGLM_HTTP_PORT": "0"}, config_file=config)
+    assert (settings.http, settings.http_host, settings.http_port) == (False, "0.0.0.0", 0)
+    assert Settings.from_sources({}, environ={"AUTOGLM_HTTP": "off"}).http is False
+    with pytest.raises(ValueError, match=r"http_port must be in 0\.\.65535"):
+        Settings.from_sources({"http_port": 70000}, environ={})

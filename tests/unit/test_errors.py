@@ -7,6 +7,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from autoglm_rpc import errors
+from autoglm_rpc.servicers.status import to_rpc_status
 
 
 @pytest.mark.parametrize(
@@ -22,11 +23,13 @@ from autoglm_rpc import errors
         (errors.NoReadyWorker(), grpc.StatusCode.UNAVAILABLE, "NO_READY_WORKER"),
         (errors.ServerDraining(), grpc.StatusCode.UNAVAILABLE, "SERVER_DRAINING"),
         (errors.WorkerCrashed(1), grpc.StatusCode.UNAVAILABLE, "WORKER_CRASHED"),
+        (errors.WorkerHung(1, 120.0), grpc.StatusCode.UNAVAILABLE, "WORKER_HUNG"),
+        (errors.TooManyWatchers(100), grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_HEALTH_WATCHERS"),
         (errors.InternalError("r9"), grpc.StatusCode.INTERNAL, "INTERNAL_ERROR"),
     ],
 )
 def test_status_carries_code_reason_and_details(error: errors.ServiceError, code, reason: str) -> None:
-    status = errors.to_rpc_status(error)
+    status = to_rpc_status(error)
     assert status.code == code
     assert status.details == error.message
     (key, value), *_ = status.trailing_metadata
@@ -45,7 +48,7 @@ def test_internal_error_hides_details() -> None:
 
 
 def test_deadline_exceeded_has_no_reason_detail() -> None:
-    status = errors.to_rpc_status(errors.DeadlineExceeded())
+    status = to_rpc_status(errors.DeadlineExceeded())
     assert status.code == grpc.StatusCode.DEADLINE_EXCEEDED
     (_, value), *_ = status.trailing_metadata
     assert not status_pb2.Status.FromString(value).details

@@ -50,3 +50,20 @@ def test_end_events_are_never_merged_and_a_waiting_reader_wakes() -> None:
 def test_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_events"):
         EventBuffer(0)
+
+
+def test_a_reader_that_fell_behind_takes_the_pending_deltas_merged() -> None:
+    async def scenario() -> None:
+        buffer = EventBuffer(max_events=64)
+        for token_id in range(5):
+            buffer.put(_delta(token_id))
+        buffer.put(_delta(5, Finish(FinishReason.EOS_TOKEN)))
+        buffer.put(WorkerCrashed(0))  # nothing follows an end in practice; it shows the merge stops there
+        merged = await buffer.get_merged()
+        assert merged.token_ids == tuple(range(6)) and [lp.token_id for lp in merged.logprobs] == list(range(6))
+        assert merged.finish == Finish(FinishReason.EOS_TOKEN) and buffer.num_merged == 1
+        assert isinstance(await buffer.get_merged(), WorkerCrashed)
+        buffer.put(_delta(7))
+        assert (await buffer.get_merged()).token_ids == (7,)  # alone: as it came
+
+    asyncio.run(scenario())

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from autoglm_rpc.pool.handle import WorkerHandle, WorkerState, describe_exit
 from autoglm_rpc.pool.supervisor import RestartPolicy, Supervisor
-from workers.faults import Faults
 from workers.protocol import WorkerConfig
 
 
@@ -57,13 +54,3 @@ def test_exit_codes_in_words() -> None:
     assert describe_exit(-11) == "killed by signal SIGSEGV"
     assert describe_exit(1) == "exit code 1"
     assert describe_exit(0) == "exited normally"
-
-
-def test_faults_are_off_unless_the_variable_arms_them() -> None:
-    assert Faults.from_environ(0, {}) == Faults()
-    environ = {"AUTOGLM_TEST_FAULT": "segfault-on-submit@0, oom-at-load@1"}
-    assert Faults.from_environ(0, environ) == Faults(segfault_on_submit=True)
-    assert Faults.from_environ(1, environ) == Faults(oom_at_load=True)
-    assert Faults.from_environ(2, environ) == Faults()
-    with pytest.raises(ValueError, match="AUTOGLM_TEST_FAULT"):
-        Faults.from_environ(0, {"AUTOGLM_TEST_FAULT": "explode@0"})

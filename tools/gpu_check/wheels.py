@@ -9,6 +9,11 @@ protobuf are there, but perhaps older than the generated stubs need (grpcio 1.84
 gencode): their wheels come along and are installed only where the version there does not satisfy `accept`.
 Every version is the one the test suite runs with here.
 
+The OpenAI-compatible HTTP API's stack (fastapi, starlette, uvicorn, pydantic and theirs) does not come along:
+the gateway imports it only when the HTTP face is on, and the check runs the service gRPC-only (`http` off in
+the benchmark's service stages unless `service_http` is asked for, in the tracing A/B and in the gpu-marked
+server test), which keeps it out of the carry.
+
     python -m tools.gpu_check.wheels --dest .gpu-wheels    # download, check, report the size (make gpu-wheels)
 """
 

@@ -30,6 +30,20 @@ def test_without_stops_the_text_is_the_decode(tokenizer: TextTokenizer) -> None:
     assert stream.stop_sequence is None and not stream.is_stopped
 
 
+def test_without_stops_deltas_of_any_size_give_the_decode(tokenizer: TextTokenizer) -> None:
+    """Whole deltas go through the detokenizer at once: however the ids are cut, the text is the same."""
+    ids = tokenizer.encode("你好，世界！ 😀 done and more words")
+    rng = random.Random(5)
+    for _ in range(5):
+        stream, start, pieces = TextStream(tokenizer), 0, []
+        while start < len(ids):
+            size = rng.randint(1, 4)
+            pieces.append(stream.push(ids[start : start + size]))
+            start += size
+        pieces.append(stream.flush())
+        assert "".join(pieces) == tokenizer.decode(ids) and stream.token_ids == tuple(ids)
+
+
 def test_stop_sequence_cuts_text_and_tokens(tokenizer: TextTokenizer) -> None:
     ids = tokenizer.encode("你好，世界！今天天气很好。")
     stream = TextStream(tokenizer, ["世界"])

@@ -1,0 +1,32 @@
+"""The OpenAI-compatible HTTP API: routes over the same front end, keys, limits and telemetry as gRPC.
+
+`build_http_server(...)` assembles it (outermost first): telemetry (span, metrics, access log), API keys, body
+size and content type, then the FastAPI routes; and binds its listener. See README "OpenAI-compatible HTTP API".
+"""
+
+from __future__ import annotations
+
+from autoglm_rpc.config import Settings
+from autoglm_rpc.frontend import Frontend
+from autoglm_rpc.openai_api.edge import ApiKeyMiddleware, BodyLimitMiddleware
+from autoglm_rpc.openai_api.routes import OpenAIRoutes, build_api
+from autoglm_rpc.openai_api.server import HttpServer, HttpTls
+from autoglm_rpc.requests import RequestLimits
+from autoglm_rpc.security.keys import ApiKeys
+from autoglm_rpc.telemetry import Telemetry
+
+
+def build_http_server(
+    settings: Settings, frontend: Frontend, telemetry: Telemetry, keys: ApiKeys | None, limits: RequestLimits
+) -> HttpServer | None:
+    """The HTTP listener bound to http_host:http_port (default host: the gRPC host), or None with `--no-http`."""
+    if not settings.http:
+        return None
+    routes = OpenAIRoutes(frontend, telemetry.generation(), limits)
+    pool = frontend.pool
+    api = build_api(routes, lambda: pool.is_serving and not pool.is_draining)
+    app = telemetry.http_middleware(ApiKeyMiddleware(BodyLimitMiddleware(api, settings.max_message_bytes), keys))
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = HttpTls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    return HttpServer.bind(app, settings.http_host or settings.host, settings.http_port, tls)

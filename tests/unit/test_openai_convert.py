@@ -1,0 +1,107 @@
+"""The HTTP edge without a server: OpenAI bodies to requests (every bad field named), and the one map from the
+error taxonomy to HTTP statuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoglm_rpc import errors
+from autoglm_rpc.openai_api import convert, schemas
+from autoglm_rpc.openai_api.errors import service_error_body
+from autoglm_rpc.requests import ChatPrompt, RequestLimits, TokenPrompt
+
+LIMITS = RequestLimits(max_stop_sequences=2, max_stop_sequence_chars=8, max_top_logprobs=4)
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+def _chat(**fields: object):
+    return convert.chat_request(schemas.ChatCompletionRequest.model_validate({"messages": CHAT, **fields}), LIMITS)
+
+
+def _completion(**fields: object):
+    body = schemas.CompletionRequest.model_validate({"prompt": "hi", **fields})
+    return convert.completion_request(body, LIMITS)
+
+
+def test_fields_map_onto_the_request() -> None:
+    request = _chat(
+        model="m", max_completion_tokens=5, temperature=0.5, top_p=0.9, seed=3, stop="END", top_k=-1,
+        min_tokens=2, repetition_penalty=1.1, ignore_eos=True, logprobs=True, top_logprobs=2,
+        messages=[{"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+    )  # fmt: skip
+    assert request.prompt == ChatPrompt((request.prompt.messages[0],))
+    assert (request.prompt.messages[0].role, request.prompt.messages[0].content) == ("system", "ab")
+    assert request.model == "m" and request.stopping.max_new_tokens == 5 and request.stopping.min_new_tokens == 2
+    assert (request.sampling.temperature, request.sampling.top_p, request.sampling.seed) == (0.5, 0.9, 3)
+    assert request.sampling.top_k == 0 and request.sampling.repetition_penalty == 1.1
+    assert request.stopping.stop_sequences == ("END",) and request.stopping.ignore_eos
+    assert request.output.return_logprobs and request.output.top_logprobs == 2
+    assert _completion(prompt=[[5, 6, 7]], logprobs=0).prompt == TokenPrompt((5, 6, 7))
+    assert _completion(prompt=["text"]).prompt == "text"
+    assert _completion(logprobs=3).output.top_logprobs == 3
+
+
+@pytest.mark.parametrize(
+    ("make", "fields", "param"),
+    [
+        (_chat, {"temperature": 101}, "temperature"),
+        (_chat, {"top_p": 0}, "top_p"),
+        (_chat, {"seed": -1}, "seed"),
+        (_chat, {"n": 3}, "n"),
+        (_chat, {"frequency_penalty": 1}, "frequency_penalty"),
+        (_chat, {"logit_bias": {"1": 2}}, "logit_bias"),
+        (_chat, {"tools": []}, "tools"),
+        (_chat, {"max_tokens": 3, "max_completion_tokens": 3}, "max_completion_tokens"),
+        (_chat, {"max_completion_tokens": 0}, "max_completion_tokens"),
+        (_chat, {"top_logprobs": 2}, "top_logprobs"),
+        (_chat, {"logprobs": True, "top_logprobs": 5}, "top_logprobs"),
+        (_chat, {"stop": ["a", "b", "c"]}, "stop"),
+        (_chat, {"stop": ["a", "much too long"]}, "stop[1]"),
+        (_chat, {"min_tokens": 9, "max_tokens": 3}, "min_tokens"),
+        (_chat, {"messages": []}, "messages"),
+        (_chat, {"messages": [{"role": "", "content": "x"}]}, "messages[0].role"),
+        (_completion, {"prompt": ""}, "prompt"),
+        (_completion, {"prompt": ["a", "b"]}, "prompt"),
+        (_completion, {"prompt": [1, -2]}, "prompt"),
+        (_completion, {"logprobs": 5}, "logprobs"),
+        (_completion, {"echo": True}, "echo"),
+        (_completion, {"best_of": 2}, "best_of"),
+        (_completion, {"suffix": "x"}, "suffix"),
+    ],
+)
+def test_bad_fields_are_named(make, fields: dict, param: str) -> None:
+    with pytest.raises(errors.InvalidParameter) as caught:
+        make(**fields)
+    assert caught.value.field == param
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (errors.InvalidParameter("prompt_token_ids.ids", "bad"), 400, "invalid_parameter"),
+        (errors.PromptTooLong("long"), 400, "prompt_too_long"),
+        (errors.ChatTemplateMissing("m"), 400, "chat_template_missing"),
+        (errors.Unauthenticated("who"), 401, None),
+        (errors.PermissionDenied("not yours"), 403, None),
+        (errors.ModelNotFound("a", "b"), 404, "model_not_found"),
+        (errors.DuplicateRequestId("x"), 409, "duplicate_request_id"),
+        (errors.QueueFull(3, 3, retry_after=0.2), 429, "queue_full"),
+        (errors.RateLimited("slow down", None), 429, "rate_limited"),
+        (errors.OutOfMemory("oom"), 503, "gpu_out_of_memory"),
+        (errors.NoReadyWorker(), 503, "no_ready_worker"),
+        (errors.ServerDraining(), 503, "server_draining"),
+        (errors.WorkerCrashed(0), 503, "worker_crashed"),
+        (errors.WorkerHung(0, 120.0), 503, "worker_hung"),
+        (errors.TooManyWatchers(100), 429, "too_many_health_watchers"),
+        (errors.DeadlineExceeded(), 504, None),
+        (errors.InternalError("r"), 500, "internal_error"),
+    ],
+)
+def test_one_map_from_the_taxonomy_to_http(error: errors.ServiceError, status: int, code: str | None) -> None:
+    got_status, body, headers = service_error_body(error)
+    assert (got_status, body["error"]["code"]) == (status, code)
+    assert ("Retry-After" in headers) == (error.retry_after is not None)
+    if isinstance(error, errors.InvalidParameter):
+        assert body["error"]["param"] == "prompt" and body["error"]["message"] == "prompt: bad"
+    if isinstance(error, errors.QueueFull):
+        assert headers["Retry-After"] == "1"  # whole seconds, rounded up
