@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = [ROOT / "deploy" / "Dockerfile", ROOT / "deploy" / "Dockerfile.cpu"]
 HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
 PORT = "50051"
+HTTP_PORT = "8000"
 
 
 @dataclass(frozen=True)
@@ -115,13 +116,13 @@ def test_runtime_runs_as_non_root_and_serves_the_mounted_model(dockerfile: Path)
     user = users[-1].arguments.split(":")[0]
     assert user not in ("root", "0"), "the service must not run as root"
     assert keywords.index("USER") < keywords.index("CMD") and keywords.index("USER") < keywords.index("ENTRYPOINT")
-    assert any(i.keyword == "EXPOSE" and i.arguments.split() == [PORT] for i in runtime)
+    assert any(i.keyword == "EXPOSE" and i.arguments.split() == [PORT, HTTP_PORT] for i in runtime)
     assert any(i.keyword == "VOLUME" and json.loads(i.arguments) == ["/models"] for i in runtime)
     (entrypoint,) = (exec_form(i) for i in runtime if i.keyword == "ENTRYPOINT")
     (command,) = (exec_form(i) for i in runtime if i.keyword == "CMD")
     line = " ".join(entrypoint + command)
     assert line.startswith("autoglm-rpc serve ")
-    assert "--host 0.0.0.0" in line and f"--port {PORT}" in line
+    assert "--host 0.0.0.0" in line and f"--port {PORT}" in line and f"--http-port {HTTP_PORT}" in line
     assert re.search(r"--model /models/\S+", line)
 
 

@@ -95,6 +95,14 @@ def test_probes_are_grpc_health_on_the_serving_port() -> None:
     assert probes["readinessProbe"]["service"] == READINESS
 
 
+def test_the_http_api_is_a_named_port_of_the_pod_and_both_services() -> None:
+    http_port = int(_one("ConfigMap")["data"]["AUTOGLM_HTTP_PORT"])
+    assert {"name": "http", "containerPort": http_port} in _container()["ports"]
+    for name in ("autoglm-rpc-headless", "autoglm-rpc"):
+        ports = {p["name"]: p for p in _one("Service", name)["spec"]["ports"]}
+        assert (ports["http"]["port"], ports["http"]["targetPort"]) == (http_port, "http")
+
+
 def test_termination_grace_covers_prestop_and_the_drain() -> None:
     pod = _one("Deployment")["spec"]["template"]["spec"]
     pre_stop = _container()["lifecycle"]["preStop"]["sleep"]["seconds"]
