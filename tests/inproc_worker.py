@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 
-from autoglm_rpc.pool.handle import WorkerState, describe_exit
+from autoglm_rpc.pool.handle import WorkerHandle, WorkerState
 from workers.protocol import (
     GatewayMessage,
-    ModelInfo,
     Shutdown,
-    StepOutput,
     Submit,
     WorkerConfig,
     WorkerFailed,
@@ -95,40 +93,21 @@ def _shut(conn: Connection) -> None:
         end.shutdown(socket.SHUT_RDWR)
 
 
-class InProcessWorkerHandle:
-    """`WorkerHandle`'s interface over a thread running the worker loop. Methods run on the event loop."""
+class InProcessWorkerHandle(WorkerHandle):
+    """`WorkerHandle` over a thread running the worker loop: the state, callbacks and exit reporting are the
+    process handle's own; only how a run starts, is sent to, and ends differs. Methods run on the event loop."""
 
     def __init__(
         self,
         config: WorkerConfig,
         loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[InProcessWorkerHandle, WorkerMessage], None],
-        on_exit: Callable[[InProcessWorkerHandle], None],
+        on_message: Callable[[WorkerHandle, WorkerMessage], None],
+        on_exit: Callable[[WorkerHandle], None],
         faults: Faults | None = None,
     ) -> None:
-        self.config = config
+        super().__init__(config, loop, on_message, on_exit)
         self.faults = faults or Faults()
-        self.state = WorkerState.STARTING
-        self.model: ModelInfo | None = None
-        self.num_in_flight = 0
-        self.num_restarts = 0
-        self.num_hangs = 0
-        self.last_exit = ""
-        self.failure = ""
-        self.failure_will_repeat = False
-        self.last_step: StepOutput | None = None
-        self._loop = loop
-        self._on_message = on_message
-        self._on_exit = on_exit
-        self._current: _Thread | None = None
-
-    @property
-    def worker_id(self) -> int:
-        return self.config.worker_id
-
-    @property
-    def is_ready(self) -> bool:
-        return self.state is WorkerState.READY
+        self._current: _Thread | None = None  # a thread stands in for the process
 
     @property
     def pid(self) -> int | None:
@@ -166,22 +145,3 @@ class InProcessWorkerHandle:
             current.die(-signal.SIGKILL)
             await current.exited.wait()
         return current.exit_code
-
-    def call_in_loop(self, callback: Callable[..., None], *args: object) -> None:
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(callback, *args)
-
-    def deliver(self, run: _Thread, message: WorkerMessage) -> None:
-        if run is self._current:
-            self._on_message(self, message)
-
-    def handle_exit(self, run: _Thread) -> None:
-        if run is not self._current:
-            return
-        self._current = None
-        self.model = None
-        self.last_exit = describe_exit(run.exit_code)
-        if self.failure:
-            self.last_exit += f" ({self.failure})"
-        run.exited.set()
-        self._on_exit(self)
