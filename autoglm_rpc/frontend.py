@@ -14,7 +14,6 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass
 
 from autoglm_rpc import errors, request_ids
@@ -248,24 +247,34 @@ class Frontend:
         `owner` (the API key's owner) is charged the tokens (rate limits) and may cancel the request. `observer`
         (telemetry) is told every event and how the request ended; it never changes what is yielded.
         """
+        # One generator from the pool to the caller: every layer here is paid once per worker step per stream.
         try:
-            async with aclosing(self._generate(request, deadline, carrier, owner, observer)) as events:
-                async for event in events:
-                    observer.saw(event)
-                    yield event
+            run = await self._start(request, deadline, carrier, owner, observer)
+            try:
+                prompt_tokens, seed = len(run.submit.prompt_ids), run.submit.sampling.seed
+                admitted = Admitted(run.request_id, self.model.model_id, prompt_tokens, seed)
+                observer.saw(admitted)
+                yield admitted
+                while not run.is_done:
+                    for event in run.handle(await run.flight.events.get_merged()):
+                        observer.saw(event)
+                        yield event
+            finally:
+                self._finish(run, owner)
         except BaseException as error:
             observer.ended(error)
             raise
         observer.ended(None)
 
-    async def _generate(
+    async def _start(
         self,
         request: GenerationRequest,
         deadline: float | None,
         carrier: dict[str, str] | None,
         owner: str | None,
         observer: GenerationObserver,
-    ) -> AsyncIterator[GenerationEvent]:
+    ) -> _Run:
+        """Check, tokenize and admit `request`; the returned run is counted active until `_finish`."""
         arrival = time.monotonic()
         # Refuse before tokenizing when the answer is already no (draining, no worker, over capacity).
         self.check_model(request.model)
@@ -285,22 +294,20 @@ class Frontend:
             include_stop_sequence=request.stopping.include_stop_sequence,
             skip_special_tokens=request.output.skip_special_tokens,
         )
-        run = _Run(submit, flight, arrival, text, request_ids.public(owner, submit.request_id))
         self.num_active += 1
         self._idle.clear()
-        try:
-            yield Admitted(run.request_id, self.model.model_id, len(submit.prompt_ids), submit.sampling.seed)
-            while not run.is_done:
-                for event in run.handle(await flight.events.get_merged()):
-                    yield event
-        finally:
-            if not run.is_done or run.must_cancel:
-                self.pool.cancel(submit.request_id)
-            self.pool.detach(submit.request_id)
-            self.num_active -= 1
-            if not self.num_active:
-                self._idle.set()
-            self.limiter.refund_tokens(owner, submit.stopping.max_new_tokens - len(text.token_ids))
+        return _Run(submit, flight, arrival, text, request_ids.public(owner, submit.request_id))
+
+    def _finish(self, run: _Run, owner: str | None) -> None:
+        """Release what an admitted run holds: its worker slot (cancelled unless it ended), its unused tokens."""
+        request_id = run.submit.request_id
+        if not run.is_done or run.must_cancel:
+            self.pool.cancel(request_id)
+        self.pool.detach(request_id)
+        self.num_active -= 1
+        if not self.num_active:
+            self._idle.set()
+        self.limiter.refund_tokens(owner, run.submit.stopping.max_new_tokens - run.text.num_tokens)
 
     def _admit(self, submit: Submit, owner: str | None) -> InFlight:
         """Charge the owner's token budget (prompt + max_new_tokens, the unused part refunded at the end), then

@@ -161,11 +161,20 @@ class _DeltaBatcher:
     num_tokens: int = 0
 
     def add(self, delta: TextDelta) -> generation_pb2.GenerateStreamResponse | None:
+        output = self.request.output
+        has_payload = delta.text or output.return_token_ids or output.return_logprobs
+        if has_payload and not self.num_tokens and len(delta.token_ids) >= self.request.min_tokens_per_message:
+            # Nothing held back and the delta is big enough alone (the usual case): one message, no copies.
+            message = generation_pb2.GenerateStreamResponse(request_id=self.request_id, text=delta.text)
+            if output.return_token_ids:
+                message.token_ids.extend(delta.token_ids)
+            if output.return_logprobs:
+                message.logprobs.extend(convert.logprobs(delta.logprobs))
+            return message
         self.text.append(delta.text)
         self.token_ids.extend(delta.token_ids)
         self.logprobs.extend(delta.logprobs)
         self.num_tokens += len(delta.token_ids)
-        output = self.request.output
         has_payload = any(self.text) or output.return_token_ids or output.return_logprobs
         if self.num_tokens < self.request.min_tokens_per_message or not has_payload:
             return None
