@@ -31,9 +31,10 @@ logger = logging.getLogger(__name__)
 
 SYSTEMS = (
     "hf_generate", "hf_static_batch", "hf_continuous_batching", "hf_cuda_graph", "engine",
-    "service", "service_http",
+    "service", "service_http", "grpc_floor",
 )  # fmt: skip
 HF_SYSTEMS = SYSTEMS[:4]
+FLOOR_DEFAULT_STEP_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,8 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         settings = _service_settings(options, checkpoint, run.workload)
         if {"service", "service_http"} & set(options.systems):
             _run_service(run, settings)
+        if "grpc_floor" in options.systems:
+            _run_grpc_floor(run)
         model = {**checkpoint.description, "dtype": options.dtype, "quantization": options.quantization}
         report = build_report(
             kind=options.kind,
@@ -284,6 +287,28 @@ def _run_service(run: _Run, settings: dict[str, Any]) -> None:
         logger.exception("the service failed")
         for system in protocols:
             run.skip(system, None, f"failed: {type(exc).__name__}: {exc} (see {options.out_dir / 'service.log'})")
+
+
+def _run_grpc_floor(run: _Run) -> None:
+    """System `grpc_floor`: the bench's clients against a bare grpc.aio server that steps at the engine's pace
+    (the engine's inter-token p50 at that level, measured above; 10 ms where the engine did not run)."""
+    workload, options = run.workload, run.options
+    assert workload is not None
+    engine_itl = {r.concurrency: r.itl_s["p50"] for r in run.results if r.system == "engine"}
+    log = options.out_dir / "grpc_floor.log"
+
+    def floor_level(concurrency: int, step: float) -> LevelResult:
+        with service.FloorProcess(step, log) as server:
+            result = service.run_service_level(
+                server.target, workload, concurrency, options.client_processes, gateway_pid=server.pid,
+                system="grpc_floor",
+            )  # fmt: skip
+        result.note = f"bare grpc.aio, one message per token, a step every {1e3 * step:.2f} ms"
+        return result
+
+    for level in workload.concurrency:
+        step = engine_itl.get(level) or FLOOR_DEFAULT_STEP_S
+        run.measure("grpc_floor", level, lambda c=level, s=step: floor_level(c, s))
 
 
 def _free_device_memory() -> None:

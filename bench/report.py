@@ -28,6 +28,7 @@ SYSTEM_ORDER = (
     "engine",
     "service",
     "service_http",
+    "grpc_floor",
 )
 
 
@@ -181,6 +182,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         counts = f"{r.concurrency} | {r.num_requests} | {r.output_tokens} | {_num(r.throughput_tok_s)}"
         lines.append(f"| {r.system} | {counts} | " + " | ".join(latencies) + " |")
     lines += _gateway_cpu_lines(results, levels)
+    lines += _process_cpu_lines(results)
     lines += _comparison_lines(report["comparison"])
     lines += _target_lines(report["targets"])
     if report["skipped"]:
@@ -199,12 +201,36 @@ def _gateway_cpu_lines(results: list[LevelResult], levels: list[int]) -> list[st
         "",
         "## Gateway CPU per output token (µs; user + system time of the gateway process, all its threads)",
         "",
+        "`grpc_floor` is a bare grpc.aio server stepping at the engine's pace: the transport's own cost.",
+        "",
         "| system | " + " | ".join(f"C={level}" for level in levels) + " |",
         "|---|" + "---:|" * len(levels),
     ]
     for system in _systems(measured):
         cells = [f"{by_key[(system, lv)]:.0f}" if (system, lv) in by_key else "—" for lv in levels]
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _process_cpu_lines(results: list[LevelResult]) -> list[str]:
+    """Every process of a served level, per output token, and the cores they kept busy together: on a small
+    machine the client and the workers compete with the gateway for the same cores."""
+    measured = [r for r in results if r.gateway_cpu_us_per_token is not None and r.client_cpu_us_per_token]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "## CPU per output token by process (µs), and the cores the level kept busy",
+        "",
+        "| system | C | gateway | workers | clients | all | cores busy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in measured:
+        parts = [r.gateway_cpu_us_per_token, r.worker_cpu_us_per_token, r.client_cpu_us_per_token]
+        total = sum(part or 0.0 for part in parts)
+        cells = [f"{part:.0f}" if part is not None else "—" for part in parts]
+        cores = total * r.throughput_tok_s / 1e6
+        lines.append(f"| {r.system} | {r.concurrency} | " + " | ".join(cells) + f" | {total:.0f} | {cores:.2f} |")
     return lines
 
 

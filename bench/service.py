@@ -1,7 +1,8 @@
 """The whole service under load: a server subprocess (`bench.service_process`) and, per level, client
 subprocesses (`bench.client_process`) that stream over gRPC or over the OpenAI-compatible HTTP API, so no client
-work shares a process with the gateway. Each level also reads the gateway process's own CPU time (user + system,
-from /proc, all its threads, none of its workers) before and after, and reports it per output token.
+work shares a process with the gateway. Each level also reads the CPU time (user + system, from /proc, all
+threads) of the gateway process, of its worker processes and of the client processes before and after, and
+reports each per output token.
 
 Every process binds or dials 127.0.0.1 (the server on port 0); `ServiceProcess` stops the server (closing its
 stdin, then terminate and kill if it lingers) however the run ends. A level's streams are split over
@@ -18,6 +19,7 @@ import queue
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -71,6 +73,31 @@ def _stop(process: subprocess.Popen[str], timeout: float) -> None:
             process.wait()
 
 
+def descendant_pids(pid: int) -> list[int]:
+    """Every living descendant of process `pid` (children, their children...); [] without /proc."""
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as children:
+                    kids = [int(child) for child in children.read().split()]
+            except OSError:
+                continue
+            found += kids
+            pending += kids
+    return found
+
+
+def total_cpu_seconds(pids: Iterable[int]) -> float:
+    """The summed CPU seconds of `pids`; a process already gone counts 0 (read its figure before it exits)."""
+    return sum(process_cpu_seconds(pid) or 0.0 for pid in pids)
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of process `pid` so far (its threads, not its children); None without /proc."""
     try:
@@ -98,9 +125,14 @@ class ServiceProcess:
         self.http_url: str | None = None
         self.pid: int | None = None
 
+    def command(self) -> tuple[str, list[str]]:
+        """The module to run and its arguments."""
+        return "bench.service_process", [json.dumps(self.settings)]
+
     def __enter__(self) -> ServiceProcess:
         self._log = self.log_path.open("a")
-        self._process = _python_module("bench.service_process", json.dumps(self.settings), stderr=self._log)
+        module, args = self.command()
+        self._process = _python_module(module, *args, stderr=self._log)
         try:
             line = json.loads(_read_line(self._process, self.start_timeout, f"the server (log: {self.log_path})"))
             self.pid = line.get("pid")
@@ -119,6 +151,18 @@ class ServiceProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class FloorProcess(ServiceProcess):
+    """`bench.grpc_floor` (a bare grpc.aio server stepping every `step_seconds`) run as `ServiceProcess` runs the
+    service; its `target` and `pid` take the same client processes and CPU readings."""
+
+    def __init__(self, step_seconds: float, log_path: Path, start_timeout: float = 60.0) -> None:
+        super().__init__({}, log_path, start_timeout=start_timeout, http=False)
+        self.step_seconds = step_seconds
+
+    def command(self) -> tuple[str, list[str]]:
+        return "bench.grpc_floor", [repr(self.step_seconds)]
 
 
 def split_streams(concurrency: int, num_requests: int, client_processes: int) -> list[tuple[int, int, int]]:
@@ -145,6 +189,7 @@ def run_service_level(
     *,
     http_url: str | None = None,
     gateway_pid: int | None = None,
+    system: str | None = None,
 ) -> LevelResult:
     """One level through the whole service, streams spread over `client_processes` client processes; over the
     HTTP API at `http_url` when given (system `service_http`), else over gRPC (system `service`)."""
@@ -163,23 +208,33 @@ def run_service_level(
         for client in clients:
             if _read_line(client, timeout, "a client process").strip() != "ready":
                 raise RuntimeError("a client process did not report ready")
+        workers = descendant_pids(gateway_pid) if gateway_pid else []
+        client_pids = [client.pid for client in clients]
         cpu_before = process_cpu_seconds(gateway_pid) if gateway_pid else None
+        workers_before, clients_before = total_cpu_seconds(workers), total_cpu_seconds(client_pids)
         for client in clients:  # start every client together
             assert client.stdin is not None
             client.stdin.write("go\n")
             client.stdin.flush()
-        results = [json.loads(_read_line(client, timeout, "a client process")) for client in clients]
+        results, clients_after = [], 0.0
+        for client in clients:
+            results.append(json.loads(_read_line(client, timeout, "a client process")))
+            clients_after += process_cpu_seconds(client.pid) or 0.0  # now: it exits once it has written
         cpu_after = process_cpu_seconds(gateway_pid) if gateway_pid else None
+        workers_after = total_cpu_seconds(workers)
     finally:
         for client in clients:
             _stop(client, timeout=30)
     timings = [RequestTiming(r["submit"], r["token_times"]) for result in results for r in result["requests"]]
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     protocol = "HTTP (SSE)" if http_url else "gRPC"
-    system = "service_http" if http_url else "service"
+    system = system or ("service_http" if http_url else "service")
     result = summarize(
         system, concurrency, timings, wall, f"{protocol} streams from {len(clients)} client process(es)"
     )
     if cpu_before is not None and cpu_after is not None and result.output_tokens:
-        result.gateway_cpu_us_per_token = 1e6 * (cpu_after - cpu_before) / result.output_tokens
+        per_token = 1e6 / result.output_tokens
+        result.gateway_cpu_us_per_token = per_token * (cpu_after - cpu_before)
+        result.worker_cpu_us_per_token = per_token * (workers_after - workers_before) if workers else None
+        result.client_cpu_us_per_token = per_token * (clients_after - clients_before)
     return result

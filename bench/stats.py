@@ -48,6 +48,10 @@ class LevelResult:
     itl_s: dict[str, float | None]
     note: str = ""
     gateway_cpu_us_per_token: float | None = None  # the service's gateway process, from its CPU counters
+    # The other processes of a service level, from their CPU counters: the worker processes (the gateway's
+    # descendants) and the client processes. With the gateway's, they say how many cores the level kept busy.
+    worker_cpu_us_per_token: float | None = None
+    client_cpu_us_per_token: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -40,13 +40,20 @@ def test_cpu_run_measures_every_system_and_writes_the_report(glm_checkpoint: Pat
     markdown = (tmp_path / "run" / "bench.md").read_text()
     assert "## The service against the engine in process" in markdown
     assert "## Gateway CPU per output token" in markdown
+    assert "## CPU per output token by process" in markdown
 
     measured = {(r["system"], r["concurrency"]): r for r in report["results"]}
-    systems = ("hf_static_batch", "engine", "service", "service_http")
+    systems = ("hf_static_batch", "engine", "service", "service_http", "grpc_floor")
     expected = {("hf_generate", 1)} | {(s, c) for s in systems for c in (1, 2)}
     assert set(measured) == expected
-    for (system, _), result in measured.items():  # the gateway's own CPU counters, read around each level
-        assert (result["gateway_cpu_us_per_token"] is not None) == system.startswith("service")
+    served = ("service", "service_http", "grpc_floor")
+    for (system, _), result in measured.items():  # each process's own CPU counters, read around each level
+        assert (result["gateway_cpu_us_per_token"] is not None) == (system in served)
+        assert (result["client_cpu_us_per_token"] is not None) == (system in served)
+        # Only the service has worker processes (the bare grpc server has none).
+        assert (result["worker_cpu_us_per_token"] is not None) == system.startswith("service")
+        if system in served:  # clock ticks of 10 ms: a level this small may read 0, never less
+            assert result["gateway_cpu_us_per_token"] >= 0 and result["client_cpu_us_per_token"] >= 0
     for result in measured.values():
         assert result["num_requests"] == 2
         assert result["output_tokens"] == 2 * NEW_TOKENS  # every request produced exactly its tokens
