@@ -164,9 +164,7 @@ class Frontend:
             case str():
                 return self.model.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
-    def resolve(
-        self, request: GenerationRequest, deadline: float | None, carrier: dict[str, str], owner: str | None = None
-    ) -> Submit:
+    def resolve(self, request: GenerationRequest, deadline: float | None, owner: str | None = None) -> Submit:
         """Check the request against the model and build the worker's `Submit` (with every default applied).
 
         The Submit's request id is scoped to `owner` (see `request_ids`)."""
@@ -198,7 +196,6 @@ class Frontend:
             top_logprobs=request.output.top_logprobs,
             priority=request.priority,
             deadline=deadline,
-            trace_carrier=carrier,
         )
 
     def _max_new_tokens(self, num_prompt_tokens: int, asked: int | None) -> int:
@@ -237,7 +234,6 @@ class Frontend:
         self,
         request: GenerationRequest,
         deadline: float | None = None,
-        carrier: dict[str, str] | None = None,
         owner: str | None = None,
         observer: GenerationObserver = NO_OBSERVER,
     ) -> AsyncIterator[GenerationEvent]:
@@ -249,7 +245,7 @@ class Frontend:
         """
         # One generator from the pool to the caller: every layer here is paid once per worker step per stream.
         try:
-            run = await self._start(request, deadline, carrier, owner, observer)
+            run = await self._start(request, deadline, owner, observer)
             try:
                 prompt_tokens, seed = len(run.submit.prompt_ids), run.submit.sampling.seed
                 admitted = Admitted(run.request_id, self.model.model_id, prompt_tokens, seed)
@@ -270,7 +266,6 @@ class Frontend:
         self,
         request: GenerationRequest,
         deadline: float | None,
-        carrier: dict[str, str] | None,
         owner: str | None,
         observer: GenerationObserver,
     ) -> _Run:
@@ -283,9 +278,9 @@ class Frontend:
         self.check_prompt_size(request.prompt)  # by length alone, before any tokenizer work (also off the loop)
         if _is_long(request.prompt):
             # Tokenizing a long prompt takes milliseconds; the tokenizer releases the GIL, so run it off the loop.
-            submit = await asyncio.to_thread(self.resolve, request, deadline, carrier or {}, owner)
+            submit = await asyncio.to_thread(self.resolve, request, deadline, owner)
         else:
-            submit = self.resolve(request, deadline, carrier or {}, owner)
+            submit = self.resolve(request, deadline, owner)
         with observer.admitting():
             flight = self._admit(submit, owner)
         text = TextStream(

@@ -25,7 +25,6 @@ from autoglm_rpc.openai_api.responses import ChatChunks, CompletionChunks, Gener
 from autoglm_rpc.requests import GenerationRequest, RequestLimits
 from autoglm_rpc.telemetry.generation import GenerationTelemetry
 
-TRACE_HEADERS = ("traceparent", "tracestate")
 _ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 404, 409, 413, 415, 429, 503, 504)}
 
 
@@ -68,9 +67,8 @@ class OpenAIRoutes:
     ) -> Response:
         owner = request.state.owner
         self._frontend.limiter.admit_request(owner)
-        carrier = {key: value for key in TRACE_HEADERS if (value := request.headers.get(key))}
         observer = self._telemetry.observe(parsed, stream=body.stream)
-        events = self._frontend.generate(parsed, None, carrier, owner, observer)
+        events = self._frontend.generate(parsed, None, owner, observer)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         writer = ChatChunks if is_chat else CompletionChunks
         return GenerationResponse(events, writer, self._logprobs, body.stream, include_usage)

@@ -22,8 +22,6 @@ from workers.protocol import TokenLogprob
 
 Message = TypeVar("Message")
 MAX_CANCEL_IDS = 1024
-# Metadata of the W3C trace context, passed on to the worker with the request.
-TRACE_KEYS = ("traceparent", "tracestate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +32,11 @@ class Checked(Generic[Message]):
     num_inputs: int
 
 
-def _call_facts(context: grpc.aio.ServicerContext) -> tuple[float | None, dict[str, str]]:
-    """The call's absolute deadline (monotonic clock) and its trace context."""
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's absolute deadline on the monotonic clock. (Its trace context is the edge's: the telemetry
+    interceptor made it current, and routing hands it to the worker.)"""
     remaining = context.time_remaining()
-    deadline = None if remaining is None else time.monotonic() + remaining
-    metadata = context.invocation_metadata() or ()
-    carrier = {key: value for key, value in metadata if key in TRACE_KEYS and isinstance(value, str)}
-    return deadline, carrier
+    return None if remaining is None else time.monotonic() + remaining
 
 
 class GenerationServicer:
@@ -57,10 +53,9 @@ class GenerationServicer:
     ) -> generation_pb2.GenerateResponse:
         owner = self._admit()
         parsed = convert.generation_request(request.message, request.num_inputs, self._limits)
-        deadline, carrier = _call_facts(context)
         request_id = ""
         observer = self._telemetry.observe(parsed, stream=False)
-        events = self._frontend.generate(parsed, deadline, carrier, owner, observer)
+        events = self._frontend.generate(parsed, _deadline(context), owner, observer)
         async with aclosing(events):
             async for event in events:
                 match event:
@@ -78,10 +73,9 @@ class GenerationServicer:
     ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         owner = self._admit()
         parsed = convert.generation_request(request.message, request.num_inputs, self._limits)
-        deadline, carrier = _call_facts(context)
         batcher = _DeltaBatcher(parsed)
         observer = self._telemetry.observe(parsed, stream=True)
-        events = self._frontend.generate(parsed, deadline, carrier, owner, observer)
+        events = self._frontend.generate(parsed, _deadline(context), owner, observer)
         async with aclosing(events):
             async for event in events:
                 match event:

@@ -140,9 +140,16 @@ class PoolObserver:
         self._pool = pool
 
     def routed(self, submit: Submit, worker: WorkerHandle) -> Submit:
-        """`submit` as it goes down the pipe: with this trace's carrier when the gateway traces."""
+        """`submit` as it goes down the pipe, with the W3C carrier of the trace context the edge built.
+
+        When the gateway traces, that is the `pipe.send` span's (a child of the call's spans); when it does not,
+        it is the caller's own context, which the edge (the interceptor or the HTTP middleware) extracted once
+        and made current, so the worker's log lines still carry the caller's trace id.
+        """
         if self._tracer is None:
-            return submit
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            return dataclasses.replace(submit, trace_carrier=carrier) if carrier else submit
         tracer = self._tracer
         tracer.start_span(
             semconv.ROUTE,
@@ -153,14 +160,14 @@ class PoolObserver:
             },
         ).end()
         send = tracer.start_span(f"{semconv.PIPE_SEND} worker-{worker.worker_id}", kind=SpanKind.PRODUCER)
-        carrier: dict[str, str] = {}
+        carrier = {}
         propagate.inject(carrier, context=trace.set_span_in_context(send))
         call = current_call.get()
         capture = call is not None and call.capture_kernels
         if capture:
             send.set_attribute(semconv.KERNEL_CAPTURE, True)
         send.end()
-        return dataclasses.replace(submit, trace_carrier=carrier or submit.trace_carrier, capture_kernels=capture)
+        return dataclasses.replace(submit, trace_carrier=carrier, capture_kernels=capture)
 
     def restarted(self, worker: WorkerHandle) -> None:
         self._metrics.record_worker_restart(worker.worker_id)
