@@ -199,7 +199,7 @@ def _serve(args: argparse.Namespace) -> int:
         _setup_logging()
         logger.error("invalid settings: %s", exc)
         return 2
-    _setup_logging(settings.log_level, settings.log_format)
+    _setup_logging(settings.telemetry.log_level, settings.telemetry.log_format)
     from autoglm_rpc.server import serve
     from autoglm_rpc.text.errors import CheckpointFileError
 

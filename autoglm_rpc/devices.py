@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from workers.parallel.split import check_split
-from workers.protocol import WorkerConfig
+from workers.protocol import TelemetryConfig, WorkerConfig
 
 if TYPE_CHECKING:
     from autoglm_rpc.config import Settings
@@ -41,59 +42,69 @@ def visible_gpus(environ: Mapping[str, str] | None = None, driver_dir: Path = _N
     return [str(index) for index in range(count)]
 
 
-def plan_workers(settings: Settings, served: ServedModel, gpus: list[str] | None = None) -> list[WorkerConfig]:
-    """One WorkerConfig per worker process; raises ValueError when device cuda is asked for with no GPU."""
+# EngineSettings fields the gateway resolves itself (worker count, thread share) instead of passing them on.
+GATEWAY_ONLY_ENGINE_SETTINGS = frozenset({"workers", "worker_threads"})
+
+
+def plan_workers(
+    settings: Settings,
+    served: ServedModel,
+    gpus: list[str] | None = None,
+    telemetry: TelemetryConfig | None = None,
+) -> list[WorkerConfig]:
+    """One WorkerConfig per worker process; raises ValueError when device cuda is asked for with no GPU.
+
+    Every field of the `engine` and `checkpoint` sections that `WorkerConfig` also has goes to the workers under
+    its own name (`worker_settings`); what the gateway resolves (device, context, threads, GPUs) is set here.
+    """
+    engine = settings.engine
     gpus = visible_gpus() if gpus is None else gpus
-    device = settings.device
+    device = engine.device
     if device == "auto":
         device = "cuda" if gpus else "cpu"
     if device == "cuda" and not gpus:
         raise ValueError("device: cuda was asked for, but no NVIDIA GPU is visible (check the driver)")
-    if settings.decode_mode == "cuda_graphs" and device != "cuda":
+    if engine.decode_mode == "cuda_graphs" and device != "cuda":
         raise ValueError("decode_mode: cuda_graphs needs device cuda")
-    size = settings.tensor_parallel_size
+    size = engine.tensor_parallel_size
     if size > 1:
         check_split(_model_config(served.source), size)
     if device == "cuda":
-        count = settings.workers or len(gpus) // size * size
+        count = engine.workers or len(gpus) // size * size
         if count > len(gpus) or count == 0:
             raise ValueError(f"workers: {count or size} asked for, but only {len(gpus)} GPU(s) are visible")
     else:
-        count = settings.workers or size
-    replicas = count // size
-    num_threads = settings.worker_threads
+        count = engine.workers or size
+    num_threads = engine.worker_threads
     if device == "cpu" and size > 1 and num_threads is None:
         # Ranks wait on each other at every layer: one oversubscribed core stalls the whole replica (measured
         # on 2 cores: 2 threads per rank made a step ten times slower than 1), so the cores are shared out.
         num_threads = max(1, (os.cpu_count() or 1) // count)
+    shared = worker_settings(settings)
     return [
         WorkerConfig(
+            **shared,
             worker_id=index,
             model_path=served.source,
             model_id=served.model_id,
             device=device,
-            dtype=settings.dtype,
-            quantization=settings.quantization,
-            max_batch_size=settings.max_batch_size,
             max_seq_len=served.max_context_tokens,
-            max_num_batched_tokens=settings.max_num_batched_tokens,
-            kv_cache_memory_fraction=settings.kv_cache_memory_fraction,
-            kv_cache_tokens=settings.kv_cache_tokens,
-            kv_block_size=settings.kv_block_size,
-            enable_prefix_caching=settings.enable_prefix_caching,
-            decode_mode=settings.decode_mode,
-            trust_remote_code=settings.trust_remote_code,
-            allow_download=settings.allow_download,
             num_threads=num_threads,
             cuda_visible_devices=",".join(gpus[index * size : (index + 1) * size]) if device == "cuda" else None,
-            log_level=settings.log_level,
-            weights_manifest=settings.weights_manifest,
-            allow_pickle_weights=settings.allow_pickle_weights,
-            tensor_parallel_size=size,
-            collective_timeout=settings.collective_timeout,
+            log_level=settings.telemetry.log_level,
+            telemetry=telemetry or TelemetryConfig(),
         )
-        for index in range(replicas)
+        for index in range(count // size)
     ]
+
+
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    """The `engine` and `checkpoint` settings a `WorkerConfig` takes as they are, by name, minus those the
+    gateway resolves for each worker (see `plan_workers`)."""
+    resolved = {"device", "model_id", "max_seq_len"}
+    names = {f.name for f in fields(WorkerConfig)} - resolved
+    sections = (settings.engine, settings.checkpoint)
+    return {f.name: getattr(s, f.name) for s in sections for f in fields(s) if f.name in names}
 
 
 def _model_config(directory: str) -> dict:

@@ -15,7 +15,6 @@ SIGINT/SIGTERM cuts the grace short.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -28,19 +27,16 @@ from grpc_reflection.v1alpha import reflection
 from autoglm.v1 import generation_pb2, model_pb2, model_pb2_grpc
 from autoglm_rpc import binding, wire
 from autoglm_rpc.config import Settings
+from autoglm_rpc.config_sections import CheckpointSettings, ServerSettings
 from autoglm_rpc.devices import plan_workers
 from autoglm_rpc.errors import ServerDraining
 from autoglm_rpc.frontend import Frontend, ServedModel
 from autoglm_rpc.model_source import default_model_id, resolve_model_source
 from autoglm_rpc.pool.pool import WorkerPool
-from autoglm_rpc.pool.supervisor import RestartPolicy
 from autoglm_rpc.requests import RequestLimits
-from autoglm_rpc.security import tls
 from autoglm_rpc.security.auth import AuthInterceptor
 from autoglm_rpc.security.health_watch import HealthWatchLimit
-from autoglm_rpc.security.keys import ApiKeys
-from autoglm_rpc.security.priority import PriorityPolicy
-from autoglm_rpc.security.rate_limit import RateLimiter
+from autoglm_rpc.security.policy import Security
 from autoglm_rpc.servicers.generation import Checked, GenerationServicer
 from autoglm_rpc.servicers.malformed import MalformedRequestInterceptor
 from autoglm_rpc.servicers.model import ModelServicer
@@ -58,11 +54,11 @@ GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["GenerationServi
 MODEL_SERVICE = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
+def server_options(server: ServerSettings) -> list[tuple[str, int]]:
     """Channel options: message limits for long prompts, and keepalive that tolerates long silent prefills."""
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", server.max_message_bytes),
+        ("grpc.max_send_message_length", server.max_message_bytes),
         # Ping idle clients every 60 s and drop them after 20 s without an answer, so dead peers free their work.
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
@@ -107,7 +103,7 @@ class App:
 
     async def wait_until_ready(self, timeout: float | None = None) -> None:
         """Wait for the workers to load; raise RuntimeError if none could."""
-        await self.pool.wait_until_settled(timeout or self.settings.worker_start_timeout)
+        await self.pool.wait_until_settled(timeout or self.settings.pool.worker_start_timeout)
         if self.pool.fatal_error:
             raise RuntimeError(f"{self.pool.fatal_error}; fix the checkpoint or the settings")
         if not self.pool.num_ready:
@@ -115,7 +111,7 @@ class App:
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain (see `drain`), then stop the gRPC and HTTP servers and shut the workers down."""
-        grace = self.settings.grace_period if grace is None else grace
+        grace = self.settings.pool.grace_period if grace is None else grace
         await self.drain(grace)
         await self.health.enter_graceful_shutdown()
         # What is left are calls writing their last message, and health watchers: a second is plenty.
@@ -159,69 +155,78 @@ class App:
         task.add_done_callback(self._tasks.discard)
 
 
-def load_served_model(settings: Settings) -> ServedModel:
+def load_served_model(checkpoint: CheckpointSettings) -> ServedModel:
     """Resolve the checkpoint and read what the gateway needs of it (tokenizer, limits, defaults)."""
-    if not settings.model:
+    if not checkpoint.model:
         raise ValueError("model: no model configured (pass --model PATH or set AUTOGLM_MODEL)")
-    source = resolve_model_source(settings.model, settings.allow_download)
+    source = resolve_model_source(checkpoint.model, checkpoint.allow_download)
     if (source / RANDOM_WEIGHTS_MARKER).exists():
         logger.warning("%s holds random weights (a demo or test checkpoint): its text is noise", source)
     facts = read_checkpoint_facts(source)
-    max_context = facts.max_position_embeddings or settings.max_seq_len
+    max_seq_len = checkpoint.max_seq_len
+    max_context = facts.max_position_embeddings or max_seq_len
     if max_context is None:
         raise ValueError(f"model: {source} does not state its context length; set max_seq_len")
-    if settings.max_seq_len is not None:
-        if settings.max_seq_len > max_context:
+    if max_seq_len is not None:
+        if max_seq_len > max_context:
             logger.warning(
                 "max_seq_len %d is over the checkpoint's %d positions; using %d",
-                settings.max_seq_len, max_context, max_context,
+                max_seq_len, max_context, max_context,
             )  # fmt: skip
-        max_context = min(settings.max_seq_len, max_context)
+        max_context = min(max_seq_len, max_context)
     return ServedModel(
-        model_id=settings.model_id or default_model_id(settings.model, source),
+        model_id=checkpoint.model_id or default_model_id(checkpoint.model, source),
         source=str(source),
         tokenizer=TextTokenizer.from_dir(source),
         facts=facts,
         max_context_tokens=max_context,
-        default_max_new_tokens=settings.default_max_new_tokens,
-        max_prompt_chars=settings.max_prompt_chars or 0,
+        default_max_new_tokens=checkpoint.default_max_new_tokens,
+        max_prompt_chars=checkpoint.max_prompt_chars or 0,
     )
 
 
 def build_app(settings: Settings) -> App:
-    """Build the server bound to settings.host:settings.port (port 0: any free port); nothing runs yet."""
-    served = load_served_model(settings)
-    telemetry = Telemetry.from_settings(settings, served.model_id)
-    worker_telemetry = telemetry.worker_config()
-    configs = [dataclasses.replace(c, telemetry=worker_telemetry) for c in plan_workers(settings, served)]
-    policy = RestartPolicy(
-        backoff_initial=settings.restart_backoff_initial,
-        backoff_max=settings.restart_backoff_max,
-        max_restarts=settings.max_restarts_per_window,
-        window=settings.restart_window,
-    )
-    pool = WorkerPool(
-        configs, settings.max_queue_depth, policy, settings.stream_buffer_messages, settings.worker_hang_timeout
-    )
+    """Build the server bound to settings.server's host:port (port 0: any free port); nothing runs yet.
+
+    Each part takes its section of `settings` as it is (see `config.py`).
+    """
+    served = load_served_model(settings.checkpoint)
+    telemetry = Telemetry.from_settings(settings.telemetry, served.model_id)
+    configs = plan_workers(settings, served, telemetry=telemetry.worker_config())
+    pool = WorkerPool(configs, settings.pool)
     pool.observer = telemetry.pool_observer(pool)
-    limiter = RateLimiter(settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute)
-    keys = ApiKeys.from_settings(settings.api_keys_file, settings.api_keys)
-    priority = PriorityPolicy.from_setting(settings.high_priority_owners, keys.names if keys else None)
-    frontend = Frontend(served, pool, limiter, priority)
+    security = Security.from_settings(settings.security)
+    frontend = Frontend(served, pool, security.limiter, security.priority)
+    server, health_servicer = _grpc_server(settings.server, frontend, telemetry, security, settings.limits)
+    credentials = security.grpc_credentials()
+    if credentials is not None:
+        required = "required" if settings.security.tls_client_ca else "not required"
+        logger.info("TLS on; client certificates %s", required)
+    port = binding.bind(server, settings.server.host, settings.server.port, credentials)
+    http = None
+    if settings.server.http:  # imported only then: a gRPC-only server needs no web stack (the GPU check runs so)
+        from autoglm_rpc.openai_api import build_http_server
+
+        http = build_http_server(settings.server, frontend, telemetry, security, settings.limits)
+    return App(settings, server, port, pool, frontend, health_servicer, telemetry, http)
+
+
+def _grpc_server(
+    settings: ServerSettings, frontend: Frontend, telemetry: Telemetry, security: Security, limits: RequestLimits
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The gRPC server with its interceptors and servicers (generation, model, health, reflection); not bound."""
     # Order: telemetry sees every call (also refused ones), then authentication, then malformed bytes.
     interceptors: list[grpc.aio.ServerInterceptor] = [
         telemetry.interceptor(frozenset({GENERATION_SERVICE, MODEL_SERVICE})),
         MalformedRequestInterceptor(),
         HealthWatchLimit(settings.max_health_watchers),
     ]
+    keys = security.keys
     if keys is not None:
         logger.info("API keys required (%d key(s) of %d owner(s)); health stays open", len(keys.entries),
                     len(keys.names))  # fmt: skip
         interceptors.insert(1, AuthInterceptor(keys))
     server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
-    limits = RequestLimits(
-        settings.max_stop_sequences, settings.max_stop_sequence_chars, settings.max_top_logprobs
-    )
     servicer = GenerationServicer(frontend, telemetry.generation(), limits)
     server.add_generic_rpc_handlers((_generation_handlers(servicer),))
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(frontend, settings.reflection), server)
@@ -230,17 +235,7 @@ def build_app(settings: Settings) -> App:
     if settings.reflection:
         names = (GENERATION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    credentials = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        credentials = tls.server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-        logger.info("TLS on; client certificates %s", "required" if settings.tls_client_ca else "not required")
-    port = binding.bind(server, settings.host, settings.port, credentials)
-    http = None
-    if settings.http:  # imported only then: a gRPC-only server needs no web stack (the GPU check runs so)
-        from autoglm_rpc.openai_api import build_http_server
-
-        http = build_http_server(settings, frontend, telemetry, keys, limits)
-    return App(settings, server, port, pool, frontend, health_servicer, telemetry, http)
+    return server, health_servicer
 
 
 def _generation_handlers(servicer: GenerationServicer) -> grpc.GenericRpcHandler:
@@ -278,13 +273,14 @@ async def run(settings: Settings) -> int:
     await app.start()
     logger.info(
         "autoglm-rpc listening on %s:%d, serving %s from %s (%d worker(s))",
-        settings.host, app.port, app.frontend.model.model_id, app.frontend.model.source, app.pool.num_workers,
+        settings.server.host, app.port, app.frontend.model.model_id, app.frontend.model.source,
+        app.pool.num_workers,
     )  # fmt: skip
     if app.http is not None:
         scheme = "https" if app.http.is_tls else "http"
         logger.info(
             "OpenAI-compatible HTTP API on %s://%s:%d/v1 (docs at /docs)",
-            scheme, settings.http_host or settings.host, app.http.port,
+            scheme, settings.server.http_host or settings.server.host, app.http.port,
         )  # fmt: skip
     stop = asyncio.Event()
 
@@ -308,7 +304,7 @@ async def run(settings: Settings) -> int:
             logger.error("%s", ready.exception())
             return 1
         ready.cancel()
-        logger.info("shutting down: draining in-flight requests (grace %.0fs)", settings.grace_period)
+        logger.info("shutting down: draining in-flight requests (grace %.0fs)", settings.pool.grace_period)
         return 0
     finally:
         await app.stop()

@@ -6,27 +6,32 @@ size and content type, then the FastAPI routes; and binds its listener. See READ
 
 from __future__ import annotations
 
-from autoglm_rpc.config import Settings
+from autoglm_rpc.config_sections import ServerSettings
 from autoglm_rpc.frontend import Frontend
 from autoglm_rpc.openai_api.edge import ApiKeyMiddleware, BodyLimitMiddleware
 from autoglm_rpc.openai_api.routes import OpenAIRoutes, build_api
 from autoglm_rpc.openai_api.server import HttpServer, HttpTls
 from autoglm_rpc.requests import RequestLimits
-from autoglm_rpc.security.keys import ApiKeys
+from autoglm_rpc.security.policy import Security
 from autoglm_rpc.telemetry import Telemetry
 
 
 def build_http_server(
-    settings: Settings, frontend: Frontend, telemetry: Telemetry, keys: ApiKeys | None, limits: RequestLimits
+    settings: ServerSettings, frontend: Frontend, telemetry: Telemetry, security: Security, limits: RequestLimits
 ) -> HttpServer | None:
-    """The HTTP listener bound to http_host:http_port (default host: the gRPC host), or None with `--no-http`."""
+    """The HTTP listener bound to http_host:http_port (default host: the gRPC host), or None with `--no-http`.
+
+    It shares the gRPC server's section (`server`), keys, rate limits, TLS files, request limits and telemetry.
+    """
     if not settings.http:
         return None
     routes = OpenAIRoutes(frontend, telemetry.generation(), limits)
     pool = frontend.pool
     api = build_api(routes, lambda: pool.is_serving and not pool.is_draining)
-    app = telemetry.http_middleware(ApiKeyMiddleware(BodyLimitMiddleware(api, settings.max_message_bytes), keys))
+    body_limit = BodyLimitMiddleware(api, settings.max_message_bytes)
+    app = telemetry.http_middleware(ApiKeyMiddleware(body_limit, security.keys))
     tls = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        tls = HttpTls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    files = security.settings
+    if files.tls_cert is not None and files.tls_key is not None:
+        tls = HttpTls(files.tls_cert, files.tls_key, files.tls_client_ca)
     return HttpServer.bind(app, settings.http_host or settings.host, settings.http_port, tls)

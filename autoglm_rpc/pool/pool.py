@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from autoglm_rpc.config_sections import PoolSettings
 from autoglm_rpc.errors import (
     DuplicateRequestId,
     NoReadyWorker,
@@ -95,21 +96,15 @@ class InFlight:
 class WorkerPool:
     """Owns the worker processes. All methods run on the event loop thread."""
 
-    def __init__(
-        self,
-        configs: list[WorkerConfig],
-        max_queue_depth: int,
-        restart_policy: RestartPolicy | None = None,
-        stream_buffer_messages: int = DEFAULT_STREAM_BUFFER,
-        hang_timeout: float = 0.0,
-    ) -> None:
-        """`hang_timeout` 0 turns the watchdog off."""
+    def __init__(self, configs: list[WorkerConfig], settings: PoolSettings | None = None) -> None:
+        """`settings`: the `pool` section (queue depth, restarts, watchdog, stream buffers), or its defaults."""
         if not configs:
             raise ValueError("workers: at least one worker is needed")
+        settings = settings or PoolSettings()
         self._configs = configs
-        self._max_queue_depth = max_queue_depth
-        self._stream_buffer = stream_buffer_messages
-        self._supervisor = Supervisor(restart_policy or RestartPolicy(), self._restart)
+        self._max_queue_depth = settings.max_queue_depth
+        self._stream_buffer = settings.stream_buffer_messages
+        self._supervisor = Supervisor(RestartPolicy.from_settings(settings), self._restart)
         self._workers: list[WorkerHandle] = []
         self._in_flight: dict[str, InFlight] = {}
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -118,6 +113,7 @@ class WorkerPool:
         self._is_draining = False
         self._is_stopping = False
         self._has_served = False  # a worker has been ready at least once
+        hang_timeout = settings.worker_hang_timeout  # 0 turns the watchdog off
         self.watchdog = Watchdog(hang_timeout, lambda: self._workers, self._on_hung) if hang_timeout > 0 else None
         self.fatal_error: str | None = None  # a load failure that every restart would repeat; nothing can serve
         self.observer: PoolObserver | None = None

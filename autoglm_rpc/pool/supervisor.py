@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from autoglm_rpc.config_sections import PoolSettings
 from autoglm_rpc.pool.handle import WorkerHandle, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,16 @@ class RestartPolicy:
     backoff_max: float = 30.0
     max_restarts: int = 5
     window: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: PoolSettings) -> RestartPolicy:
+        """The policy the `pool` section's restart_* and max_restarts_per_window settings describe."""
+        return cls(
+            backoff_initial=settings.restart_backoff_initial,
+            backoff_max=settings.restart_backoff_max,
+            max_restarts=settings.max_restarts_per_window,
+            window=settings.restart_window,
+        )
 
     def delay(self, num_recent_crashes: int) -> float | None:
         """Seconds to wait before the restart after this many crashes within the window; None: crash loop."""

@@ -1,9 +1,10 @@
 """Observability of the gateway: traces (OTLP), Prometheus metrics and structured logs. See README "Observability".
 
-`Telemetry.from_settings` decides once, at start, what is on: tracing when an OTLP endpoint is configured (see
-`tracing`), metrics always recorded and served when `metrics_port` is set, and what the workers are told
-(`TelemetryConfig`). `build_app` wires its pieces: the interceptor on the gRPC server, the middleware on the
-HTTP app, the generation observer given to the front end by the servicer and the routes, the pool observer.
+`Telemetry.from_settings` takes the settings' `telemetry` section and decides once, at start, what is on: tracing
+when an OTLP endpoint is configured (see `tracing`), metrics always recorded and served when `metrics_port` is set,
+and what the workers are told (`TelemetryConfig`). `build_app` wires its pieces: the interceptor on the gRPC
+server, the middleware on the HTTP app, the generation observer given to the front end by the servicer and the
+routes, the pool observer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from autoglm_rpc.config import Settings
+from autoglm_rpc.config_sections import TelemetrySettings
 from autoglm_rpc.telemetry import semconv
 from autoglm_rpc.telemetry.generation import GenerationTelemetry, PoolObserver
 from autoglm_rpc.telemetry.http import HttpTelemetryMiddleware
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Telemetry:
-    settings: Settings
+    settings: TelemetrySettings
     model_id: str
     export: TraceExport | None
     provider: Any  # the SDK's TracerProvider, or None when tracing is off
@@ -39,7 +40,7 @@ class Telemetry:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, model_id: str, environ: Mapping[str, str] | None = None
+        cls, settings: TelemetrySettings, model_id: str, environ: Mapping[str, str] | None = None
     ) -> Telemetry:
         environ = os.environ if environ is None else environ
         export = resolve_export(settings, environ)
@@ -60,6 +61,7 @@ class Telemetry:
         return self.provider.get_tracer("autoglm_rpc", schema_url=semconv.SCHEMA_URL)
 
     def worker_config(self) -> TelemetryConfig:
+        """What every worker is told: the resolved OTLP target and the worker-side telemetry settings."""
         settings = self.settings
         return TelemetryConfig(
             log_format=settings.log_format,

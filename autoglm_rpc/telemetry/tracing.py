@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoglm_rpc.config import OTLP_PROTOCOLS, Settings
+from autoglm_rpc.config import OTLP_PROTOCOLS
+from autoglm_rpc.config_sections import TelemetrySettings
 
 SERVICE_NAME = "autoglm-rpc-gateway"
 DEFAULT_SAMPLE_RATIO = 0.1
@@ -34,7 +35,7 @@ def is_sdk_disabled(environ: Mapping[str, str]) -> bool:
     return environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
-def resolve_export(settings: Settings, environ: Mapping[str, str] | None = None) -> TraceExport | None:
+def resolve_export(settings: TelemetrySettings, environ: Mapping[str, str] | None = None) -> TraceExport | None:
     """The OTLP target for every process, or None when tracing is off (see the module docstring)."""
     environ = os.environ if environ is None else environ
     if is_sdk_disabled(environ) or environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_rpc.config_sections import PoolSettings
 from autoglm_rpc.errors import QueueFull, ServerDraining, WorkerCrashed
 from autoglm_rpc.pool import pool as pool_module
 from autoglm_rpc.pool.handle import WorkerState
 from autoglm_rpc.pool.pool import InFlight, WorkerPool
-from autoglm_rpc.pool.supervisor import RestartPolicy
 from tests.inproc_worker import Faults, InProcessWorkerHandle
 from tests.workers.factories import make_submit, random_prompt
 from workers.protocol import RequestDelta, WorkerConfig
@@ -50,8 +50,15 @@ def _run(
     monkeypatch.setattr(pool_module, "WorkerHandle", functools.partial(InProcessWorkerHandle, faults=faults))
 
     async def main() -> None:
-        policy = RestartPolicy(backoff_initial=0.05, backoff_max=0.1, max_restarts=max_restarts, window=60.0)
-        pool = WorkerPool(_configs(checkpoint, workers), max_queue_depth, policy)
+        settings = PoolSettings(
+            max_queue_depth=max_queue_depth,
+            restart_backoff_initial=0.05,
+            restart_backoff_max=0.1,
+            max_restarts_per_window=max_restarts,
+            restart_window=60.0,
+            worker_hang_timeout=0.0,
+        )
+        pool = WorkerPool(_configs(checkpoint, workers), settings)
         pool.start()
         try:
             async with asyncio.timeout(TIMEOUT):

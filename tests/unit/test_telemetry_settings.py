@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from autoglm_rpc.config import Settings
+from autoglm_rpc.config_sections import TelemetrySettings
 from autoglm_rpc.telemetry import Telemetry
 from autoglm_rpc.telemetry.tracing import TraceExport, resolve_export
 
 
 def test_tracing_is_off_without_an_endpoint() -> None:
-    assert resolve_export(Settings(), environ={}) is None
-    telemetry = Telemetry.from_settings(Settings(), "m", environ={})
+    assert resolve_export(TelemetrySettings(), environ={}) is None
+    telemetry = Telemetry.from_settings(TelemetrySettings(), "m", environ={})
     assert telemetry.provider is None and not telemetry.is_tracing
     assert telemetry.worker_config().otlp_endpoint is None
 
@@ -19,23 +20,24 @@ def test_tracing_is_off_without_an_endpoint() -> None:
 @pytest.mark.parametrize(
     ("settings", "environ", "expected"),
     [
-        (Settings(otlp_endpoint="http://c:4317"), {}, TraceExport("http://c:4317", "grpc")),
-        (Settings(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, TraceExport("http://c:4317", "grpc")),
+        (TelemetrySettings(otlp_endpoint="http://c:4317"), {}, TraceExport("http://c:4317", "grpc")),
+        (TelemetrySettings(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"},
+         TraceExport("http://c:4317", "grpc")),
         (
-            Settings(),
+            TelemetrySettings(),
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
             TraceExport("http://c:4318/v1/traces", "http/protobuf"),
         ),
         (
-            Settings(otlp_protocol="http/protobuf"),
+            TelemetrySettings(otlp_protocol="http/protobuf"),
             {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/custom"},
             TraceExport("http://c:4318/custom", "http/protobuf"),  # a signal-specific endpoint is used as is
         ),
-        (Settings(otlp_endpoint="http://mine:4317"), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4317"},
+        (TelemetrySettings(otlp_endpoint="http://mine:4317"), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4317"},
          TraceExport("http://mine:4317", "grpc")),
     ],
 )  # fmt: skip
-def test_export_target(settings: Settings, environ: dict[str, str], expected: TraceExport) -> None:
+def test_export_target(settings: TelemetrySettings, environ: dict[str, str], expected: TraceExport) -> None:
     assert resolve_export(settings, environ) == expected
 
 
@@ -44,7 +46,7 @@ def test_export_target(settings: Settings, environ: dict[str, str], expected: Tr
 )
 def test_sdk_disabled_turns_everything_off(environ: dict[str, str]) -> None:
     environ = {**environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}
-    settings = Settings(otlp_endpoint="http://c:4317")
+    settings = TelemetrySettings(otlp_endpoint="http://c:4317")
     telemetry = Telemetry.from_settings(settings, "m", environ=environ)
     assert telemetry.provider is None
     assert telemetry.worker_config().otlp_endpoint is None  # the workers build no provider either
@@ -53,7 +55,7 @@ def test_sdk_disabled_turns_everything_off(environ: dict[str, str]) -> None:
 def test_a_bad_protocol_from_the_environment_is_named() -> None:
     with pytest.raises(ValueError, match="otlp_protocol"):
         resolve_export(
-            Settings(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "x", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+            TelemetrySettings(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "x", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
         )
 
 
