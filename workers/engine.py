@@ -147,12 +147,12 @@ class Engine:
             self._failures.append(RequestFailed(seq.request_id, reason, f"out of memory while running it: {exc}"))
 
     def _validate(self, submit: Submit) -> tuple[FailureReason, str] | None:
-        """What is wrong with a request, or None. The gateway validates too; this guards the engine."""
+        """What only this worker can see is wrong with a request, or None: a duplicate id, a prompt over its
+        context or KV cache, ids outside its model's vocabulary. Value ranges are the edge's to check (with the
+        caller's field names) and the message types' invariants (`SamplingParams`, `StoppingParams`, `Submit`)."""
         if submit.request_id in self.scheduler.requests:
             return FailureReason.DUPLICATE_REQUEST_ID, f"request id {submit.request_id!r} is already in flight"
         prompt = submit.prompt_ids
-        if not prompt:
-            return FailureReason.INVALID_PARAMETER, "the prompt is empty"
         if len(prompt) >= self.scheduler.max_seq_len:
             limit = self.scheduler.max_seq_len
             return (
@@ -162,15 +162,8 @@ class Engine:
             )
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             return FailureReason.INVALID_PARAMETER, f"prompt token ids must be in [0, {self.vocab_size})"
-        if submit.stopping.max_new_tokens < 1:
-            return FailureReason.INVALID_PARAMETER, "max_new_tokens must be at least 1"
-        sampling = submit.sampling
-        if sampling.temperature < 0 or not 0 < sampling.top_p <= 1 or sampling.top_k < 0:
-            return FailureReason.INVALID_PARAMETER, "temperature, top_p or top_k is out of range"
-        if sampling.repetition_penalty <= 0:
-            return FailureReason.INVALID_PARAMETER, "repetition_penalty must be positive"
-        if not 0 <= submit.top_logprobs <= self.vocab_size:
-            return FailureReason.INVALID_PARAMETER, f"top_logprobs must be in [0, {self.vocab_size}]"
+        if submit.top_logprobs > self.vocab_size:
+            return FailureReason.INVALID_PARAMETER, f"top_logprobs must be at most {self.vocab_size}"
         stop_ids = submit.stopping.stop_token_ids
         if stop_ids and (min(stop_ids) < 0 or max(stop_ids) >= self.vocab_size):
             return FailureReason.INVALID_PARAMETER, f"stop token ids must be in [0, {self.vocab_size})"

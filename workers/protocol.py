@@ -146,6 +146,12 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # Invariants, not request validation: the edges refuse bad values with the field's name as the caller
+        # spells it; a message that breaks these is a gateway bug, stopped here before it reaches an engine step.
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ValueError(f"sampling parameters out of range: {self}")
+
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
@@ -167,10 +173,15 @@ class StoppingParams:
     ignore_eos: bool = False
     max_generation_time: float | None = None
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens or self.max_new_tokens < 1:
+            raise ValueError(f"token limits out of range: {self}")
+
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Start generating for one request. `prompt_ids` is never empty and fits the worker's context."""
+    """Start generating for one request. `prompt_ids` is never empty (checked here); whether it fits the
+    worker's context and vocabulary is the worker's check, since only the worker knows its cache and model."""
 
     request_id: str
     prompt_ids: tuple[int, ...]
@@ -182,6 +193,10 @@ class Submit:
     deadline: float | None = None
     trace_carrier: dict[str, str] = field(default_factory=dict)
     capture_kernels: bool = False  # profile a step that serves this request (x-autoglm-profile: kernels)
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids or self.top_logprobs < 0:
+            raise ValueError(f"request {self.request_id!r}: an empty prompt or a negative top_logprobs")
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,3 +60,25 @@ def test_every_message_type_is_covered() -> None:
 def test_greedy_is_temperature_zero() -> None:
     assert p.SamplingParams().is_greedy
     assert not p.SamplingParams(temperature=0.5).is_greedy
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: p.SamplingParams(temperature=-0.1),
+        lambda: p.SamplingParams(top_p=0.0),
+        lambda: p.SamplingParams(top_p=1.5),
+        lambda: p.SamplingParams(top_k=-1),
+        lambda: p.SamplingParams(repetition_penalty=0.0),
+        lambda: p.StoppingParams(max_new_tokens=0),
+        lambda: p.StoppingParams(max_new_tokens=4, min_new_tokens=5),
+        lambda: p.StoppingParams(max_new_tokens=4, min_new_tokens=-1),
+        lambda: p.Submit("r", (), p.SamplingParams(), p.StoppingParams(max_new_tokens=1)),
+        lambda: p.Submit("r", (1,), p.SamplingParams(), p.StoppingParams(max_new_tokens=1), top_logprobs=-1),
+    ],
+)
+def test_messages_refuse_values_out_of_range(build) -> None:
+    """The edges name the field to the caller; a message out of range is a gateway bug, stopped at construction
+    (the engine then checks only what it alone knows: its context, cache and vocabulary)."""
+    with pytest.raises(ValueError):
+        build()
