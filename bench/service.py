@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from bench.hf_serve import HF_SERVE_NOTE
 from bench.stats import LevelResult, RequestTiming, summarize
 from bench.workload import Workload
 
@@ -145,9 +146,12 @@ def run_service_level(
     *,
     http_url: str | None = None,
     gateway_pid: int | None = None,
+    hf_serve: dict[str, str] | None = None,
 ) -> LevelResult:
     """One level through the whole service, streams spread over `client_processes` client processes; over the
-    HTTP API at `http_url` when given (system `service_http`), else over gRPC (system `service`)."""
+    HTTP API at `http_url` when given (system `service_http`), else over gRPC (system `service`). With `hf_serve`
+    (`model` and `tokenizer`, see `bench.hf_serve`) the server at `http_url` is `transformers serve` (system
+    `hf_serve`; `target` is unused)."""
     num_requests = workload.requests_for_level(concurrency)
     clients = []
     try:
@@ -158,6 +162,7 @@ def run_service_level(
                 "workload": workload.to_dict(),
                 "concurrency": streams,
                 "requests": [first, end],
+                "hf_serve": hf_serve,
             }
             clients.append(_python_module("bench.client_process", json.dumps(spec)))
         for client in clients:
@@ -176,10 +181,11 @@ def run_service_level(
     timings = [RequestTiming(r["submit"], r["token_times"]) for result in results for r in result["requests"]]
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     protocol = "HTTP (SSE)" if http_url else "gRPC"
-    system = "service_http" if http_url else "service"
-    result = summarize(
-        system, concurrency, timings, wall, f"{protocol} streams from {len(clients)} client process(es)"
-    )
+    system = "hf_serve" if hf_serve else "service_http" if http_url else "service"
+    note = f"{protocol} streams from {len(clients)} client process(es)"
+    if hf_serve:
+        note = f"transformers serve --continuous-batching, {note}; {HF_SERVE_NOTE}"
+    result = summarize(system, concurrency, timings, wall, note)
     if cpu_before is not None and cpu_after is not None and result.output_tokens:
         result.gateway_cpu_us_per_token = 1e6 * (cpu_after - cpu_before) / result.output_tokens
     return result
