@@ -309,8 +309,10 @@ def _run_hf_serve(run: _Run, checkpoint: checkpoints.BenchCheckpoint) -> None:
     try:
         served = hf_serve.serving_copy(checkpoint.path, scratch / "model")
         with hf_serve.HfServeProcess(
-            served, log, device=options.device, dtype=options.dtype, threads=options.threads
-        ) as server:
+            served, log, device=options.device, dtype=options.dtype, threads=options.threads,
+            cb_num_blocks=hf_serve.cache_blocks(workload),
+            cb_max_batch_tokens=max(options.max_num_batched_tokens, workload.max_concurrency),
+        ) as server:  # fmt: skip
             spec = {"model": server.model, "tokenizer": str(checkpoint.path / "tokenizer.json")}
             for level in workload.concurrency:
                 run.measure("hf_serve", level, lambda c=level: service.run_service_level(

@@ -17,6 +17,11 @@ Its `/v1/completions` differs from ours in three ways, each made equivalent here
   (prompts) is unchanged, and so are the weights and the work per step. The client counts one token per content
   chunk and fails the request unless that count equals `usage.completion_tokens`.
 
+Its continuous batching gets the engine's budgets rather than its defaults (which size the KV cache from the
+device's free memory, the host's RAM on a CPU): `--cb-max-batch-tokens` the engine's tokens per step, and
+`--cb-num-blocks` room for a full context of every request in flight at its page granularity
+(`cache_blocks`), so neither system ever preempts on this workload.
+
 `HfServeProcess` runs `transformers serve <copy> --continuous-batching` on 127.0.0.1 at a free port, offline
 (`HF_HUB_OFFLINE=1`, `TRANSFORMERS_OFFLINE=1`: nothing is ever downloaded), in its own process group, which is
 killed however the run ends.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -121,6 +127,15 @@ def _one_token_words(tokenizer: Any) -> list[int]:
     return found
 
 
+def cache_blocks(workload: Workload) -> int:
+    """`--cb-num-blocks` for the workload: one page-aligned full context (prompt + output + margin) for each of
+    `max_concurrency` requests (a block holds `page_size` tokens of every layer)."""
+    from transformers import ContinuousBatchingConfig
+
+    page_size = ContinuousBatchingConfig().page_size
+    return workload.max_concurrency * math.ceil(workload.max_seq_len / page_size)
+
+
 def request_body(prompt: str, new_tokens: int, model: str) -> dict[str, Any]:
     """A streamed, greedy `/v1/completions` request for exactly `new_tokens` tokens (see the module's notes)."""
     generation = {"do_sample": False, "max_new_tokens": new_tokens, "eos_token_id": -1}
@@ -153,9 +168,17 @@ class HfServeProcess:
         device: str = "cpu",
         dtype: str = "float32",
         threads: int | None = None,
+        cb_num_blocks: int | None = None,
+        cb_max_batch_tokens: int | None = None,
         start_timeout: float = 900.0,
     ) -> None:
+        """`cb_num_blocks` / `cb_max_batch_tokens`: its continuous batching budgets (None: its defaults)."""
         self.checkpoint = checkpoint
+        self.cb_args = [
+            f"--cb-{name}={value}"
+            for name, value in (("num-blocks", cb_num_blocks), ("max-batch-tokens", cb_max_batch_tokens))
+            if value is not None
+        ]
         self.log_path = log_path
         self.device, self.dtype, self.threads = device, dtype, threads
         self.start_timeout = start_timeout
@@ -170,7 +193,7 @@ class HfServeProcess:
         command = [
             sys.executable, "-m", "transformers.cli.transformers", "serve", self.model,
             "--continuous-batching", "--device", self.device, "--dtype", self.dtype,
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *self.cb_args,
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         if self.threads:
