@@ -1,5 +1,5 @@
-"""The benchmark harness: HF transformers baselines, the engine in process and the whole service (over gRPC and
-over the OpenAI-compatible HTTP API), side by side.
+"""The benchmark harness: HF transformers baselines, the engine in process, the whole service (over gRPC and
+over the OpenAI-compatible HTTP API) and `transformers serve`, side by side.
 
 `python -m bench cpu` (`make bench`) runs on any machine with the tiny demo checkpoint; `python -m bench gpu`
 (`make bench-gpu`) builds a random-init GLM-4-9B-shaped model on the GPU. Both measure every system on the same
@@ -17,6 +17,8 @@ Modules, one job each:
                         gateway process's CPU time per output token
     service_process.py  the server subprocess's entry point
     client_process.py   a client subprocess's entry point (gRPC `AsyncClient` streams, or HTTP SSE streams)
+    hf_serve.py         `transformers serve` in a subprocess, on a serving copy of the checkpoint, with text
+                        prompts of the same length and exactly the same new tokens
     machine.py          what the run ran on
     report.py, plot.py  JSON + markdown (and merging a run done in parts), and the PNG
     harness.py          one run from options to files

@@ -21,13 +21,13 @@ from bench.workload import parse_levels
 _DEFAULTS = {
     # The demo checkpoint on a few CPU cores: a few minutes in all.
     "cpu": {"prompt_len": 64, "new_tokens": 64, "concurrency": "1,4,16,64", "min_requests": 16,
-            "systems": "hf_generate,hf_static_batch,engine,service,service_http,grpc_floor",
+            "systems": "hf_generate,hf_static_batch,engine,service,service_http,grpc_floor,hf_serve",
             "max_num_batched_tokens": 512,
             "client_processes": 1, "threads": 1, "out": "bench-results/cpu"},
     # Issue 4's workload on one GPU.
     "gpu": {"prompt_len": 256, "new_tokens": 128, "concurrency": "1,16,64,256", "min_requests": 4,
             "systems": "hf_generate,hf_static_batch,hf_continuous_batching,hf_cuda_graph,engine,service,"
-                       "service_http,grpc_floor",
+                       "service_http,grpc_floor,hf_serve",
             "max_num_batched_tokens": 2048, "client_processes": 4, "threads": None, "out": None},
 }  # fmt: skip
 

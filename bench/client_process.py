@@ -5,9 +5,10 @@ requests it owns. The process connects, waits for readiness, sends one short war
 waits for a line on stdin (so that every client process of a level starts together), then keeps its streams
 busy (closed loop) until its requests are done: `AsyncClient.stream` over gRPC, or, when the spec has an
 `http_url`, streamed `/v1/completions` over the OpenAI-compatible HTTP API (httpx, one connection per stream;
-`logprobs: 0` so that each SSE chunk says how many tokens it carries). It prints one JSON line: the
-`time.monotonic()` start and end (one clock for every process on Linux) and each request's submit time and
-token arrival times, taken when a message with new token ids arrives.
+`logprobs: 0` so that each SSE chunk says how many tokens it carries), or, when the spec has `hf_serve`,
+streamed `/v1/completions` of `transformers serve` with text prompts (`bench.hf_serve`). It prints one JSON
+line: the `time.monotonic()` start and end (one clock for every process on Linux) and each request's submit time
+and token arrival times, taken when a message with new tokens arrives.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoglm_rpc.client import AsyncClient, Client
+from bench.hf_serve import request_body, text_prompts
 from bench.workload import Workload
 
 if TYPE_CHECKING:
@@ -68,10 +71,47 @@ async def _stream_http(client: httpx.AsyncClient, prompt: list[int], new_tokens:
     return {"submit": submit, "token_times": token_times}
 
 
+async def _stream_hf_serve(
+    client: httpx.AsyncClient, prompt: str, new_tokens: int, model: str, prompt_len: int
+) -> dict[str, Any]:
+    """One `transformers serve` stream. Its chunks carry text only; the served copy's tokenizer makes each token
+    one chunk (`bench.hf_serve`), so a content chunk counts one token, checked against the final usage (as is
+    the prompt's length as the server tokenized it)."""
+    submit = time.monotonic()
+    token_times: list[float] = []
+    usage: dict[str, int] = {}
+    finish_reason = None
+    async with client.stream("POST", "/v1/completions", json=request_body(prompt, new_tokens, model)) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(f"the stream failed: {chunk['error']}")
+            for choice in chunk["choices"]:
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+                elif choice.get("text"):
+                    token_times.append(time.monotonic())
+            usage = chunk.get("usage") or usage
+    if usage.get("completion_tokens") != len(token_times) or len(token_times) != new_tokens:
+        raise RuntimeError(f"counted {len(token_times)} chunks for {new_tokens} tokens, usage says {usage}")
+    if finish_reason != "length" or usage.get("prompt_tokens") != prompt_len:
+        raise RuntimeError(
+            f"finish_reason {finish_reason!r}, not 'length', or not {prompt_len} prompt tokens: {usage}"
+        )
+    return {"submit": submit, "token_times": token_times}
+
+
 async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     workload = Workload.from_dict(spec["workload"])
     first, stop = spec["requests"]
-    prompts = workload.prompts(stop)[first:stop]
+    hf_serve = spec.get("hf_serve")
+    if hf_serve:
+        prompts: list[Any] = text_prompts(Path(hf_serve["tokenizer"]), workload, stop)[first:stop]
+    else:
+        prompts = workload.prompts(stop)[first:stop]
     if spec.get("http_url"):
         import httpx  # only here: a gRPC-only run (the GPU check) needs no HTTP client
 
@@ -82,14 +122,16 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
             max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=1.0
         )
         async with httpx.AsyncClient(base_url=spec["http_url"], limits=limits, timeout=1800.0) as http:
+            if hf_serve:
+                model, length = hf_serve["model"], workload.prompt_len
+                stream = lambda p, n: _stream_hf_serve(http, p, n, model, length)  # noqa: E731
+                return await _drive(spec, prompts, workload, stream)
             return await _drive(spec, prompts, workload, lambda p, n: _stream_http(http, p, n))
     async with AsyncClient(spec["target"]) as client:
         return await _drive(spec, prompts, workload, lambda p, n: _stream(client, p, n))
 
 
-async def _drive(
-    spec: dict[str, Any], prompts: list[list[int]], workload: Workload, stream: Any
-) -> dict[str, Any]:
+async def _drive(spec: dict[str, Any], prompts: list[Any], workload: Workload, stream: Any) -> dict[str, Any]:
     """Warm up, report ready, wait for "go", then keep `concurrency` streams busy until the prompts are done."""
     await stream(prompts[0], min(2, workload.new_tokens))  # warm-up: the connection and the path
     sys.stdout.write("ready\n")
@@ -110,8 +152,9 @@ async def _drive(
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
-    with Client(spec["target"]) as client:
-        client.wait_until_ready(timeout=spec.get("ready_timeout", 600.0))
+    if spec.get("target"):  # our server; transformers serve has answered /health before any client starts
+        with Client(spec["target"]) as client:
+            client.wait_until_ready(timeout=spec.get("ready_timeout", 600.0))
     result = asyncio.run(_run(spec))
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()

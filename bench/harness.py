@@ -4,7 +4,8 @@ at every level, write the report (and the plot when matplotlib is there).
 Order matters for memory on one GPU: the HF baselines share one in-memory model, which is freed before the
 engine loads its own copy through `workers.loader`; the engine is freed before the service's worker loads. A
 system that fails at a level (a baseline transformers cannot run here, out of memory, ...) is recorded under
-`skipped` with the error, and the run goes on.
+`skipped` with the error, and the run goes on. `transformers serve` (`hf_serve`) runs last, once the service's
+worker is gone.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import checkpoints, cuda_graph, engine_runner, hf_baselines, service
+from bench import checkpoints, cuda_graph, engine_runner, hf_baselines, hf_serve, service
 from bench.machine import describe_machine
 from bench.plot import write_plot
 from bench.report import build_report, write_report
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 SYSTEMS = (
     "hf_generate", "hf_static_batch", "hf_continuous_batching", "hf_cuda_graph", "engine",
-    "service", "service_http", "grpc_floor",
+    "service", "service_http", "grpc_floor", "hf_serve",
 )  # fmt: skip
 HF_SYSTEMS = SYSTEMS[:4]
 FLOOR_DEFAULT_STEP_S = 0.01
@@ -134,6 +135,8 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
             _run_service(run, settings)
         if "grpc_floor" in options.systems:
             _run_grpc_floor(run)
+        if "hf_serve" in options.systems:
+            _run_hf_serve(run, checkpoint)
         model = {**checkpoint.description, "dtype": options.dtype, "quantization": options.quantization}
         report = build_report(
             kind=options.kind,
@@ -309,6 +312,43 @@ def _run_grpc_floor(run: _Run) -> None:
     for level in workload.concurrency:
         step = engine_itl.get(level) or FLOOR_DEFAULT_STEP_S
         run.measure("grpc_floor", level, lambda c=level, s=step: floor_level(c, s))
+
+
+def _run_hf_serve(run: _Run, checkpoint: checkpoints.BenchCheckpoint) -> None:
+    """`transformers serve` on a serving copy of the checkpoint (`bench.hf_serve`), driven like `service_http`.
+
+    A missing optional dependency skips it with the reason; a server that fails to start is recorded once, a
+    level that fails is recorded by `measure`, and the server's process group is killed either way."""
+    options, workload = run.options, run.workload
+    assert workload is not None
+    reason = hf_serve.missing()
+    if reason is None and options.quantization != "none":
+        reason = f"not run with quantization {options.quantization} (its bnb-4bit is another configuration)"
+    if reason is not None:
+        logger.warning("hf_serve skipped: %s", reason)
+        for level in workload.concurrency:
+            run.skip("hf_serve", level, reason)
+        return
+    log = options.out_dir / "hf_serve.log"
+    scratch = Path(tempfile.mkdtemp(prefix="autoglm-hf-serve-"))
+    try:
+        served = hf_serve.serving_copy(checkpoint.path, scratch / "model")
+        with hf_serve.HfServeProcess(
+            served, log, device=options.device, dtype=options.dtype, threads=options.threads,
+            cb_num_blocks=hf_serve.cache_blocks(workload),
+            cb_max_batch_tokens=max(options.max_num_batched_tokens, workload.max_concurrency),
+        ) as server:  # fmt: skip
+            spec = {"model": server.model, "tokenizer": str(checkpoint.path / "tokenizer.json")}
+            for level in workload.concurrency:
+                run.measure("hf_serve", level, lambda c=level: service.run_service_level(
+                    "", workload, c, options.client_processes, http_url=server.url, hf_serve=spec,
+                    system="hf_serve",
+                ))  # fmt: skip
+    except Exception as exc:
+        logger.exception("transformers serve failed")
+        run.skip("hf_serve", None, f"failed: {type(exc).__name__}: {exc} (see {log})")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _free_device_memory() -> None:

@@ -29,6 +29,7 @@ SYSTEM_ORDER = (
     "service",
     "service_http",
     "grpc_floor",
+    "hf_serve",
 )
 
 
@@ -159,6 +160,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Workload: random prompts of {workload['prompt_len']} tokens, {workload['new_tokens']} new tokens each "
         f"(greedy, EOS ignored); at concurrency C, max(C, {workload['min_requests']}) requests rounded up to "
         f"whole waves of C",
+        *_hf_serve_lines(results),
         "",
         "## Throughput (output tokens/s)",
         "",
@@ -189,6 +191,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Not run", ""]
         lines += [f"- {s['system']} (C={s.get('concurrency') or '—'}): {s['reason']}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def _hf_serve_lines(results: list[LevelResult]) -> list[str]:
+    """How `transformers serve` ran the same workload (its API takes text prompts and has no ignore_eos)."""
+    note = next((r.note for r in results if r.system == "hf_serve"), None)
+    return [f"- hf_serve: {note}"] if note else []
 
 
 def _gateway_cpu_lines(results: list[LevelResult], levels: list[int]) -> list[str]:

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from bench.hf_serve import HF_SERVE_NOTE
 from bench.stats import LevelResult, RequestTiming, summarize
 from bench.workload import Workload
 
@@ -190,9 +191,12 @@ def run_service_level(
     http_url: str | None = None,
     gateway_pid: int | None = None,
     system: str | None = None,
+    hf_serve: dict[str, str] | None = None,
 ) -> LevelResult:
     """One level through the whole service, streams spread over `client_processes` client processes; over the
-    HTTP API at `http_url` when given (system `service_http`), else over gRPC (system `service`)."""
+    HTTP API at `http_url` when given (system `service_http`), else over gRPC (system `service`). With `hf_serve`
+    (`model` and `tokenizer`, see `bench.hf_serve`) the server at `http_url` is `transformers serve` (system
+    `hf_serve`; `target` is unused)."""
     num_requests = workload.requests_for_level(concurrency)
     clients = []
     try:
@@ -203,6 +207,7 @@ def run_service_level(
                 "workload": workload.to_dict(),
                 "concurrency": streams,
                 "requests": [first, end],
+                "hf_serve": hf_serve,
             }
             clients.append(_python_module("bench.client_process", json.dumps(spec)))
         for client in clients:
@@ -229,9 +234,10 @@ def run_service_level(
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     protocol = "HTTP (SSE)" if http_url else "gRPC"
     system = system or ("service_http" if http_url else "service")
-    result = summarize(
-        system, concurrency, timings, wall, f"{protocol} streams from {len(clients)} client process(es)"
-    )
+    note = f"{protocol} streams from {len(clients)} client process(es)"
+    if hf_serve:
+        note = f"transformers serve --continuous-batching, {note}; {HF_SERVE_NOTE}"
+    result = summarize(system, concurrency, timings, wall, note)
     if cpu_before is not None and cpu_after is not None and result.output_tokens:
         per_token = 1e6 / result.output_tokens
         result.gateway_cpu_us_per_token = per_token * (cpu_after - cpu_before)
