@@ -65,7 +65,10 @@ class HttpServer:
     def bind(cls, app: object, host: str, port: int, tls: HttpTls | None = None) -> HttpServer:
         """Bind host:port now (0: a free port); OSError naming the address when it cannot be bound."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio sets TCP_NODELAY only on sockets that
+        # say TCP. Without it each SSE chunk after the headers waits for the client's delayed ACK (about 40 ms
+        # per response on a kept-alive connection).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
