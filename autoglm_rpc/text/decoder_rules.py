@@ -30,10 +30,14 @@ class DecoderRules:
 
     is_streamable: false when text can only be trusted once all tokens are known.
     unstable_tail_ids: a stream must not cut right after one of these tokens (byte-fallback tokens).
+    is_context_free: the decoder is ByteLevel alone, which maps every token to its bytes and decodes their
+        concatenation as UTF-8: the text of ids cut at a character boundary is the text of each side joined, so
+        a window needs no context tokens (one decode per step instead of two).
     """
 
     is_streamable: bool = True
     unstable_tail_ids: frozenset[int] = frozenset()
+    is_context_free: bool = False
 
 
 def analyze_decoder(decoder: Mapping[str, Any] | None, vocab: Mapping[str, int]) -> DecoderRules:
@@ -44,6 +48,8 @@ def analyze_decoder(decoder: Mapping[str, Any] | None, vocab: Mapping[str, int])
     if not _is_local(steps):
         logger.warning("decoder %s can rewrite earlier text; streamed text is held until the end", _names(steps))
         return DecoderRules(is_streamable=False)
+    if _names(steps) == ["ByteLevel"]:
+        return DecoderRules(is_context_free=True)
     if "ByteFallback" not in _names(steps):
         return DecoderRules()
     byte_ids = frozenset(token_id for token, token_id in vocab.items() if _BYTE_TOKEN.fullmatch(token))

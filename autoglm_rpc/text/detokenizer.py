@@ -6,6 +6,7 @@ The context matters: decoders treat the first token of a call specially (Metaspa
 space), and the shared context makes both decodes agree on it. Nothing is sent while the new text ends in U+FFFD (a
 character whose bytes are split across tokens), right after a token the decoder may still merge with the next
 (`DecoderRules.unstable_tail_ids`), or while the new tokens add no text; the window then grows until they do.
+A ByteLevel decoder (GPT-2, Llama 3, Qwen, GLM-4) needs no context: the window's new ids are decoded alone.
 
 Invariant: the concatenation of every `push` result and `flush()` equals `tokenizer.decode(all ids)` exactly, even
 for byte sequences that are not UTF-8 (random-weight models produce them): `flush` returns the held-back rest,
@@ -77,6 +78,14 @@ class IncrementalDetokenizer:
         if self._read_offset == len(self._ids) or self._ends_unstable():
             return ""
         decode = self._tokenizer.decode_raw
+        if self._rules.is_context_free:
+            # Every cut so far fell on a character boundary (text ending in U+FFFD is held), so the new ids
+            # decode alone to exactly what they add.
+            text = decode(self._ids[self._read_offset :], self._skip_special_tokens)
+            if not text or text.endswith(_REPLACEMENT_CHARACTER):
+                return ""
+            self._prefix_offset = self._read_offset = len(self._ids)
+            return text
         prefix_text = decode(self._ids[self._prefix_offset : self._read_offset], self._skip_special_tokens)
         new_text = decode(self._ids[self._prefix_offset :], self._skip_special_tokens)
         if (

@@ -213,3 +213,11 @@ def _cached(path: Path) -> TextTokenizer:
     if path not in _TOKENIZERS:
         _TOKENIZERS[path] = TextTokenizer.from_dir(path)
     return _TOKENIZERS[path]
+
+
+def test_byte_level_windows_need_no_context(tokenizer_dirs: dict[str, Path]) -> None:
+    """A ByteLevel decoder (the GLM test tokenizer's) is context-free: the detokenizer decodes only the new ids,
+    and the invariant tests above run that path; the other families keep their context window."""
+    rules = {family: _cached(tokenizer_dirs[family]).decoder_rules for family in FAMILIES}
+    assert rules["glm"].is_context_free
+    assert not any(rules[family].is_context_free for family in FAMILIES if family != "glm")
