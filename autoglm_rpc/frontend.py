@@ -1,15 +1,15 @@
 """The generation front end: from a validated request to a stream of events, the same for both RPCs.
 
 It checks the model name, tokenizes (text, chat template or ids), checks the fit in the context, resolves the
-sampling and stopping defaults, admits the request to the pool, then turns the worker's token deltas into text:
-incremental, UTF-8-safe detokenization and stop sequences matched across token boundaries. When a stop sequence
-matches, or the caller goes away, the worker is told to stop that request at its next step.
+sampling and stopping defaults, admits the request to the pool, then feeds the worker's deltas to the request's
+`RequestRun`, which turns them into text: incremental, UTF-8-safe detokenization and stop sequences matched across
+token boundaries. When a stop sequence matches, or the caller goes away, the worker is told to stop that request
+at its next step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 import uuid
@@ -18,17 +18,15 @@ from dataclasses import dataclass
 
 from autoglm_rpc import errors, request_ids
 from autoglm_rpc.pool.pool import InFlight, WorkerPool
+from autoglm_rpc.request_run import RequestRun
 from autoglm_rpc.requests import (
     NO_OBSERVER,
     Admitted,
     ChatPrompt,
-    Completed,
     GenerationEvent,
     GenerationObserver,
     GenerationRequest,
     Prompt,
-    TextDelta,
-    Timings,
     TokenPrompt,
 )
 from autoglm_rpc.security.priority import PriorityPolicy
@@ -36,36 +34,9 @@ from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.text.checkpoint import CheckpointFacts
 from autoglm_rpc.text.output import TextStream
 from autoglm_rpc.text.tokenizer import ChatTemplateError, ChatTemplateMissing, TextTokenizer
-from workers.protocol import (
-    FailureReason,
-    Finish,
-    FinishReason,
-    RequestDelta,
-    RequestFailed,
-    SamplingParams,
-    StoppingParams,
-    Submit,
-    TokenLogprob,
-)
-
-logger = logging.getLogger(__name__)
+from workers.protocol import SamplingParams, StoppingParams, Submit
 
 _LONG_PROMPT_CHARS = 8192
-
-
-def _worker_failure(request_id: str, reason: FailureReason, message: str) -> errors.ServiceError:
-    """The status a caller sees for a request its worker refused or could not run."""
-    match reason:
-        case FailureReason.GPU_OUT_OF_MEMORY:
-            return errors.OutOfMemory(message)
-        case FailureReason.PROMPT_TOO_LONG:
-            return errors.PromptTooLong(message)
-        case FailureReason.INVALID_PARAMETER:
-            return errors.ServiceError(message, errors.Code.INVALID_ARGUMENT, "INVALID_PARAMETER")
-        case FailureReason.DUPLICATE_REQUEST_ID:
-            return errors.DuplicateRequestId(request_id)
-    logger.error("request %s failed in its worker: %s", request_id, message)
-    return errors.InternalError(request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +239,7 @@ class Frontend:
         deadline: float | None,
         owner: str | None,
         observer: GenerationObserver,
-    ) -> _Run:
+    ) -> RequestRun:
         """Check, tokenize and admit `request`; the returned run is counted active until `_finish`."""
         arrival = time.monotonic()
         # Refuse before tokenizing when the answer is already no (draining, no worker, over capacity).
@@ -291,9 +262,9 @@ class Frontend:
         )
         self.num_active += 1
         self._idle.clear()
-        return _Run(submit, flight, arrival, text, request_ids.public(owner, submit.request_id))
+        return RequestRun(submit, flight, arrival, text, request_ids.public(owner, submit.request_id))
 
-    def _finish(self, run: _Run, owner: str | None) -> None:
+    def _finish(self, run: RequestRun, owner: str | None) -> None:
         """Release what an admitted run holds: its worker slot (cancelled unless it ended), its unused tokens."""
         request_id = run.submit.request_id
         if not run.is_done or run.must_cancel:
@@ -326,83 +297,3 @@ def _is_long(prompt: Prompt) -> bool:
         case ChatPrompt(messages=messages):
             return sum(len(m.content) for m in messages) > _LONG_PROMPT_CHARS
     return False
-
-
-class _Run:
-    """The state of one admitted request: turns worker events into text events."""
-
-    def __init__(
-        self, submit: Submit, flight: InFlight, arrival: float, text: TextStream, request_id: str
-    ) -> None:
-        self.submit = submit
-        self.request_id = request_id  # as its caller knows it (the Submit's is scoped to the owner)
-        self.flight = flight
-        self.arrival = arrival
-        self.submitted_at = time.monotonic()
-        self.text = text
-        self.logprobs: list[TokenLogprob] = []
-        self.first_token_at: float | None = None
-        self.last_token_at: float | None = None
-        self.is_done = False
-        self.must_cancel = False  # the gateway ended it (stop sequence); the worker still runs it
-
-    def handle(self, event: object) -> list[TextDelta | Completed]:
-        match event:
-            case errors.ServiceError():
-                raise event
-            case RequestFailed(reason=reason, message=message):
-                raise _worker_failure(self.request_id, reason, message)
-            case RequestDelta():
-                return self._on_delta(event)
-        raise TypeError(f"unexpected worker event {event!r}")
-
-    def _on_delta(self, delta: RequestDelta) -> list[TextDelta | Completed]:
-        """One worker delta (one step, or the steps a slow caller let pile up) is one `TextDelta`."""
-        now = time.monotonic()
-        events: list[TextDelta | Completed] = []
-        if delta.token_ids:
-            self.first_token_at = self.first_token_at or now
-            self.last_token_at = now
-            before = self.text.num_tokens
-            piece = self.text.push(delta.token_ids)
-            kept = self.text.num_tokens - before  # fewer than sent when a stop sequence ended the output
-            token_logprobs = delta.logprobs[:kept]
-            self.logprobs.extend(token_logprobs)
-            events.append(TextDelta(piece, delta.token_ids[:kept], token_logprobs))
-            if self.text.stop_sequence is not None:
-                self.must_cancel = True
-                events.append(self._complete(FinishReason.STOP_SEQUENCE, None))
-                return events
-        if delta.finish is not None:
-            if delta.finish.reason is FinishReason.CANCELLED and not self.flight.is_cancelling:
-                # Nobody asked for it: the worker dropped the request because the call's deadline passed.
-                self.is_done = True
-                raise errors.DeadlineExceeded()
-            tail = self.text.flush()
-            if tail:
-                events.append(TextDelta(tail))
-            events.append(self._complete(delta.finish.reason, delta.finish))
-        return events
-
-    def _complete(self, reason: FinishReason, finish: Finish | None) -> Completed:
-        self.is_done = True
-        now = time.monotonic()
-        first = self.first_token_at or now
-        # Queue time: the gateway's share (tokenizing, admission) plus the wait in the worker.
-        worker_queue_time = (self.submitted_at - self.arrival) + (finish.queue_time if finish else 0.0)
-        return Completed(
-            finish_reason=reason,
-            text=self.text.text,
-            token_ids=tuple(self.text.token_ids),
-            logprobs=tuple(self.logprobs[: len(self.text.token_ids)]),
-            prompt_tokens=len(self.submit.prompt_ids),
-            seed=self.submit.sampling.seed,
-            timings=Timings(
-                queue_time=worker_queue_time,
-                time_to_first_token=first - self.arrival,
-                decode_time=(self.last_token_at or now) - first,
-                total_time=now - self.arrival,
-            ),
-            stop_sequence=self.text.stop_sequence,
-            stop_token_id=finish.stop_token_id if finish else None,
-        )
