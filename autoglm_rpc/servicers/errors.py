@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -54,21 +54,5 @@ def unary(
         except Exception as error:
             await abort(context, error, handler.__name__)
             raise  # abort_with_status raises; this line is never reached
-
-    return wrapper
-
-
-def streaming(
-    handler: Callable[[Any, Request, grpc.aio.ServicerContext], AsyncIterator[Response]],
-) -> Callable[[Any, Request, grpc.aio.ServicerContext], AsyncIterator[Response]]:
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
-        try:
-            async for message in handler(self, request, context):
-                yield message
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:
-            await abort(context, error, handler.__name__)
 
     return wrapper

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -67,10 +66,12 @@ class GenerationServicer:
                         )
         raise RuntimeError("generation ended without a result")
 
-    @errors.streaming
+    @errors.unary
     async def GenerateStream(
         self, request: Checked[generation_pb2.GenerateStreamRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
+    ) -> None:
+        # Writes with context.write rather than yielding: a generator here would be resumed through every wrapper
+        # layer (telemetry, guard, error boundary) once per message; a coroutine is awaited through them once.
         owner = self._admit()
         parsed = convert.generation_request(request.message, request.num_inputs, self._limits)
         batcher = _DeltaBatcher(parsed)
@@ -79,18 +80,20 @@ class GenerationServicer:
         async with aclosing(events):
             async for event in events:
                 match event:
-                    case Admitted(request_id=request_id, prompt_tokens=prompt_tokens):
-                        batcher.request_id = request_id
-                        await context.send_initial_metadata((("x-request-id", request_id),))
-                        yield generation_pb2.GenerateStreamResponse(
-                            request_id=request_id, prompt=types_pb2.PromptInfo(prompt_tokens=prompt_tokens)
-                        )
                     case TextDelta():
                         message = batcher.add(event)
                         if message is not None:
-                            yield message
+                            await context.write(message)
+                    case Admitted(request_id=request_id, prompt_tokens=prompt_tokens):
+                        batcher.request_id = request_id
+                        await context.send_initial_metadata((("x-request-id", request_id),))
+                        await context.write(
+                            generation_pb2.GenerateStreamResponse(
+                                request_id=request_id, prompt=types_pb2.PromptInfo(prompt_tokens=prompt_tokens)
+                            )
+                        )
                     case Completed():
-                        yield batcher.last(event)
+                        await context.write(batcher.last(event))
 
     @errors.unary
     async def CancelGeneration(
