@@ -17,6 +17,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,14 +46,8 @@ async def _stream(client: AsyncClient, prompt: list[int], new_tokens: int) -> di
     return {"submit": submit, "token_times": token_times}
 
 
-async def _stream_http(client: httpx.AsyncClient, prompt: list[int], new_tokens: int) -> dict[str, Any]:
-    submit = time.monotonic()
-    token_times: list[float] = []
-    completion_tokens = -1
-    body = {
-        "prompt": prompt, "max_tokens": new_tokens, "min_tokens": new_tokens, "ignore_eos": True,
-        "temperature": 0.0, "logprobs": 0, "stream": True, "stream_options": {"include_usage": True},
-    }  # fmt: skip
+async def _sse_chunks(client: httpx.AsyncClient, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON chunks of one streamed `/v1/completions` call; an error event raises."""
     async with client.stream("POST", "/v1/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -61,11 +56,23 @@ async def _stream_http(client: httpx.AsyncClient, prompt: list[int], new_tokens:
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(f"the stream failed: {chunk['error']}")
-            for choice in chunk["choices"]:
-                if choice["logprobs"]:
-                    token_times.extend([time.monotonic()] * len(choice["logprobs"]["tokens"]))
-            if chunk.get("usage"):
-                completion_tokens = chunk["usage"]["completion_tokens"]
+            yield chunk
+
+
+async def _stream_http(client: httpx.AsyncClient, prompt: list[int], new_tokens: int) -> dict[str, Any]:
+    submit = time.monotonic()
+    token_times: list[float] = []
+    completion_tokens = -1
+    body = {
+        "prompt": prompt, "max_tokens": new_tokens, "min_tokens": new_tokens, "ignore_eos": True,
+        "temperature": 0.0, "logprobs": 0, "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    async for chunk in _sse_chunks(client, body):
+        for choice in chunk["choices"]:
+            if choice["logprobs"]:
+                token_times.extend([time.monotonic()] * len(choice["logprobs"]["tokens"]))
+        if chunk.get("usage"):
+            completion_tokens = chunk["usage"]["completion_tokens"]
     if completion_tokens != len(token_times):
         raise RuntimeError(f"counted {len(token_times)} tokens, usage says {completion_tokens}")
     return {"submit": submit, "token_times": token_times}
@@ -81,20 +88,13 @@ async def _stream_hf_serve(
     token_times: list[float] = []
     usage: dict[str, int] = {}
     finish_reason = None
-    async with client.stream("POST", "/v1/completions", json=request_body(prompt, new_tokens, model)) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                raise RuntimeError(f"the stream failed: {chunk['error']}")
-            for choice in chunk["choices"]:
-                if choice.get("finish_reason"):
-                    finish_reason = choice["finish_reason"]
-                elif choice.get("text"):
-                    token_times.append(time.monotonic())
-            usage = chunk.get("usage") or usage
+    async for chunk in _sse_chunks(client, request_body(prompt, new_tokens, model)):
+        for choice in chunk["choices"]:
+            if choice.get("finish_reason"):
+                finish_reason = choice["finish_reason"]
+            elif choice.get("text"):
+                token_times.append(time.monotonic())
+        usage = chunk.get("usage") or usage
     if usage.get("completion_tokens") != len(token_times) or len(token_times) != new_tokens:
         raise RuntimeError(f"counted {len(token_times)} chunks for {new_tokens} tokens, usage says {usage}")
     if finish_reason != "length" or usage.get("prompt_tokens") != prompt_len:
