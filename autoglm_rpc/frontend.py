@@ -93,6 +93,14 @@ class Frontend:
         return min(size, loaded.vocab_size) if loaded else size
 
     @property
+    def max_context_tokens(self) -> int:
+        """Prompt plus output tokens a request may use: the checkpoint's context, or the workers' when it is less
+        (a KV cache smaller than the context lowers a worker's limit to what the cache holds)."""
+        limit = self.model.max_context_tokens
+        loaded = self.pool.model
+        return min(limit, loaded.max_context_tokens) if loaded else limit
+
+    @property
     def max_prompt_chars(self) -> int:
         return self.model.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * self.model.max_context_tokens
 
@@ -100,7 +108,7 @@ class Frontend:
         """Refuse a prompt that is clearly too long before any tokenizing: its characters, or its token ids."""
         match prompt:
             case TokenPrompt(ids=ids):
-                size, unit, limit = len(ids), "token ids", self.model.max_context_tokens - 1
+                size, unit, limit = len(ids), "token ids", self.max_context_tokens - 1
             case ChatPrompt(messages=messages):
                 size, unit, limit = sum(len(m.content) for m in messages), "characters", self.max_prompt_chars
             case str():
@@ -108,7 +116,7 @@ class Frontend:
         if size > limit:
             raise errors.PromptTooLong(
                 f"the prompt has {size} {unit}; at most {limit} are accepted "
-                f"(the context limit is {self.model.max_context_tokens} tokens)"
+                f"(the context limit is {self.max_context_tokens} tokens)"
             )
 
     def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
@@ -170,7 +178,7 @@ class Frontend:
         )
 
     def _max_new_tokens(self, num_prompt_tokens: int, asked: int | None) -> int:
-        limit = self.model.max_context_tokens
+        limit = self.max_context_tokens
         room = limit - num_prompt_tokens
         if room < 1:
             raise errors.PromptTooLong(

@@ -41,7 +41,7 @@ class OpenAIRoutes:
     def models(self) -> dict:
         model = self._frontend.model
         card = {"id": model.model_id, "object": "model", "created": self._created, "owned_by": "autoglm-rpc",
-                "max_model_len": model.max_context_tokens}  # fmt: skip
+                "max_model_len": self._frontend.max_context_tokens}  # fmt: skip
         return {"object": "list", "data": [card]}
 
     def model(self, name: str) -> dict:

@@ -142,7 +142,7 @@ class GenerationServicer:
             case _:
                 raise InvalidParameter("input", "set one of text and chat")
         return generation_pb2.TokenizeResponse(
-            token_count=len(ids), token_ids=ids, max_context_tokens=self._frontend.model.max_context_tokens
+            token_count=len(ids), token_ids=ids, max_context_tokens=self._frontend.max_context_tokens
         )
 
 

@@ -32,7 +32,7 @@ class ModelServicer:
             architecture=served.facts.architecture,
             dtype=loaded.dtype if loaded else "",
             quantization=loaded.quantization if loaded else "",
-            max_context_tokens=served.max_context_tokens,
+            max_context_tokens=self._frontend.max_context_tokens,
             has_chat_template=served.tokenizer.has_chat_template,
             defaults=types_pb2.SamplingOptions(
                 temperature=defaults.temperature,

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_rpc.config_sections import PoolSettings
-from autoglm_rpc.errors import QueueFull, ServerDraining, WorkerCrashed
+from autoglm_rpc.config_sections import CheckpointSettings, PoolSettings
+from autoglm_rpc.errors import PromptTooLong, QueueFull, ServerDraining, WorkerCrashed
+from autoglm_rpc.frontend import Frontend
 from autoglm_rpc.pool import pool as pool_module
 from autoglm_rpc.pool.handle import WorkerState
 from autoglm_rpc.pool.pool import InFlight, WorkerPool
+from autoglm_rpc.requests import GenerationRequest, StopRequest, TokenPrompt
+from autoglm_rpc.server import load_served_model
 from tests.inproc_worker import Faults, InProcessWorkerHandle
 from tests.workers.factories import make_submit, random_prompt
 from workers.protocol import RequestDelta, WorkerConfig
@@ -22,7 +25,7 @@ from workers.protocol import RequestDelta, WorkerConfig
 TIMEOUT = 120.0
 
 
-def _configs(checkpoint: Path, count: int) -> list[WorkerConfig]:
+def _configs(checkpoint: Path, count: int, kv_cache_tokens: int | None = None) -> list[WorkerConfig]:
     return [
         WorkerConfig(
             worker_id=index,
@@ -32,6 +35,7 @@ def _configs(checkpoint: Path, count: int) -> list[WorkerConfig]:
             max_batch_size=1,
             max_seq_len=256,
             max_num_batched_tokens=64,
+            kv_cache_tokens=kv_cache_tokens,
         )
         for index in range(count)
     ]
@@ -46,6 +50,7 @@ def _run(
     faults: Faults | None = None,
     max_queue_depth: int = 0,
     max_restarts: int = 5,
+    kv_cache_tokens: int | None = None,
 ) -> None:
     monkeypatch.setattr(pool_module, "WorkerHandle", functools.partial(InProcessWorkerHandle, faults=faults))
 
@@ -58,7 +63,7 @@ def _run(
             restart_window=60.0,
             worker_hang_timeout=0.0,
         )
-        pool = WorkerPool(_configs(checkpoint, workers), settings)
+        pool = WorkerPool(_configs(checkpoint, workers, kv_cache_tokens), settings)
         pool.start()
         try:
             async with asyncio.timeout(TIMEOUT):
@@ -160,3 +165,27 @@ def test_a_worker_that_fails_at_load_is_a_crash_loop_while_the_other_serves(
         assert len(await _tokens(_submit(pool, "served"))) == 6
 
     _run(monkeypatch, glm_checkpoint, scenario, faults=Faults(fail_at_load=frozenset({1})), max_restarts=1)
+
+
+def test_the_edge_checks_the_fit_against_the_workers_context(
+    monkeypatch: pytest.MonkeyPatch, glm_checkpoint: Path
+) -> None:
+    """A KV cache of 64 tokens lowers the worker's context from 256 to 64: the front end refuses what does not
+    fit in 64 before routing it, naming that limit, and reports 64 as the context (Tokenize, ListModels,
+    /v1/models)."""
+
+    async def scenario(pool: WorkerPool) -> None:
+        served = load_served_model(CheckpointSettings(model=str(glm_checkpoint), max_seq_len=256))
+        frontend = Frontend(served, pool)
+        assert (served.max_context_tokens, frontend.max_context_tokens) == (256, 64)
+        too_long = GenerationRequest(prompt=TokenPrompt(ids=tuple(range(1, 101))))
+        with pytest.raises(PromptTooLong, match="context limit is 64"):
+            await anext(frontend.generate(too_long))
+        over = GenerationRequest(prompt=TokenPrompt(ids=(1, 2, 3)), stopping=StopRequest(max_new_tokens=100))
+        with pytest.raises(PromptTooLong, match="over the context limit of 64"):
+            await anext(frontend.generate(over))
+        fits = GenerationRequest(prompt=TokenPrompt(ids=(1, 2, 3)), stopping=StopRequest(max_new_tokens=4))
+        events = [event async for event in frontend.generate(fits)]
+        assert len(events[-1].token_ids) == 4
+
+    _run(monkeypatch, glm_checkpoint, scenario, workers=1, kv_cache_tokens=64)
