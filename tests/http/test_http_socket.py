@@ -1,8 +1,8 @@
 """The HTTP listener: accepted connections send each SSE chunk at once (TCP_NODELAY), through uvicorn's C protocol.
 
-Without TCP_NODELAY, every chunk after the response headers waited for the client's delayed ACK: about 40 ms added to the
-first token of each streamed response on a kept-alive connection (measured with httpx on the 2-core VM: 43 ms
-time to first token against 4 ms with the option).
+Without TCP_NODELAY, every chunk after the response headers waited for the client's delayed ACK: about 40 ms
+added to the first token of each streamed response on a kept-alive connection (measured with httpx on the 2-core
+VM: 43 ms time to first token against 4 ms with the option).
 """
 
 from __future__ import annotations
