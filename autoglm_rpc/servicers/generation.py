@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -162,12 +163,8 @@ class _DeltaBatcher:
         has_payload = delta.text or output.return_token_ids or output.return_logprobs
         if has_payload and not self.num_tokens and len(delta.token_ids) >= self.request.min_tokens_per_message:
             # Nothing held back and the delta is big enough alone (the usual case): one message, no copies.
-            message = generation_pb2.GenerateStreamResponse(request_id=self.request_id, text=delta.text)
-            if output.return_token_ids:
-                message.token_ids.extend(delta.token_ids)
-            if output.return_logprobs:
-                message.logprobs.extend(convert.logprobs(delta.logprobs))
-            return message
+            message = generation_pb2.GenerateStreamResponse(request_id=self.request_id)
+            return self._fill(message, delta.text, delta.token_ids, delta.logprobs)
         self.text.append(delta.text)
         self.token_ids.extend(delta.token_ids)
         self.logprobs.extend(delta.logprobs)
@@ -181,10 +178,22 @@ class _DeltaBatcher:
         return self._take(convert.final_stream_response(self.request_id, done))
 
     def _take(self, message: generation_pb2.GenerateStreamResponse) -> generation_pb2.GenerateStreamResponse:
-        message.text = "".join(self.text)
-        if self.request.output.return_token_ids:
-            message.token_ids.extend(self.token_ids)
-        if self.request.output.return_logprobs:
-            message.logprobs.extend(convert.logprobs(self.logprobs))
+        """`message` with everything held back, which is then cleared."""
+        message = self._fill(message, "".join(self.text), self.token_ids, self.logprobs)
         self.text, self.token_ids, self.logprobs, self.num_tokens = [], [], [], 0
+        return message
+
+    def _fill(
+        self,
+        message: generation_pb2.GenerateStreamResponse,
+        text: str,
+        token_ids: Sequence[int],
+        logprobs: Sequence[TokenLogprob],
+    ) -> generation_pb2.GenerateStreamResponse:
+        """`message` with this text, and the ids and logprobs when the request asked for them."""
+        message.text = text
+        if self.request.output.return_token_ids:
+            message.token_ids.extend(token_ids)
+        if self.request.output.return_logprobs:
+            message.logprobs.extend(convert.logprobs(logprobs))
         return message
