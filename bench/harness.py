@@ -342,7 +342,6 @@ def _run_hf_serve(run: _Run, checkpoint: checkpoints.BenchCheckpoint) -> None:
             for level in workload.concurrency:
                 run.measure("hf_serve", level, lambda c=level: service.run_service_level(
                     "", workload, c, options.client_processes, http_url=server.url, hf_serve=spec,
-                    system="hf_serve",
                 ))  # fmt: skip
     except Exception as exc:
         logger.exception("transformers serve failed")

@@ -196,7 +196,7 @@ def run_service_level(
     """One level through the whole service, streams spread over `client_processes` client processes; over the
     HTTP API at `http_url` when given (system `service_http`), else over gRPC (system `service`). With `hf_serve`
     (`model` and `tokenizer`, see `bench.hf_serve`) the server at `http_url` is `transformers serve` (system
-    `hf_serve`; `target` is unused)."""
+    `hf_serve`; `target` is unused). `system` names another server driven like `service` (`grpc_floor`)."""
     num_requests = workload.requests_for_level(concurrency)
     clients = []
     try:
@@ -233,7 +233,7 @@ def run_service_level(
     timings = [RequestTiming(r["submit"], r["token_times"]) for result in results for r in result["requests"]]
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     protocol = "HTTP (SSE)" if http_url else "gRPC"
-    system = system or ("service_http" if http_url else "service")
+    system = system or ("hf_serve" if hf_serve else "service_http" if http_url else "service")
     note = f"{protocol} streams from {len(clients)} client process(es)"
     if hf_serve:
         note = f"transformers serve --continuous-batching, {note}; {HF_SERVE_NOTE}"
