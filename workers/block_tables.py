@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from workers.kv_blocks import ROOT_HASH, BlockPool, blocks_for, chain_hash, prefix_hashes
 
 if TYPE_CHECKING:
-    from workers.scheduler import Sequence
+    from workers.sequence import Sequence
 
 
 class BlockTables:

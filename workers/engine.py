@@ -27,7 +27,8 @@ from workers.protocol import (
     Submit,
     WorkerConfig,
 )
-from workers.scheduler import ScheduledBatch, Scheduler, Sequence
+from workers.scheduler import Scheduler
+from workers.sequence import ScheduledBatch, Sequence
 from workers.static_decode import resolve_decode_mode
 from workers.telemetry.probe import NULL_PROBE, StepProbe
 

@@ -31,7 +31,7 @@ from workers.kv_blocks import SCRATCH_BLOCK, blocks_for
 from workers.kv_cache import PagedKVCache
 from workers.protocol import TokenLogprob
 from workers.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
-from workers.scheduler import PrefillChunk, ScheduledBatch, Sequence
+from workers.sequence import PrefillChunk, ScheduledBatch, Sequence
 from workers.static_decode import StaticDecoder
 
 logger = logging.getLogger(__name__)

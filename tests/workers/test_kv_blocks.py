@@ -11,7 +11,8 @@ import pytest
 from tests.workers.test_scheduler import make_seq, run_step
 from workers.kv_blocks import SCRATCH_BLOCK, BlockPool, chain_hash, prefix_hashes
 from workers.protocol import Priority
-from workers.scheduler import Scheduler, SequenceStatus
+from workers.scheduler import Scheduler
+from workers.sequence import SequenceStatus
 
 
 def test_the_pool_hands_out_every_block_but_scratch_once() -> None:

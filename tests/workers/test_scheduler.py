@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from workers.protocol import FinishReason, Priority, SamplingParams, StoppingParams
-from workers.scheduler import ScheduledBatch, Scheduler, Sequence, SequenceStatus
+from workers.scheduler import Scheduler
+from workers.sequence import ScheduledBatch, Sequence, SequenceStatus
 
 EOS = 0
 
