@@ -3,9 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Installed before the project so that pip never replaces it with another build (the range in pyproject.toml
-# accepts it). On a GPU machine with a CUDA build of torch already in .venv, this step is skipped.
-TORCH_SPEC ?= torch==2.13.0
+# Every install takes exactly the versions in the lock (pip constraints), which `make lock` refreshes.
+LOCK := requirements.lock
+PIP_LOCKED = $(PY) -m pip install -q --no-build-isolation -c $(LOCK)
+# Installed before the project so that pip never replaces it with another build (the lock's pin, which a CUDA
+# build of the same release satisfies). On a GPU machine with a CUDA build of torch already in .venv, this step
+# is skipped.
+TORCH_SPEC ?= $(shell grep -m1 '^torch==' $(LOCK))
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 50051
@@ -27,18 +31,27 @@ GO_PATH := $(CURDIR)/.gopath:/usr/share/gocode
 GO_MAPPINGS := $(foreach p,$(PROTOS:proto/%=%),--go_opt=M$(p)=$(GO_MODULE)/autoglmv1 --go-grpc_opt=M$(p)=$(GO_MODULE)/autoglmv1)
 VERSION ?=
 
-.PHONY: install proto lint format test soak run demo-model clean bench bench-gpu bench-tracing bench-kv-cache node-deps \
-	buf release-proto go-client gpu-check gpu-wheels
+.PHONY: install lock proto lint format test soak run demo-model clean bench bench-gpu bench-tracing bench-kv-cache \
+	node-deps buf release-proto go-client gpu-check gpu-wheels
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(STUBS)/pyproject.toml
+$(STAMP): pyproject.toml $(STUBS)/pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q -c $(LOCK) "$(TORCH_SPEC)"
+	@# The build backend too comes from the lock: the editable installs below build without isolation.
+	$(PY) -m pip install -q -c $(LOCK) setuptools wheel
 	@# The stubs are their own distribution, which the project pins: install it first so pip finds it.
-	$(PY) -m pip install -q -e ./$(STUBS)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PIP_LOCKED) -e ./$(STUBS)
+	$(PIP_LOCKED) -e '.[dev]'
 	@touch $@
+
+# Re-resolves requirements.lock to the newest releases pyproject.toml allows, then runs the suite on that set in
+# a new .venv/ (docs/development.md says when). CI never does this: it installs the committed lock.
+lock:
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" bash tools/refresh-lock.sh
+	rm -rf $(VENV)
+	$(MAKE) test
 
 # Regenerates the Python stubs (messages, services and .pyi) of the autoglm-proto distribution from proto/;
 # tests fail when they are stale.
@@ -133,7 +146,7 @@ CONCURRENCY ?= 1,16,64,256
 OUT ?= bench-results/gpu-$(DTYPE)
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PIP_LOCKED) -e '.[dev,bench]'
 	@touch $@
 
 # The demo checkpoint on the CPU at 1/4/16/64 concurrent streams: serial generate(), static batch, the engine in

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,3 +166,20 @@ def test_every_copy_source_is_in_the_build_context(dockerfile: Path) -> None:
         for source in sources:
             assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
             assert not _ignored(source.rstrip("/"), patterns), f"COPY {source}: excluded by .dockerignore"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_builder_installs_from_the_lock(dockerfile: Path) -> None:
+    """Every pip install of the builder runs under requirements.lock as constraints, copied in before the first."""
+    instructions = parse(dockerfile)
+    first, second = [n for n, i in enumerate(instructions) if i.keyword == "FROM"][:2]
+    builder, lock = instructions[first:second], "/src/requirements.lock"
+
+    def positions(keyword: str, matches: Callable[[str], bool]) -> list[int]:
+        return [n for n, i in enumerate(builder) if i.keyword == keyword and matches(i.arguments)]
+
+    copies = positions("COPY", lambda arguments: arguments.split()[0] == "requirements.lock")
+    constraint = positions("ENV", lambda arguments: f"PIP_CONSTRAINT={lock}" in arguments)
+    installs = positions("RUN", lambda arguments: "pip install" in arguments)
+    assert copies and builder[copies[0]].arguments.split()[1] == lock
+    assert installs and constraint and copies[0] < constraint[0] < installs[0]
