@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoglm_rpc.client import AsyncClient, Client
-from bench.hf_serve import request_body, text_prompts
+from bench.hf_serve import chunk_tokens, request_body, text_prompts
 from bench.workload import Workload
 
 if TYPE_CHECKING:
@@ -82,8 +82,8 @@ async def _stream_hf_serve(
     client: httpx.AsyncClient, prompt: str, new_tokens: int, model: str, prompt_len: int
 ) -> dict[str, Any]:
     """One `transformers serve` stream. Its chunks carry text only; the served copy's tokenizer makes each token
-    one chunk (`bench.hf_serve`), so a content chunk counts one token, checked against the final usage (as is
-    the prompt's length as the server tokenized it)."""
+    one space-separated piece (`bench.hf_serve.chunk_tokens`), so a chunk's tokens are counted, and the count is
+    checked against the final usage (as is the prompt's length as the server tokenized it)."""
     submit = time.monotonic()
     token_times: list[float] = []
     usage: dict[str, int] = {}
@@ -93,7 +93,7 @@ async def _stream_hf_serve(
             if choice.get("finish_reason"):
                 finish_reason = choice["finish_reason"]
             elif choice.get("text"):
-                token_times.append(time.monotonic())
+                token_times.extend([time.monotonic()] * chunk_tokens(choice["text"]))
         usage = chunk.get("usage") or usage
     if usage.get("completion_tokens") != len(token_times) or len(token_times) != new_tokens:
         raise RuntimeError(f"counted {len(token_times)} chunks for {new_tokens} tokens, usage says {usage}")
@@ -151,14 +151,24 @@ async def _drive(spec: dict[str, Any], prompts: list[Any], workload: Workload, s
 
 
 def main(argv: list[str]) -> int:
+    """Run the spec's streams. A failure is answered as `{"error": "..."}` on stdout, in place of `ready` or of
+    the result, so the benchmark reports why (a stream of another shape, a server error) rather than an exit."""
     spec = json.loads(argv[0])
-    if spec.get("target"):  # our server; transformers serve has answered /health before any client starts
-        with Client(spec["target"]) as client:
-            client.wait_until_ready(timeout=spec.get("ready_timeout", 600.0))
-    result = asyncio.run(_run(spec))
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
+    try:
+        if spec.get("target"):  # our server; transformers serve has answered /health before any client starts
+            with Client(spec["target"]) as client:
+                client.wait_until_ready(timeout=spec.get("ready_timeout", 600.0))
+        result = asyncio.run(_run(spec))
+    except Exception as exc:
+        _answer({"error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    _answer(result)
     return 0
+
+
+def _answer(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ engine loads its own copy through `workers.loader`; the engine is freed before t
 system that fails at a level (a baseline transformers cannot run here, out of memory, ...) is recorded under
 `skipped` with the error, and the run goes on. `transformers serve` (`hf_serve`) runs last, once the service's
 worker is gone.
+
+Peer baselines (`PEER_SYSTEMS`: transformers' own ways to serve) are other projects' code: when one cannot run
+here (its optional package missing, its server's output no longer the shape the client counts), it is recorded
+as `peer unavailable: <why>` and the run still succeeds. A failure of one of the project's own systems is
+`failed: <why>`, which makes `python -m bench` exit 1. Either way, a system that is measured is counted strictly
+(every token, checked against the server's usage).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ SYSTEMS = (
     "service", "service_http", "grpc_floor", "hf_serve",
 )  # fmt: skip
 HF_SYSTEMS = SYSTEMS[:4]
+PEER_SYSTEMS = frozenset({*HF_SYSTEMS, "hf_serve"})
+FAILED, PEER_UNAVAILABLE = "failed: ", "peer unavailable: "
 FLOOR_DEFAULT_STEP_S = 0.01
 
 
@@ -89,7 +97,7 @@ class _Run:
             result = run()
         except Exception as exc:
             logger.exception("%s at concurrency %s failed", system, level)
-            self.skip(system, level, f"failed: {type(exc).__name__}: {exc}")
+            self.fail(system, level, exc)
             _free_device_memory()
             return
         self.results.append(result)
@@ -101,6 +109,21 @@ class _Run:
 
     def skip(self, system: str, level: int | None, reason: str) -> None:
         self.skipped.append({"system": system, "concurrency": level, "reason": reason})
+
+    def fail(self, system: str, level: int | None, exc: BaseException, where: str = "") -> None:
+        self.skip(system, level, failure_reason(system, exc) + where)
+
+
+def failure_reason(system: str, exc: BaseException) -> str:
+    """How `system`'s failure reads in the report: `peer unavailable: ...` for a peer baseline, `failed: ...` for
+    one of the project's own systems."""
+    prefix = PEER_UNAVAILABLE if system in PEER_SYSTEMS else FAILED
+    return f"{prefix}{type(exc).__name__}: {exc}"
+
+
+def own_failures(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's `skipped` entries that are failures of the project's own systems (not of a peer)."""
+    return [entry for entry in report["skipped"] if entry["reason"].startswith(FAILED)]
 
 
 def run_bench(options: BenchOptions) -> dict[str, Any]:
@@ -289,7 +312,7 @@ def _run_service(run: _Run, settings: dict[str, Any]) -> None:
     except Exception as exc:
         logger.exception("the service failed")
         for system in protocols:
-            run.skip(system, None, f"failed: {type(exc).__name__}: {exc} (see {options.out_dir / 'service.log'})")
+            run.fail(system, None, exc, f" (see {options.out_dir / 'service.log'})")
 
 
 def _run_grpc_floor(run: _Run) -> None:
@@ -318,7 +341,8 @@ def _run_hf_serve(run: _Run, checkpoint: checkpoints.BenchCheckpoint) -> None:
     """`transformers serve` on a serving copy of the checkpoint (`bench.hf_serve`), driven like `service_http`.
 
     A missing optional dependency skips it with the reason; a server that fails to start is recorded once, a
-    level that fails is recorded by `measure`, and the server's process group is killed either way."""
+    level that fails (a stream of another shape than the client counts) is recorded by `measure`, each as
+    `peer unavailable`, and the server's process group is killed either way."""
     options, workload = run.options, run.workload
     assert workload is not None
     reason = hf_serve.missing()
@@ -345,7 +369,7 @@ def _run_hf_serve(run: _Run, checkpoint: checkpoints.BenchCheckpoint) -> None:
                 ))  # fmt: skip
     except Exception as exc:
         logger.exception("transformers serve failed")
-        run.skip("hf_serve", None, f"failed: {type(exc).__name__}: {exc} (see {log})")
+        run.fail("hf_serve", None, exc, f" (see {log})")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

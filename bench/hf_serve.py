@@ -9,13 +9,18 @@ Its `/v1/completions` differs from ours in three ways, each made equivalent here
   (a JSON string it turns into the request's `GenerationConfig`) with `eos_token_id: -1`, transformers' value for
   "no EOS", so greedy generation runs to `max_tokens`; the client checks `usage.completion_tokens` and
   `finish_reason == "length"`.
+- **Usage only when asked, since transformers 5.25.** Up to 5.24 its last chunk always carried `usage` (and it
+  ignored `stream_options`); from 5.25 it follows OpenAI: a separate last chunk with `usage` and no choices, only
+  with `stream_options.include_usage`. Every request asks for it, which both versions answer with the usage.
 - **No token counts per chunk.** Its chunks carry text only, decoded token by token with the Rust `DecodeStream`,
   which holds a token back while its text is an incomplete UTF-8 sequence (byte-level BPE) and skips special
   tokens, so a chunk could stand for several tokens. The server is therefore given a copy of the checkpoint
   (`serving_copy`: every file a symlink but the tokenizer's two) whose tokenizer decodes each token to its own
-  vocabulary string (no byte-level decoder, no special tokens), so every generated token is one chunk. Encoding
-  (prompts) is unchanged, and so are the weights and the work per step. The client counts one token per content
-  chunk and fails the request unless that count equals `usage.completion_tokens`.
+  vocabulary string (no byte-level decoder, no special tokens), joined by single spaces; a vocabulary string
+  never holds a space (byte-level BPE writes it as `Ġ`). Encoding (prompts) is unchanged, and so are the weights
+  and the work per step. Most chunks are then one token, but `DecodeStream` may still hold one back and send it
+  with the next (seen with transformers 5.25 on a few token pairs), so the client counts the space-separated
+  tokens of each chunk (`chunk_tokens`) and fails the request unless the total equals `usage.completion_tokens`.
 
 Its continuous batching gets the engine's budgets rather than its defaults (which size the KV cache from the
 device's free memory, the host's RAM on a CPU): `--cb-max-batch-tokens` the engine's tokens per step, and
@@ -55,8 +60,8 @@ _SPECIAL_TOKEN_SETTINGS = ("eos_token", "pad_token", "bos_token", "unk_token", "
 HF_SERVE_NOTE = (
     "text prompts of one-token words, re-encoded to exactly the prompt length and checked against the server's "
     "usage; exactly the new tokens through its per-request generation_config with eos_token_id -1 (checked: "
-    "usage and finish_reason length); one SSE chunk per token (the served copy's tokenizer decodes every token "
-    "alone), counted and checked against usage"
+    "usage and finish_reason length); each SSE chunk's tokens counted (the served copy's tokenizer decodes every "
+    "token alone, space-separated) and checked against usage"
 )
 
 
@@ -92,6 +97,12 @@ def serving_copy(checkpoint: Path, dest: Path) -> Path:
     config.pop("added_tokens_decoder", None)
     (dest / _TOKENIZER_CONFIG).write_text(json.dumps(config))
     return dest
+
+
+def chunk_tokens(text: str) -> int:
+    """How many generated tokens a streamed chunk of the serving copy carries: its space-separated tokens (the
+    copy's decoding joins vocabulary strings, which hold no space, with one space)."""
+    return sum(1 for piece in text.split(" ") if piece)
 
 
 def text_prompts(tokenizer_path: Path, workload: Workload, num_requests: int) -> list[str]:
@@ -145,6 +156,7 @@ def request_body(prompt: str, new_tokens: int, model: str) -> dict[str, Any]:
         "max_tokens": new_tokens,
         "temperature": 0.0,
         "stream": True,
+        "stream_options": {"include_usage": True},
         "generation_config": json.dumps(generation),
     }
 

@@ -60,6 +60,14 @@ def _read_line(process: subprocess.Popen[str], timeout: float, what: str) -> str
     return line
 
 
+def _client_answer(process: subprocess.Popen[str], timeout: float) -> str:
+    """A client process's next line (`ready`, or its result); RuntimeError with its reason when it failed."""
+    line = _read_line(process, timeout, "a client process")
+    if line.startswith('{"error"'):
+        raise RuntimeError(f"a client process: {json.loads(line)['error']}")
+    return line
+
+
 def _stop(process: subprocess.Popen[str], timeout: float) -> None:
     if process.stdin is not None and not process.stdin.closed:
         process.stdin.close()
@@ -211,7 +219,7 @@ def run_service_level(
             }
             clients.append(_python_module("bench.client_process", json.dumps(spec)))
         for client in clients:
-            if _read_line(client, timeout, "a client process").strip() != "ready":
+            if _client_answer(client, timeout).strip() != "ready":
                 raise RuntimeError("a client process did not report ready")
         workers = descendant_pids(gateway_pid) if gateway_pid else []
         client_pids = [client.pid for client in clients]
@@ -223,7 +231,7 @@ def run_service_level(
             client.stdin.flush()
         results, clients_after = [], 0.0
         for client in clients:
-            results.append(json.loads(_read_line(client, timeout, "a client process")))
+            results.append(json.loads(_client_answer(client, timeout)))
             clients_after += process_cpu_seconds(client.pid) or 0.0  # now: it exits once it has written
         cpu_after = process_cpu_seconds(gateway_pid) if gateway_pid else None
         workers_after = total_cpu_seconds(workers)
