@@ -282,7 +282,7 @@ def _demo_model(args: argparse.Namespace) -> int:
     if args.if_missing and (output / "config.json").exists():
         logger.info("demo checkpoint already at %s", output)
         return 0
-    from workers.checkpoints import build_demo_checkpoint
+    from workers.model.checkpoints import build_demo_checkpoint
 
     logger.info("building the demo checkpoint (random weights: its text is noise) at %s", output)
     build_demo_checkpoint(output)

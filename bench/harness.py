@@ -2,7 +2,7 @@
 at every level, write the report (and the plot when matplotlib is there).
 
 Order matters for memory on one GPU: the HF baselines share one in-memory model, which is freed before the
-engine loads its own copy through `workers.loader`; the engine is freed before the service's worker loads. A
+engine loads its own copy through `workers.model.loader`; the engine is freed before the service's worker loads. A
 system that fails at a level (a baseline transformers cannot run here, out of memory, ...) is recorded under
 `skipped` with the error, and the run goes on. `transformers serve` (`hf_serve`) runs last, once the service's
 worker is gone.

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
         if model is None:
-            from workers.checkpoints import DEMO_SPEC, build_checkpoint
+            from workers.model.checkpoints import DEMO_SPEC, build_checkpoint
 
             model = str(build_checkpoint(Path(scratch) / "demo", DEMO_SPEC))
         sink = SpanSink()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.worker import load_failure_repeats
+from workers.process.worker import load_failure_repeats
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def _intact(checkpoint: Path) -> None:
 
 def _impossible_context(checkpoint: Path) -> None:
     """A context length not one token fits in. (A context longer than the paged KV cache holds is no longer a
-    failure: the worker lowers its context limit to the cache's size, see `workers.loader.fit_context`.)"""
+    failure: the worker lowers its context limit to the cache's size, see `workers.model.loader.fit_context`.)"""
     config = json.loads((checkpoint / "config.json").read_text())
     config["max_position_embeddings"] = -1
     (checkpoint / "config.json").write_text(json.dumps(config))

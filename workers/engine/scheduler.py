@@ -1,7 +1,7 @@
-"""The batching policy of one worker (request state: `workers.sequence`). Pure Python: no torch, so the policy
-is tested alone.
+"""The batching policy of one worker (request state: `workers.engine.sequence`). Pure Python: no torch, so the
+policy is tested alone.
 
-KV memory is paged (see `workers.kv_blocks`): a running request holds a block table, and blocks are allocated
+KV memory is paged (see `workers.kv.blocks`): a running request holds a block table, and blocks are allocated
 as its tokens are computed, so a short request holds a few blocks rather than the whole context. Each running
 request also holds a batch row (`Sequence.slot`, 0 to max_batch_size - 1): the row of the static decode buffers
 and of the repetition-penalty token history. The policy, step by step. The scheduler first retires requests
@@ -42,10 +42,10 @@ import itertools
 import logging
 from collections.abc import Iterable
 
-from workers.block_tables import BlockTables
-from workers.kv_blocks import DEFAULT_BLOCK_SIZE, BlockPool, PrefixStats, blocks_for
+from workers.engine.block_tables import BlockTables
+from workers.engine.sequence import PrefillChunk, ScheduledBatch, Sequence, SequenceStatus
+from workers.kv.blocks import DEFAULT_BLOCK_SIZE, BlockPool, PrefixStats, blocks_for
 from workers.protocol import Finish, FinishReason
-from workers.sequence import PrefillChunk, ScheduledBatch, Sequence, SequenceStatus
 
 logger = logging.getLogger(__name__)
 

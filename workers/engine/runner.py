@@ -9,7 +9,7 @@ its prompt), and one batched sampling call picks all of the step's tokens. The h
 per step, to read the sampled ids (twice when log-probabilities were asked for).
 
 `decode` and `prefill` are separate small functions with fixed-rank inputs. With a `StaticDecoder`, decode runs
-at bucketed static shapes instead, replayed from CUDA graphs on a GPU (see `workers.static_decode`).
+at bucketed static shapes instead, replayed from CUDA graphs on a GPU (see `workers.engine.static_decode`).
 
 Each forward is first described by a `DecoderCall` of host lists (token ids, positions, flat cache slots, block
 tables), which `run_decode` / `run_prefill` execute. With tensor parallelism rank 0's runner hands every call to
@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workers.attention import AttentionMetadata
-from workers.attention_variants import soft_cap
-from workers.kv_blocks import SCRATCH_BLOCK, blocks_for
-from workers.kv_cache import PagedKVCache
+from workers.engine.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
+from workers.engine.sequence import PrefillChunk, ScheduledBatch, Sequence
+from workers.engine.static_decode import StaticDecoder
+from workers.kv.attention import AttentionMetadata
+from workers.kv.attention_variants import soft_cap
+from workers.kv.blocks import SCRATCH_BLOCK, blocks_for
+from workers.kv.cache import PagedKVCache
 from workers.protocol import TokenLogprob
-from workers.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
-from workers.sequence import PrefillChunk, ScheduledBatch, Sequence
-from workers.static_decode import StaticDecoder
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The block tables of a worker's requests over its block pool. Pure Python, like the scheduler that calls it.
 
-A request's block table holds its positions, `block_size` per block (see `workers.kv_blocks`). Here a request is
+A request's block table holds its positions, `block_size` per block (see `workers.kv.blocks`). Here a request is
 admitted with the cached blocks of its prompt's prefix, its table grows as its tokens are scheduled, the blocks
 its computed tokens fill are registered in the prefix cache, and its blocks are released when it leaves or is
 preempted. Which request runs, and which is preempted, is the scheduler's policy, not this module's.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.kv_blocks import ROOT_HASH, BlockPool, blocks_for, chain_hash, prefix_hashes
+from workers.kv.blocks import ROOT_HASH, BlockPool, blocks_for, chain_hash, prefix_hashes
 
 if TYPE_CHECKING:
-    from workers.sequence import Sequence
+    from workers.engine.sequence import Sequence
 
 
 class BlockTables:

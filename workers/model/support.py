@@ -1,6 +1,6 @@
 """What the engine can run, decided once at load: a model it would compute wrong is refused with one clear error.
 
-The engine keeps the Hugging Face model class and replaces only its attention function (`workers.attention`),
+The engine keeps the Hugging Face model class and replaces only its attention function (`workers.kv.attention`),
 which reads K/V from the engine's cache and supports causal attention over full or sliding-window layers, a
 logit soft-cap and the module's own score scaling. Everything else a layer does (rotary variants such as Gemma
 3's local rope base, q/k norms, fused projections, embedding scales) is the model's own code and needs nothing
@@ -94,8 +94,3 @@ def _rope_types(parameters) -> set[str]:
         return {parameters["rope_type"]}
     per_layer_type = [p for p in parameters.values() if isinstance(p, dict)]
     return {p["rope_type"] for p in per_layer_type if isinstance(p.get("rope_type"), str)}
-
-
-def attention_sinks(module: torch.nn.Module) -> UnsupportedModelError:
-    """The error for an attention `module` passing sinks (`s_aux`, gpt-oss), which the engine does not apply."""
-    return UnsupportedModelError(architecture_of(module), "attention sinks (s_aux)")

@@ -1,7 +1,7 @@
 """The engine's paged KV cache: per layer, a pool of fixed-size blocks for K and one for V.
 
 Per layer, K and V are each one tensor [num_blocks, block_size, num_kv_heads, head_dim], allocated once at
-start. Which block holds which request's tokens is the scheduler's business (`workers.kv_blocks`): a token at
+start. Which block holds which request's tokens is the scheduler's business (`workers.kv.blocks`): a token at
 absolute position `p` of a request with block table `t` lives at block `t[p // block_size]`, offset
 `p % block_size`, i.e. at flat slot `t[p // block_size] * block_size + p % block_size`. Block 0 is scratch:
 padding writes its throwaway K/V there and unused block-table entries point to it; no query ever attends to
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.kv_blocks import DEFAULT_BLOCK_SIZE, blocks_for
+from workers.kv.blocks import DEFAULT_BLOCK_SIZE, blocks_for
 
 logger = logging.getLogger(__name__)
 

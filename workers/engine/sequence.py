@@ -1,5 +1,5 @@
 """One request's state inside a worker (`Sequence`) and what one engine step runs (`ScheduledBatch` of decodes
-and `PrefillChunk`s). Pure Python, like the scheduler that owns them (`workers.scheduler`).
+and `PrefillChunk`s). Pure Python, like the scheduler that owns them (`workers.engine.scheduler`).
 """
 
 from __future__ import annotations

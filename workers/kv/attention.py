@@ -5,7 +5,7 @@ an `attn_metadata=AttentionMetadata(...)` keyword, which transformers forwards u
 layers to the attention function (every family the engine supports passes `**kwargs` all the way). There the
 new K/V are written into the paged cache and the queries attend over each row's blocks by absolute position.
 Each module also passes its own `sliding_window` (None on full-attention layers), `softcap` (Gemma 2) and
-`scaling`; masks and scores for those come from `workers.attention_variants`, which works from positions alone.
+`scaling`; masks and scores for those come from `workers.kv.attention_variants`, which works from positions alone.
 
 No mask function is registered in `AttentionMaskInterface` on purpose: for an implementation name that table
 does not know, `create_causal_mask` returns None at once (the path transformers keeps for engine-owned
@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AttentionInterface
 
-from workers.attention_variants import attend, visible_keys, window_matters
-from workers.kv_cache import PagedKVCache
-from workers.model_support import attention_sinks
+from workers.kv.attention_variants import attend, visible_keys, window_matters
+from workers.kv.cache import PagedKVCache
 
 ATTENTION_NAME = "autoglm_paged"
 
@@ -103,8 +102,10 @@ def paged_attention(
     """
     if attn_metadata is None:
         raise RuntimeError(f"the {ATTENTION_NAME!r} attention runs only inside the engine's model runner")
-    if "s_aux" in kwargs:
-        raise attention_sinks(module)
+    if "s_aux" in kwargs:  # sinks (gpt-oss) are refused at load (`model.support`); this is the backstop
+        raise ValueError(
+            f"{type(module).__name__} passes attention sinks (s_aux), which the engine does not apply"
+        )
     cache = attn_metadata.cache
     cache.write(module.layer_idx, attn_metadata.slot_mapping, key, value)
     cached_key, cached_value = cache.read(module.layer_idx, attn_metadata.block_tables, attn_metadata.kv_len)

@@ -1,7 +1,7 @@
 """Loads a checkpoint for the engine: weights (optionally quantized), the KV cache and the model's facts.
 
 The model is a plain `AutoModelForCausalLM` whose attention implementation is the engine's (see
-`workers.attention`). Loading is local-only unless the worker config allows downloads, safetensors only, and
+`workers.kv.attention`). Loading is local-only unless the worker config allows downloads, safetensors only, and
 runs remote code only when configured. Every choice that cannot work on this machine fails here with a message
 that names the option, before the worker reports Ready.
 """
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from workers.attention import ATTENTION_NAME, register_attention
-from workers.kv_blocks import blocks_for
-from workers.kv_cache import CacheSpec, PagedKVCache, blocks_that_fit
-from workers.manifest import verify_checkpoint
-from workers.model_support import check_supported
+from workers.kv.attention import ATTENTION_NAME, register_attention
+from workers.kv.blocks import blocks_for
+from workers.kv.cache import CacheSpec, PagedKVCache, blocks_that_fit
+from workers.model.manifest import verify_checkpoint
+from workers.model.support import check_supported
 from workers.protocol import ModelInfo, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -91,11 +91,10 @@ def quantization_config(name: str, dtype: torch.dtype):  # -> BitsAndBytesConfig
 
 
 def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedModel:
-    """Load weights, check the model fits the engine, allocate the KV cache; reports progress as it goes."""
-    if config.tensor_parallel_size > 1:
-        from workers.parallel.replica import load_replica
+    """Load weights, check the model fits the engine, allocate the KV cache; reports progress as it goes.
 
-        return load_replica(config, on_progress)
+    One whole model in this process: a tensor-parallel replica loads through `parallel.ranks.load_replica`
+    (`workers.process.load` picks which)."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     quantization = quantization_config(config.quantization, dtype)

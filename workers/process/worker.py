@@ -20,7 +20,8 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from workers.engine import Engine
+from workers.engine.engine import Engine
+from workers.process.load import start_engine
 from workers.protocol import (
     Cancel,
     GatewayMessage,
@@ -84,7 +85,7 @@ def _start_engine(conn: Connection, config: WorkerConfig) -> Engine:
     def on_progress(stage: str, fraction: float) -> None:
         conn.send(LoadProgress(worker_id=config.worker_id, stage=stage, fraction=fraction))
 
-    engine, info = Engine.start(config, on_progress)
+    engine, info = start_engine(config, on_progress)
     conn.send(Ready(worker_id=config.worker_id, model=info))
     logger.info("worker %s ready: %s", config.worker_id, info)
     return engine

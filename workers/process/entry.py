@@ -8,13 +8,13 @@ when torch initializes it.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 from multiprocessing.connection import Connection
 
 from workers.protocol import WorkerConfig
+from workers.telemetry.logs import configure_logging
 
 
 def main(conn: Connection, config: WorkerConfig) -> None:
@@ -35,8 +35,8 @@ def main(conn: Connection, config: WorkerConfig) -> None:
         os.environ.setdefault("TEARDOWN_CUPTI", "1")
     configure_logging(config)
 
+    from workers.process.worker import run_worker
     from workers.telemetry.setup import start_telemetry
-    from workers.worker import run_worker
 
     telemetry = start_telemetry(config)
     try:
@@ -45,19 +45,3 @@ def main(conn: Connection, config: WorkerConfig) -> None:
         telemetry.shutdown()
     if exit_code != 0:
         sys.exit(exit_code)
-
-
-def configure_logging(config: WorkerConfig, process: str | None = None) -> None:
-    """Log to stderr as the gateway does (JSON lines or text), naming the process ("worker-0-rank-1")."""
-    process = process or f"worker-{config.worker_id}"
-    handler = logging.StreamHandler(sys.stderr)
-    if config.telemetry.log_format == "json":
-        from workers.telemetry.logs import JsonFormatter
-
-        handler.setFormatter(JsonFormatter(process=process))
-    else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    level = logging.getLevelName(config.log_level.upper())
-    root.setLevel(level if isinstance(level, int) else logging.INFO)

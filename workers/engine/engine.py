@@ -1,7 +1,7 @@
 """The engine: continuous batching at iteration level over one model.
 
-Requests join and leave the running batch at every step. A step schedules (see `workers.scheduler`), runs the
-model and samples (`workers.model_runner`), appends the tokens and decides finishes, and returns the step's
+Requests join and leave the running batch at every step. A step schedules (see `workers.engine.scheduler`), runs
+the model and samples (`workers.engine.runner`), appends the tokens and decides finishes, and returns the step's
 deltas: the new tokens of every request that produced one, and the last delta (with its finish) of every
 request that ended. A request that fails alone (bad parameters, out of memory in its own forward) leaves with
 a `RequestFailed`; any other exception escapes `step` and means the engine is broken.
@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from workers.kv_blocks import BlockPool
-from workers.loader import LoadedModel, ProgressCallback, load_model
-from workers.model_runner import ModelRunner, RunnerOutput
+from workers.engine.runner import ModelRunner, RunnerOutput
+from workers.engine.scheduler import Scheduler
+from workers.engine.sequence import ScheduledBatch, Sequence
+from workers.engine.static_decode import resolve_decode_mode
+from workers.kv.blocks import BlockPool
 from workers.protocol import (
     FailureReason,
-    ModelInfo,
     RequestDelta,
     RequestFailed,
     SamplingParams,
@@ -27,10 +29,10 @@ from workers.protocol import (
     Submit,
     WorkerConfig,
 )
-from workers.scheduler import Scheduler
-from workers.sequence import ScheduledBatch, Sequence
-from workers.static_decode import resolve_decode_mode
 from workers.telemetry.probe import NULL_PROBE, StepProbe
+
+if TYPE_CHECKING:  # the engine is built from a loaded model; loading is the worker process's (process/load.py)
+    from workers.model.loader import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +59,6 @@ class Engine:
             loaded.model, loaded.cache, config.max_batch_size, max_seq_len, decode_mode, mirror=loaded.mirror
         )
         return cls(runner, scheduler)
-
-    @classmethod
-    def start(cls, config: WorkerConfig, on_progress: ProgressCallback) -> tuple[Engine, ModelInfo]:
-        """Load the model, build the engine and warm it up: what a worker does before it reports Ready."""
-        loaded = load_model(config, on_progress)
-        engine = cls.from_loaded(loaded, config)
-        on_progress("warming up", 0.95)
-        engine.warm_up()
-        return engine, loaded.info
 
     def add(self, submit: Submit) -> None:
         """Queue a request; an invalid one becomes a `RequestFailed` (see `pop_failures`) and is not queued."""

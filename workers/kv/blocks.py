@@ -1,7 +1,7 @@
 """The paged KV cache's bookkeeping: a pool of fixed-size blocks and the prefix cache over it. Pure Python.
 
 The cache's memory is `num_blocks` blocks of `block_size` token positions each (the tensors live in
-`workers.kv_cache`). A request holds a block table: block `i` of it stores the K/V of its tokens
+`workers.kv.cache`). A request holds a block table: block `i` of it stores the K/V of its tokens
 `[i * block_size, (i + 1) * block_size)`. Block 0 is the scratch block: never handed out, it is where padding
 rows and padding tokens write their throwaway K/V, and what unused block-table entries point to.
 

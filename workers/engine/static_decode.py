@@ -19,10 +19,10 @@ import logging
 
 import torch
 
-from workers.attention import AttentionMetadata
-from workers.graph_buckets import DecodeBuckets
-from workers.kv_blocks import SCRATCH_BLOCK, blocks_for
-from workers.kv_cache import PagedKVCache
+from workers.engine.graph_buckets import DecodeBuckets
+from workers.kv.attention import AttentionMetadata
+from workers.kv.blocks import SCRATCH_BLOCK, blocks_for
+from workers.kv.cache import PagedKVCache
 from workers.protocol import DECODE_MODES
 
 logger = logging.getLogger(__name__)
