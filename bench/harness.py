@@ -236,7 +236,7 @@ def _kv_cache_tokens(workload: Workload) -> int:
 def _service_settings(
     options: BenchOptions, checkpoint: checkpoints.BenchCheckpoint, workload: Workload
 ) -> dict[str, Any]:
-    """The service's settings (the `autoglm_rpc.config.Settings` fields), matching the engine's."""
+    """The service's settings (the `autoglm_rpc.startup.config.Settings` fields), matching the engine's."""
     return {
         "model": str(checkpoint.path),
         "model_id": "bench",

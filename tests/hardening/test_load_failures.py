@@ -15,6 +15,7 @@ import pytest
 from workers.process.worker import load_failure_repeats
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "autoglm_rpc.startup.cli"]
 
 
 def _truncate_weights(checkpoint: Path) -> None:
@@ -64,7 +65,7 @@ def test_a_load_that_would_fail_again_ends_the_server_at_once(
     flags = ["--model", str(broken), "--port", "0", "--device", "cpu", "--workers", "1", "--worker-threads", "1"]
     flags += setting
     result = subprocess.run(
-        [sys.executable, "-m", "autoglm_rpc.cli", "serve", *flags, "--log-format", "text", "--http-port", "0"],
+        [*CLI, "serve", *flags, "--log-format", "text", "--http-port", "0"],
         cwd=ROOT,
         capture_output=True,
         text=True,

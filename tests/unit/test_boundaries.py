@@ -44,8 +44,7 @@ def test_workers_do_not_import_grpc_or_the_web_framework() -> None:
     assert not _roots(loaded, WEB_FRAMEWORK)
 
 
-CORE = ["autoglm_rpc.frontend", "autoglm_rpc.request_run", "autoglm_rpc.requests", "autoglm_rpc.errors",
-        "autoglm_rpc.security.rate_limit",
+CORE = [*_package_modules("autoglm_rpc/core"), "autoglm_rpc.security.rate_limit",
         *_package_modules("autoglm_rpc/pool"), *_package_modules("autoglm_rpc/text")]  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 MODULES = (
-    "autoglm_rpc.server",
+    "autoglm_rpc.startup.server",
     "autoglm_rpc.client",
     "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
     "workers.process.worker",

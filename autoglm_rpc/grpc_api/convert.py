@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from google.protobuf import duration_pb2
 
 from autoglm.v1 import generation_pb2, types_pb2
-from autoglm_rpc.errors import InvalidParameter
-from autoglm_rpc.requests import (  # the fixed bounds and checks both protocols share
+from autoglm_rpc.core.errors import InvalidParameter
+from autoglm_rpc.core.requests import (  # the fixed bounds and checks both protocols share
     MAX_CHAT_MESSAGES,
     MAX_PROMPT_TOKEN_IDS,
     MAX_ROLE_CHARS,

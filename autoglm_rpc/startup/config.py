@@ -29,7 +29,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from autoglm_rpc.config_sections import (
+from autoglm_rpc.core.config_sections import (
+    OTLP_PROTOCOLS,
     CheckpointSettings,
     EngineSettings,
     PoolSettings,
@@ -37,7 +38,7 @@ from autoglm_rpc.config_sections import (
     ServerSettings,
     TelemetrySettings,
 )
-from autoglm_rpc.requests import RequestLimits
+from autoglm_rpc.core.requests import RequestLimits
 from workers.protocol import DECODE_MODES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,7 +46,6 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "nf4")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "text")
-OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 KERNEL_CAPTURE = ("off", "request", "always")
 
 # Seed-document names accepted as aliases of our settings (value converters for the odd ones).

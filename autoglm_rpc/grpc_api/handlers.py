@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 
-from autoglm_rpc.errors import ServiceError
-from autoglm_rpc.servicers.status import to_rpc_status
+from autoglm_rpc.core.errors import ServiceError
+from autoglm_rpc.grpc_api.status import to_rpc_status
 
 _BEHAVIORS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 Guard = Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]

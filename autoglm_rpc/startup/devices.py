@@ -23,8 +23,8 @@ from workers.parallel.split import check_split
 from workers.protocol import TelemetryConfig, WorkerConfig
 
 if TYPE_CHECKING:
-    from autoglm_rpc.config import Settings
-    from autoglm_rpc.frontend import ServedModel
+    from autoglm_rpc.core.frontend import ServedModel
+    from autoglm_rpc.startup.config import Settings
 
 _NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 

@@ -6,10 +6,10 @@ import grpc
 
 from autoglm.v1 import model_pb2, types_pb2
 from autoglm_rpc import __version__
-from autoglm_rpc.frontend import Frontend
+from autoglm_rpc.core.frontend import Frontend
+from autoglm_rpc.grpc_api import errors
 from autoglm_rpc.pool.handle import WorkerHandle, WorkerState
 from autoglm_rpc.pool.watchdog import Watchdog
-from autoglm_rpc.servicers import errors
 
 API_VERSION = "autoglm.v1"
 

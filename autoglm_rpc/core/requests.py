@@ -1,9 +1,9 @@
 """Plain dataclasses for a generation request and the events of its life, behind each protocol's edge.
 
-`convert.py` builds a `GenerationRequest` from either RPC's message, `openai_api/convert.py` from an HTTP body,
-each checking every field's range against the bounds here and naming the field on failure; `frontend.py` resolves
-it against the served model and yields `GenerationEvent`s, which the servicer (or the HTTP route) turns back into
-its wire format. Nothing here knows about gRPC or HTTP.
+`grpc_api/convert.py` builds a `GenerationRequest` from either RPC's message, `openai_api/convert.py` from an
+HTTP body, each checking every field's range against the bounds here and naming the field on failure;
+`frontend.py` resolves it against the served model and yields `GenerationEvent`s, which the servicer (or the
+HTTP route) turns back into its wire format. Nothing here knows about gRPC or HTTP.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from autoglm_rpc.errors import InvalidParameter
+from autoglm_rpc.core.errors import InvalidParameter
 from workers.protocol import FinishReason, Priority, TokenLogprob
 
 # Fixed bounds of request fields, the same for every protocol; the configurable ones are `RequestLimits`

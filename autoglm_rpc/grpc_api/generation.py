@@ -11,12 +11,12 @@ from typing import Generic, TypeVar
 import grpc
 
 from autoglm.v1 import generation_pb2, types_pb2
-from autoglm_rpc import convert, request_ids
-from autoglm_rpc.errors import InvalidParameter
-from autoglm_rpc.frontend import Frontend
-from autoglm_rpc.requests import Admitted, Completed, GenerationRequest, RequestLimits, TextDelta
-from autoglm_rpc.security.auth import current_principal
-from autoglm_rpc.servicers import errors
+from autoglm_rpc.core import request_ids
+from autoglm_rpc.core.errors import InvalidParameter
+from autoglm_rpc.core.frontend import Frontend
+from autoglm_rpc.core.requests import Admitted, Completed, GenerationRequest, RequestLimits, TextDelta
+from autoglm_rpc.grpc_api import convert, errors
+from autoglm_rpc.grpc_api.auth import current_principal
 from autoglm_rpc.telemetry.generation import GenerationTelemetry
 from workers.protocol import TokenLogprob
 

@@ -16,10 +16,9 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from autoglm_rpc import errors, request_ids
-from autoglm_rpc.pool.pool import InFlight, WorkerPool
-from autoglm_rpc.request_run import RequestRun
-from autoglm_rpc.requests import (
+from autoglm_rpc.core import errors, request_ids
+from autoglm_rpc.core.request_run import RequestRun
+from autoglm_rpc.core.requests import (
     NO_OBSERVER,
     Admitted,
     ChatPrompt,
@@ -29,6 +28,7 @@ from autoglm_rpc.requests import (
     Prompt,
     TokenPrompt,
 )
+from autoglm_rpc.pool.pool import InFlight, WorkerPool
 from autoglm_rpc.security.priority import PriorityPolicy
 from autoglm_rpc.security.rate_limit import RateLimiter
 from autoglm_rpc.text.checkpoint import CheckpointFacts

@@ -14,12 +14,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoglm_rpc.config import (
+from autoglm_rpc.core.config_sections import OTLP_PROTOCOLS
+from autoglm_rpc.startup.config import (
     DEVICES,
     DTYPES,
     KERNEL_CAPTURE,
     LOG_FORMATS,
-    OTLP_PROTOCOLS,
     QUANTIZATIONS,
     Settings,
 )
@@ -200,7 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
         logger.error("invalid settings: %s", exc)
         return 2
     _setup_logging(settings.telemetry.log_level, settings.telemetry.log_format)
-    from autoglm_rpc.server import serve
+    from autoglm_rpc.startup.server import serve
     from autoglm_rpc.text.errors import CheckpointFileError
 
     try:
@@ -269,7 +269,7 @@ def _hash_key(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from autoglm_rpc.healthcheck import SERVING, check_health
+    from autoglm_rpc.startup.healthcheck import SERVING, check_health
 
     status = check_health(args.target, args.service, args.timeout)
     sys.stdout.write(f"{status}\n")

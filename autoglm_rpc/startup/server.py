@@ -25,21 +25,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from autoglm.v1 import generation_pb2, model_pb2, model_pb2_grpc
-from autoglm_rpc import binding, wire
-from autoglm_rpc.config import Settings
-from autoglm_rpc.config_sections import CheckpointSettings, ServerSettings
-from autoglm_rpc.devices import plan_workers
-from autoglm_rpc.errors import ServerDraining
-from autoglm_rpc.frontend import Frontend, ServedModel
-from autoglm_rpc.model_source import default_model_id, resolve_model_source
+from autoglm_rpc.core.config_sections import CheckpointSettings, ServerSettings
+from autoglm_rpc.core.errors import ServerDraining
+from autoglm_rpc.core.frontend import Frontend, ServedModel
+from autoglm_rpc.core.requests import RequestLimits
+from autoglm_rpc.grpc_api import wire
+from autoglm_rpc.grpc_api.auth import AuthInterceptor
+from autoglm_rpc.grpc_api.generation import Checked, GenerationServicer
+from autoglm_rpc.grpc_api.health_watch import HealthWatchLimit
+from autoglm_rpc.grpc_api.malformed import MalformedRequestInterceptor
+from autoglm_rpc.grpc_api.model import ModelServicer
 from autoglm_rpc.pool.pool import WorkerPool
-from autoglm_rpc.requests import RequestLimits
-from autoglm_rpc.security.auth import AuthInterceptor
-from autoglm_rpc.security.health_watch import HealthWatchLimit
 from autoglm_rpc.security.policy import Security
-from autoglm_rpc.servicers.generation import Checked, GenerationServicer
-from autoglm_rpc.servicers.malformed import MalformedRequestInterceptor
-from autoglm_rpc.servicers.model import ModelServicer
+from autoglm_rpc.startup import binding
+from autoglm_rpc.startup.config import Settings
+from autoglm_rpc.startup.devices import plan_workers
+from autoglm_rpc.startup.model_source import default_model_id, resolve_model_source
 from autoglm_rpc.telemetry import Telemetry
 from autoglm_rpc.text.checkpoint import read_checkpoint_facts
 from autoglm_rpc.text.tokenizer import TextTokenizer

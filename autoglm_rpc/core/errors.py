@@ -101,7 +101,7 @@ class RateLimited(ServiceError):
 
 
 class TooManyWatchers(ServiceError):
-    """Health/Watch streams are open to anyone, so their number is capped (security/health_watch.py)."""
+    """Health/Watch streams are open to anyone, so their number is capped (grpc_api/health_watch.py)."""
 
     def __init__(self, max_streams: int) -> None:
         super().__init__(

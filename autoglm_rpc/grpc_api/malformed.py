@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 
-from autoglm_rpc.errors import InvalidParameter
-from autoglm_rpc.servicers.handlers import guard_requests, map_deserializer
-from autoglm_rpc.servicers.status import to_rpc_status
+from autoglm_rpc.core.errors import InvalidParameter
+from autoglm_rpc.grpc_api.handlers import guard_requests, map_deserializer
+from autoglm_rpc.grpc_api.status import to_rpc_status
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from autoglm_rpc.errors import InternalError, ServiceError
-from autoglm_rpc.servicers.status import to_rpc_status
+from autoglm_rpc.core.errors import InternalError, ServiceError
+from autoglm_rpc.grpc_api.status import to_rpc_status
 
 logger = logging.getLogger(__name__)
 

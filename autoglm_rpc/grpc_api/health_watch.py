@@ -16,8 +16,8 @@ from typing import Any
 
 import grpc
 
-from autoglm_rpc.errors import TooManyWatchers
-from autoglm_rpc.servicers.status import to_rpc_status
+from autoglm_rpc.core.errors import TooManyWatchers
+from autoglm_rpc.grpc_api.status import to_rpc_status
 
 logger = logging.getLogger(__name__)
 

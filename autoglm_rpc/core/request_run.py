@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import time
 
-from autoglm_rpc import errors
+from autoglm_rpc.core import errors
+from autoglm_rpc.core.requests import Completed, TextDelta, Timings
 from autoglm_rpc.pool.pool import InFlight
-from autoglm_rpc.requests import Completed, TextDelta, Timings
 from autoglm_rpc.text.output import TextStream
 from workers.protocol import FailureReason, Finish, FinishReason, RequestDelta, RequestFailed, Submit, TokenLogprob
 

@@ -11,33 +11,24 @@ call in the same context).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
 import grpc
 
-from autoglm_rpc.errors import Unauthenticated
-from autoglm_rpc.security.keys import ApiKeys
-from autoglm_rpc.servicers.handlers import failing_handler
+from autoglm_rpc.core.errors import Unauthenticated
+from autoglm_rpc.grpc_api.handlers import failing_handler
+from autoglm_rpc.security.keys import ApiKeys, bearer_token
 
 logger = logging.getLogger(__name__)
 
 OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
-_SCHEME = "bearer "
 _principal: ContextVar[str | None] = ContextVar("autoglm_principal", default=None)
 
 
 def current_principal() -> str | None:
     """The owner name of the API key of the call being handled; None when authentication is off."""
     return _principal.get()
-
-
-def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-    """The token of an `authorization: Bearer <token>` entry, or None."""
-    for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value[: len(_SCHEME)].lower() == _SCHEME:
-            return value[len(_SCHEME) :].strip()
-    return None
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -1,4 +1,5 @@
-"""The one map from the error taxonomy (`autoglm_rpc.errors`) to a gRPC call status (the README's status table)."""
+"""The one map from the error taxonomy (`autoglm_rpc.core.errors`) to a gRPC call status (the README's status
+table)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from autoglm_rpc.errors import ERROR_DOMAIN, ServiceError
+from autoglm_rpc.core.errors import ERROR_DOMAIN, ServiceError
 
 
 def to_rpc_status(error: ServiceError) -> grpc.Status:

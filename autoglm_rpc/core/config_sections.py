@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")  # TelemetrySettings.otlp_protocol (the telemetry checks it too)
+
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
