@@ -1,7 +1,7 @@
 """The checkpoints the benchmark serves: saved like any Hugging Face checkpoint, so every system loads the same
-weights through its normal path (the engine and the service through `workers.loader`).
+weights through its normal path (the engine and the service through `workers.model.loader`).
 
-`tiny_checkpoint` is the demo model (`workers.checkpoints.DEMO_SPEC`, a 4-layer GLM). `glm4_9b_checkpoint` is
+`tiny_checkpoint` is the demo model (`workers.model.checkpoints.DEMO_SPEC`, a 4-layer GLM). `glm4_9b_checkpoint` is
 transformers' `GlmConfig()` defaults (the GLM-4-9B shape, 18.8 GB in bf16) with random weights initialised
 directly on the device, plus a tiny trained tokenizer: its vocabulary is far smaller than the model's 151,552
 ids, which is fine because prompts are random ids below the tokenizer's size, and the gateway's detokenizer
@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.checkpoints import CHAT_TEMPLATE, DEMO_SPEC, EOS_TOKEN, ROLE_TOKENS, build_checkpoint, train_tokenizer
+from workers.model.checkpoints import (
+    CHAT_TEMPLATE,
+    DEMO_SPEC,
+    EOS_TOKEN,
+    ROLE_TOKENS,
+    build_checkpoint,
+    train_tokenizer,
+)
 from workers.protocol import RANDOM_WEIGHTS_MARKER
 
 logger = logging.getLogger(__name__)
@@ -46,7 +53,7 @@ class BenchCheckpoint:
 
 def tiny_checkpoint(path: str | Path) -> BenchCheckpoint:
     """The demo checkpoint (float32 weights) built at `path`."""
-    return existing_checkpoint(build_checkpoint(path, DEMO_SPEC), "demo (workers.checkpoints.DEMO_SPEC)")
+    return existing_checkpoint(build_checkpoint(path, DEMO_SPEC), "demo (workers.model.checkpoints.DEMO_SPEC)")
 
 
 def existing_checkpoint(path: str | Path, name: str | None = None) -> BenchCheckpoint:

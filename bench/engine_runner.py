@@ -1,7 +1,8 @@
-"""The engine in this process, driven the way the worker drives it (`workers.worker`), with no gateway or pipe.
+"""The engine in this process, driven the way the worker drives it (`workers.process.worker`), with no gateway or
+pipe.
 
-The model is loaded through `workers.loader.load_model` and wrapped by `Engine.from_loaded`, then warmed up, as
-in a worker. A level keeps `concurrency` requests in flight (closed loop: a finished request's place is taken
+The model is loaded, wrapped by `Engine.from_loaded` and warmed up by `workers.process.load.start_engine`, as in
+a worker. A level keeps `concurrency` requests in flight (closed loop: a finished request's place is taken
 by the next one at once), steps until every request is done, and timestamps each step's tokens when `step()`
 returns. This is the engine's own throughput, the figure the service is compared against.
 """
@@ -14,15 +15,16 @@ from collections import deque
 
 from bench.stats import LevelResult, RequestTiming, summarize
 from bench.workload import Workload
-from workers.engine import Engine
+from workers.engine.engine import Engine
+from workers.process import load
 from workers.protocol import SamplingParams, StoppingParams, Submit, WorkerConfig
 
 logger = logging.getLogger(__name__)
 
 
 def start_engine(config: WorkerConfig) -> Engine:
-    """Load the model and warm the engine up, as `workers.worker` does before it reports Ready."""
-    engine, _ = Engine.start(
+    """Load the model and warm the engine up, as `workers.process.worker` does before it reports Ready."""
+    engine, _ = load.start_engine(
         config, lambda stage, fraction: logger.debug("engine: %s (%.0f%%)", stage, 100 * fraction)
     )
     return engine

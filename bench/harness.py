@@ -2,7 +2,7 @@
 at every level, write the report (and the plot when matplotlib is there).
 
 Order matters for memory on one GPU: the HF baselines share one in-memory model, which is freed before the
-engine loads its own copy through `workers.loader`; the engine is freed before the service's worker loads. A
+engine loads its own copy through `workers.model.loader`; the engine is freed before the service's worker loads. A
 system that fails at a level (a baseline transformers cannot run here, out of memory, ...) is recorded under
 `skipped` with the error, and the run goes on. `transformers serve` (`hf_serve`) runs last, once the service's
 worker is gone.
@@ -259,7 +259,7 @@ def _kv_cache_tokens(workload: Workload) -> int:
 def _service_settings(
     options: BenchOptions, checkpoint: checkpoints.BenchCheckpoint, workload: Workload
 ) -> dict[str, Any]:
-    """The service's settings (the `autoglm_rpc.config.Settings` fields), matching the engine's."""
+    """The service's settings (the `autoglm_rpc.startup.config.Settings` fields), matching the engine's."""
     return {
         "model": str(checkpoint.path),
         "model_id": "bench",

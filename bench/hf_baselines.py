@@ -28,7 +28,7 @@ def load_hf_model(path: str, device: str, dtype_name: str, quantization: str = "
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workers.loader import quantization_config
+    from workers.model.loader import quantization_config
 
     dtype = getattr(torch, dtype_name)
     quantized = quantization_config(quantization, dtype)

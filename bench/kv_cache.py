@@ -34,7 +34,7 @@ import torch
 from bench.checkpoints import FIRST_ORDINARY_ID, tiny_checkpoint
 from bench.engine_runner import bench_request, start_engine
 from bench.machine import describe_machine
-from workers.engine import Engine
+from workers.engine.engine import Engine
 from workers.protocol import Submit, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         prompts = Prompts(_vocab(checkpoint), args.seed)
         report = {
             "machine": describe_machine(),
-            "checkpoint": "demo (workers.checkpoints.DEMO_SPEC: 4-layer GLM, hidden 256, 2 KV heads), float32",
+            "checkpoint": (
+                "demo (workers.model.checkpoints.DEMO_SPEC: 4-layer GLM, hidden 256, 2 KV heads), float32"
+            ),
             "capacity": capacity(checkpoint, prompts, args.kv_tokens, args.capacity_requests),
             "shared_prefix": shared_prefix(checkpoint, prompts, args.prefix_rounds),
             "agent": [

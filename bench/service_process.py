@@ -1,8 +1,9 @@
 """The server subprocess of a service benchmark: `python -m bench.service_process SETTINGS_JSON`.
 
-It builds the real service with `autoglm_rpc.server.build_app` (the gateway, the pipes, the worker processes),
-waits until a worker is ready, prints one JSON line `{"port": N, "http_port": M, "pid": P}` on stdout, and
-serves until its stdin closes (the parent's way of saying "stop"), then drains and exits. Logs go to stderr.
+It builds the real service with `autoglm_rpc.startup.server.build_app` (the gateway, the pipes, the worker
+processes), waits until a worker is ready, prints one JSON line `{"port": N, "http_port": M, "pid": P}` on
+stdout, and serves until its stdin closes (the parent's way of saying "stop"), then drains and exits. Logs go to
+stderr.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import logging
 import os
 import sys
 
-from autoglm_rpc.config import Settings
-from autoglm_rpc.server import build_app
+from autoglm_rpc.startup.config import Settings
+from autoglm_rpc.startup.server import build_app
 
 
 async def _serve(settings: Settings) -> None:

@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoglm.v1 import generation_pb2, generation_pb2_grpc, types_pb2  # noqa: E402
-from autoglm_rpc.config import Settings  # noqa: E402
-from autoglm_rpc.server import App, build_app  # noqa: E402
+from autoglm_rpc.startup.config import Settings  # noqa: E402
+from autoglm_rpc.startup.server import App, build_app  # noqa: E402
 
 
 class SpanSink(trace_service_pb2_grpc.TraceServiceServicer):
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
         if model is None:
-            from workers.checkpoints import DEMO_SPEC, build_checkpoint
+            from workers.model.checkpoints import DEMO_SPEC, build_checkpoint
 
             model = str(build_checkpoint(Path(scratch) / "demo", DEMO_SPEC))
         sink = SpanSink()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ServerThread, server_settings
-from workers.checkpoints import TinyModelSpec, build_checkpoint
+from workers.model.checkpoints import TinyModelSpec, build_checkpoint
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -1,6 +1,6 @@
-"""An in-process worker handle: the real worker loop (`workers.worker.run_worker`, the engine and its model) in a
-thread of this process, behind the same interface as the process handle (`autoglm_rpc.pool.handle.WorkerHandle`),
-as vLLM's in-process client stands in for its multiprocess one.
+"""An in-process worker handle: the real worker loop (`workers.process.worker.run_worker`, the engine and its
+model) in a thread of this process, behind the same interface as the process handle
+(`autoglm_rpc.pool.handle.WorkerHandle`), as vLLM's in-process client stands in for its multiprocess one.
 
 It lives with the tests because the gateway package never imports the engine (torch). Swapped in for
 `WorkerHandle` (see `inproc_pool`), it lets the pool's admission, routing, retry-once and draining be tested
@@ -56,7 +56,7 @@ class _Thread:
         threading.Thread(target=self._read, name=f"inproc-reader-{handle.worker_id}", daemon=True).start()
 
     def _run(self) -> None:
-        from workers.worker import run_worker  # torch: only once a test starts a worker
+        from workers.process.worker import run_worker  # torch: only once a test starts a worker
 
         handle = self._handle
         if handle.worker_id in handle.faults.fail_at_load:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "autoglm_rpc.cli"]
+CLI = [sys.executable, "-m", "autoglm_rpc.startup.cli"]
 
 
 class ServeProcess:

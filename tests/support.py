@@ -13,8 +13,8 @@ import grpc
 
 from autoglm.v1 import model_pb2
 from autoglm_rpc.client import Client
-from autoglm_rpc.config import Settings
-from autoglm_rpc.server import App, build_app
+from autoglm_rpc.startup.config import Settings
+from autoglm_rpc.startup.server import App, build_app
 
 
 def server_settings(model: Path, **overrides: object) -> Settings:

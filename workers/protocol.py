@@ -18,7 +18,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-# A file in every checkpoint that `workers.checkpoints` builds (random weights), so the gateway can warn that
+# A file in every checkpoint that `workers.model.checkpoints` builds (random weights), so the gateway can warn that
 # the text it serves is noise.
 RANDOM_WEIGHTS_MARKER = "autoglm_demo.json"
 

@@ -6,12 +6,12 @@ size and content type, then the FastAPI routes; and binds its listener. See READ
 
 from __future__ import annotations
 
-from autoglm_rpc.config_sections import ServerSettings
-from autoglm_rpc.frontend import Frontend
+from autoglm_rpc.core.config_sections import ServerSettings
+from autoglm_rpc.core.frontend import Frontend
+from autoglm_rpc.core.requests import RequestLimits
 from autoglm_rpc.openai_api.edge import ApiKeyMiddleware, BodyLimitMiddleware
 from autoglm_rpc.openai_api.routes import OpenAIRoutes, build_api
 from autoglm_rpc.openai_api.server import HttpServer, HttpTls
-from autoglm_rpc.requests import RequestLimits
 from autoglm_rpc.security.policy import Security
 from autoglm_rpc.telemetry import Telemetry
 

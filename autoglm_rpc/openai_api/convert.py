@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from autoglm_rpc.errors import InvalidParameter
-from autoglm_rpc.openai_api import schemas
-from autoglm_rpc.requests import (
+from autoglm_rpc.core.errors import InvalidParameter
+from autoglm_rpc.core.requests import (
     MAX_CHAT_MESSAGES,
     MAX_PROMPT_TOKEN_IDS,
     MAX_ROLE_CHARS,
@@ -31,6 +30,7 @@ from autoglm_rpc.requests import (
     model_name,
     request_id,
 )
+from autoglm_rpc.openai_api import schemas
 from autoglm_rpc.text.tokenizer import TextTokenizer
 from workers.protocol import FinishReason, TokenLogprob
 

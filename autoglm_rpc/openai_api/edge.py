@@ -18,10 +18,9 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from autoglm_rpc.errors import Unauthenticated
+from autoglm_rpc.core.errors import Unauthenticated
 from autoglm_rpc.openai_api.errors import error_body, service_error_body
-from autoglm_rpc.security.auth import bearer_token
-from autoglm_rpc.security.keys import ApiKeys
+from autoglm_rpc.security.keys import ApiKeys, bearer_token
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The one map from the error taxonomy (`autoglm_rpc.errors`) to HTTP: status, OpenAI's error body, Retry-After.
+"""The one map from the error taxonomy (`autoglm_rpc.core.errors`) to HTTP: status, OpenAI's error body,
+Retry-After.
 
 The body is OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: `param` names the field for a 400,
 `code` is the taxonomy's reason in lower case (`queue_full`, `model_not_found`, ...). A client's mistake is
@@ -15,7 +16,7 @@ import logging
 import math
 from http import HTTPStatus
 
-from autoglm_rpc.errors import InternalError, InvalidParameter, ServiceError
+from autoglm_rpc.core.errors import InternalError, InvalidParameter, ServiceError
 
 logger = logging.getLogger(__name__)
 

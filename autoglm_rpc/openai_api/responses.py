@@ -21,9 +21,9 @@ from typing import Any
 
 from starlette.responses import Response
 
+from autoglm_rpc.core.requests import Admitted, Completed, GenerationEvent, TextDelta
 from autoglm_rpc.openai_api import convert
 from autoglm_rpc.openai_api.errors import sse_error
-from autoglm_rpc.requests import Admitted, Completed, GenerationEvent, TextDelta
 
 Scope = Any
 _DONE = b"data: [DONE]\n\n"

@@ -17,12 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from autoglm_rpc.errors import ModelNotFound, ServiceError
-from autoglm_rpc.frontend import Frontend
+from autoglm_rpc.core.errors import ModelNotFound, ServiceError
+from autoglm_rpc.core.frontend import Frontend
+from autoglm_rpc.core.requests import GenerationRequest, RequestLimits
 from autoglm_rpc.openai_api import convert, schemas
 from autoglm_rpc.openai_api.errors import error_body, service_error_body, unexpected_error_body
 from autoglm_rpc.openai_api.responses import ChatChunks, CompletionChunks, GenerationResponse
-from autoglm_rpc.requests import GenerationRequest, RequestLimits
 from autoglm_rpc.telemetry.generation import GenerationTelemetry
 
 _ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 404, 409, 413, 415, 429, 503, 504)}

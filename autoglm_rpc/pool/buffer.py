@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from autoglm_rpc.errors import ServiceError
+from autoglm_rpc.core.errors import ServiceError
 from workers.protocol import RequestDelta, RequestFailed
 
 WorkerEvent = RequestDelta | RequestFailed | ServiceError

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 
-from workers import entry
+from workers.process import entry
 from workers.protocol import GatewayMessage, ModelInfo, Shutdown, StepOutput, WorkerConfig, WorkerMessage
 
 logger = logging.getLogger(__name__)

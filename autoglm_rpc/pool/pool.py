@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from autoglm_rpc.config_sections import PoolSettings
-from autoglm_rpc.errors import (
+from autoglm_rpc.core.config_sections import PoolSettings
+from autoglm_rpc.core.errors import (
     DuplicateRequestId,
     NoReadyWorker,
     QueueFull,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from autoglm_rpc.config_sections import PoolSettings
+from autoglm_rpc.core.config_sections import PoolSettings
 from autoglm_rpc.pool.handle import WorkerHandle, WorkerState
 
 logger = logging.getLogger(__name__)

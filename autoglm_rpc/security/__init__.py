@@ -1,1 +1,2 @@
-"""Who may call and how much: API keys, the authentication interceptor, per-key rate limits, TLS credentials."""
+"""Who may call and how much: API keys, per-key rate limits and priority, TLS credentials (the gRPC interceptors
+that apply them are in `grpc_api/`, the HTTP edge in `openai_api/`)."""

@@ -7,7 +7,8 @@ The format, one key per line (blank lines and `#` comments are ignored):
 `autoglm-rpc hash-key --name NAME` prints such a line for a key read from stdin. The name is who the key belongs
 to: it owns the requests made with the key and has its own rate limits. Several lines may share a name (key
 rotation: the old and the new key both work until the old line is removed). Keys should be random and long
-(`hash-key` refuses fewer than 16 characters), so a plain SHA-256 needs no salt or stretching.
+(`hash-key` refuses fewer than 16 characters), so a plain SHA-256 needs no salt or stretching. Both faces read a
+presented key with `bearer_token` (gRPC metadata, HTTP headers).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ PREFIX = "sha256:"
 MIN_KEY_CHARS = 16
 _NAME = re.compile(r"[A-Za-z0-9._@:+-]{1,64}")
 _HEX = re.compile(r"[0-9a-f]{64}")
+_SCHEME = "bearer "
 
 
 def hash_key(key: str) -> str:
@@ -97,3 +100,11 @@ class ApiKeys:
             if hmac.compare_digest(digest, stored):
                 owner = name
         return owner
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    """The token of an `authorization: Bearer <token>` entry, or None."""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str) and value[: len(_SCHEME)].lower() == _SCHEME:
+            return value[len(_SCHEME) :].strip()
+    return None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from autoglm_rpc.config_sections import SecuritySettings
+from autoglm_rpc.core.config_sections import SecuritySettings
 from autoglm_rpc.security import tls
 from autoglm_rpc.security.keys import ApiKeys
 from autoglm_rpc.security.priority import PriorityPolicy

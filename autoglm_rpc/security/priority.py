@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoglm_rpc.errors import PermissionDenied
+from autoglm_rpc.core.errors import PermissionDenied
 from workers.protocol import Priority
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from autoglm_rpc.errors import RateLimited
+from autoglm_rpc.core.errors import RateLimited
 
 ANONYMOUS = "anonymous"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from autoglm_rpc.config_sections import TelemetrySettings
+from autoglm_rpc.core.config_sections import TelemetrySettings
 from autoglm_rpc.telemetry import semconv
 from autoglm_rpc.telemetry.generation import GenerationTelemetry, PoolObserver
 from autoglm_rpc.telemetry.http import HttpTelemetryMiddleware

@@ -20,8 +20,15 @@ from typing import TYPE_CHECKING
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from autoglm_rpc.errors import ServiceError
-from autoglm_rpc.requests import Admitted, ChatPrompt, Completed, GenerationEvent, GenerationRequest, TextDelta
+from autoglm_rpc.core.errors import ServiceError
+from autoglm_rpc.core.requests import (
+    Admitted,
+    ChatPrompt,
+    Completed,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+)
 from autoglm_rpc.telemetry import semconv
 from autoglm_rpc.telemetry.calls import CallRecord, current_call
 from autoglm_rpc.telemetry.logs import current_request_id

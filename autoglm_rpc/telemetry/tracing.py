@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoglm_rpc.config import OTLP_PROTOCOLS
-from autoglm_rpc.config_sections import TelemetrySettings
+from autoglm_rpc.core.config_sections import OTLP_PROTOCOLS, TelemetrySettings
 
 SERVICE_NAME = "autoglm-rpc-gateway"
 DEFAULT_SAMPLE_RATIO = 0.1

@@ -27,7 +27,8 @@ GENERATION_CONFIG_FILE = "generation_config.json"
 _CONTEXT_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length", "n_ctx")
 # transformers' generate() fills these when generation_config leaves them unset.
 _HF_DEFAULT_TOP_K = 50
-# What a request may set (convert.py checks requests against the same): (low, high, is the low end excluded).
+# What a request may set (grpc_api/convert.py checks requests against the same): (low, high, is the low end
+# excluded).
 _SAMPLING_RANGES = {
     "temperature": (0.0, 100.0, False),
     "top_p": (0.0, 1.0, True),

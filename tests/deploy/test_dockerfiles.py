@@ -140,7 +140,7 @@ def test_healthcheck_is_the_readiness_check_and_works(dockerfile: Path, glm_serv
     assert arguments[arguments.index("--target") + 1] == f"127.0.0.1:{PORT}"
     arguments[arguments.index("--target") + 1] = glm_server.target
     result = subprocess.run(
-        [sys.executable, "-m", "autoglm_rpc.cli", *arguments],
+        [sys.executable, "-m", "autoglm_rpc.startup.cli", *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,

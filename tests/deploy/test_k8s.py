@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kubernetes_validate import ValidationError, validate
 
-from autoglm_rpc.config import Settings, setting_names
+from autoglm_rpc.startup.config import Settings, setting_names
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -12,7 +12,7 @@ import pytest
 from autoglm.v1 import generation_pb2, types_pb2
 from autoglm_rpc.client import AutoglmError
 from tests.support import ServerThread, server_settings
-from workers.checkpoints import DEMO_SPEC, build_checkpoint
+from workers.model.checkpoints import DEMO_SPEC, build_checkpoint
 
 # Long enough (seconds of work even on a fast machine) that nothing here finishes before it is cancelled.
 LONG = {"max_new_tokens": 4000, "stopping": {"ignore_eos": True}}

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "autoglm_rpc.cli"]
+CLI = [sys.executable, "-m", "autoglm_rpc.startup.cli"]
 
 
 def _lines(stream, into: queue.Queue[str]) -> None:

@@ -13,10 +13,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from autoglm_rpc.cli import main
+from autoglm_rpc.startup.cli import main
 from tests.support import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "autoglm_rpc.startup.cli"]
 READINESS = "autoglm.v1.GenerationService"
 
 
@@ -64,7 +65,7 @@ def test_nothing_listening_exits_1_within_the_timeout(capsys: pytest.CaptureFixt
 def test_the_command_line_entry_point(glm_server: ServerThread) -> None:
     """As Docker's HEALTHCHECK runs it: a fresh process, the readiness service."""
     result = subprocess.run(
-        [sys.executable, "-m", "autoglm_rpc.cli", "health", "--target", glm_server.target, "--service", READINESS],
+        [*CLI, "health", "--target", glm_server.target, "--service", READINESS],
         cwd=ROOT,
         capture_output=True,
         text=True,

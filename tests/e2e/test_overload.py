@@ -15,7 +15,7 @@ import pytest
 from autoglm.v1 import types_pb2
 from autoglm_rpc.client import AutoglmError, Client
 from tests.support import ServerThread, server_settings
-from workers.checkpoints import DEMO_SPEC, build_checkpoint
+from workers.model.checkpoints import DEMO_SPEC, build_checkpoint
 
 MAX_BATCH, MAX_QUEUE, BUFFER = 4, 2, 8
 CAPACITY = MAX_BATCH + MAX_QUEUE

@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.test_generation import PROMPTS, hf_greedy
 from tests.support import ServerThread, server_settings
-from workers.checkpoints import TinyModelSpec, build_checkpoint
+from workers.model.checkpoints import TinyModelSpec, build_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def test_a_checkpoint_no_worker_can_load_ends_the_server(glm_checkpoint: Path, t
     flags = ["--model", str(broken), "--port", "0", "--device", "cpu", "--workers", "1", "--worker-threads", "1"]
     flags += ["--no-http"]
     result = subprocess.run(
-        [sys.executable, "-m", "autoglm_rpc.cli", "serve", *flags],
+        [sys.executable, "-m", "autoglm_rpc.startup.cli", "serve", *flags],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -27,7 +27,7 @@ from autoglm_rpc.client import AutoglmError
 from tests.e2e.test_generation import PROMPTS, hf_greedy
 from tests.support import ServerThread, server_settings
 
-CLI = [sys.executable, "-m", "autoglm_rpc.cli"]
+CLI = [sys.executable, "-m", "autoglm_rpc.startup.cli"]
 SPLIT_THREE_WAYS = ["--workers", "3", "--tensor-parallel-size", "3"]  # the tiny GLM has 4 heads
 COLLECTIVE_TIMEOUT = 10.0  # seconds: how long a stopped rank can hold its replica
 

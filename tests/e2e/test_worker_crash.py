@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from autoglm.v1 import model_pb2
 from autoglm_rpc.client import AutoglmError
 from tests.support import ServerThread, server_settings
-from workers.checkpoints import DEMO_SPEC, build_checkpoint
+from workers.model.checkpoints import DEMO_SPEC, build_checkpoint
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from workers.worker import load_failure_repeats
+from workers.process.worker import load_failure_repeats
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "autoglm_rpc.startup.cli"]
 
 
 def _truncate_weights(checkpoint: Path) -> None:
@@ -38,7 +39,7 @@ def _intact(checkpoint: Path) -> None:
 
 def _impossible_context(checkpoint: Path) -> None:
     """A context length not one token fits in. (A context longer than the paged KV cache holds is no longer a
-    failure: the worker lowers its context limit to the cache's size, see `workers.loader.fit_context`.)"""
+    failure: the worker lowers its context limit to the cache's size, see `workers.model.loader.fit_context`.)"""
     config = json.loads((checkpoint / "config.json").read_text())
     config["max_position_embeddings"] = -1
     (checkpoint / "config.json").write_text(json.dumps(config))
@@ -64,7 +65,7 @@ def test_a_load_that_would_fail_again_ends_the_server_at_once(
     flags = ["--model", str(broken), "--port", "0", "--device", "cpu", "--workers", "1", "--worker-threads", "1"]
     flags += setting
     result = subprocess.run(
-        [sys.executable, "-m", "autoglm_rpc.cli", "serve", *flags, "--log-format", "text", "--http-port", "0"],
+        [*CLI, "serve", *flags, "--log-format", "text", "--http-port", "0"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from autoglm.v1 import generation_pb2, generation_pb2_grpc
-from autoglm_rpc.cli import build_parser
 from autoglm_rpc.client import AutoglmError
-from autoglm_rpc.wire import count_oneof_members
+from autoglm_rpc.grpc_api.wire import count_oneof_members
+from autoglm_rpc.startup.cli import build_parser
 from tests.support import ServerThread
 
 MAX_GAP_SECONDS = 2.5

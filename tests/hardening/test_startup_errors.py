@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLI = [
     sys.executable,
     "-m",
-    "autoglm_rpc.cli",
+    "autoglm_rpc.startup.cli",
     "serve",
     "--device",
     "cpu",

@@ -17,7 +17,7 @@ import pytest
 
 from tests.security.conftest import write_keys
 from tests.support import ServerThread, server_settings
-from workers.checkpoints import DEMO_SPEC, build_checkpoint
+from workers.model.checkpoints import DEMO_SPEC, build_checkpoint
 
 ALICE, BOB, CAROL, DAVE = (f"{name}-key-0123456789abcdef" for name in ("alice", "bob", "carol", "dave"))
 LONG = {"prompt": "Hello", "max_tokens": 4000, "ignore_eos": True}

@@ -32,7 +32,7 @@ from autoglm.v1 import model_pb2
 from autoglm_rpc.client import Client
 from tests.load.soak_client import EXPECTED
 from tests.serve_process import ROOT, ServeProcess
-from workers.checkpoints import TinyModelSpec, build_checkpoint
+from workers.model.checkpoints import TinyModelSpec, build_checkpoint
 
 
 @dataclass

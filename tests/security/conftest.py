@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_rpc.config import Settings
-from autoglm_rpc.server import App, build_app
+from autoglm_rpc.startup.config import Settings
+from autoglm_rpc.startup.server import App, build_app
 from tests.security.pki import Pki, make_pki
 
 

@@ -2,7 +2,7 @@
 
 The edge (the gRPC interceptor or the HTTP middleware) extracts the caller's W3C context and starts its server
 span from it; with tracing off that span is the caller's own context. `PoolObserver.routed` serializes whatever
-is current into the `Submit`, so the servicers and routes never look at trace headers themselves.
+is current into the `Submit`, so the gRPC servicers and HTTP routes never look at trace headers themselves.
 """
 
 from __future__ import annotations

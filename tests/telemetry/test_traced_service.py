@@ -25,7 +25,7 @@ from autoglm.v1 import generation_pb2, generation_pb2_grpc, types_pb2
 from autoglm_rpc.telemetry.logs import JsonFormatter
 from tests.support import ServerThread, server_settings
 from tests.telemetry.otlp_receiver import OtlpReceiver, ReceivedSpan
-from workers.checkpoints import DEMO_SPEC, build_checkpoint
+from workers.model.checkpoints import DEMO_SPEC, build_checkpoint
 
 STREAM_METHOD = "/autoglm.v1.GenerationService/GenerateStream"
 GENERATE_METHOD = "/autoglm.v1.GenerationService/Generate"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_rpc.config import Settings
+from autoglm_rpc.startup.config import Settings
 
 
 def test_defaults_are_valid() -> None:
@@ -90,7 +90,7 @@ def test_supervision_and_buffer_settings_are_checked(environ: dict[str, str], me
 
 
 def test_kv_cache_settings_from_flags_environment_and_file(tmp_path: Path) -> None:
-    from autoglm_rpc.cli import build_parser
+    from autoglm_rpc.startup.cli import build_parser
 
     args = build_parser().parse_args(["serve", "--kv-cache-tokens", "512", "--no-prefix-caching"])
     flags = {key: value for key, value in vars(args).items() if key not in ("command", "config")}

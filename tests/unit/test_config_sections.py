@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from autoglm_rpc.cli import build_parser
-from autoglm_rpc.config import SECTION_OF, SECTIONS, Settings, setting_names
-from autoglm_rpc.config_sections import EngineSettings, PoolSettings
-from autoglm_rpc.devices import GATEWAY_ONLY_ENGINE_SETTINGS, plan_workers, worker_settings
+from autoglm_rpc.core.config_sections import EngineSettings, PoolSettings
+from autoglm_rpc.startup.cli import build_parser
+from autoglm_rpc.startup.config import SECTION_OF, SECTIONS, Settings, setting_names
+from autoglm_rpc.startup.devices import GATEWAY_ONLY_ENGINE_SETTINGS, plan_workers, worker_settings
 from workers.protocol import WorkerConfig
 
 # Settings whose values are one of a few words: a valid value other than the default.

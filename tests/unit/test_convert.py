@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from autoglm.v1 import generation_pb2
-from autoglm_rpc import convert
-from autoglm_rpc.errors import InvalidParameter
-from autoglm_rpc.requests import ChatPrompt, RequestLimits, TokenPrompt
+from autoglm_rpc.core.errors import InvalidParameter
+from autoglm_rpc.core.requests import ChatPrompt, RequestLimits, TokenPrompt
+from autoglm_rpc.grpc_api import convert
 from workers.protocol import Priority
 
 

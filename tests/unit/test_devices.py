@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from autoglm_rpc.config import Settings
-from autoglm_rpc.devices import plan_workers, visible_gpus
+from autoglm_rpc.startup.config import Settings
+from autoglm_rpc.startup.devices import plan_workers, visible_gpus
 
 SERVED = SimpleNamespace(source="/models/glm", model_id="glm", max_context_tokens=4096)
 

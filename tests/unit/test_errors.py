@@ -6,8 +6,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from autoglm_rpc import errors
-from autoglm_rpc.servicers.status import to_rpc_status
+from autoglm_rpc.core import errors
+from autoglm_rpc.grpc_api.status import to_rpc_status
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from autoglm_rpc.errors import WorkerCrashed
+from autoglm_rpc.core.errors import WorkerCrashed
 from autoglm_rpc.pool.buffer import EventBuffer
 from workers.protocol import Finish, FinishReason, RequestDelta, TokenLogprob
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from autoglm_rpc import errors
+from autoglm_rpc.core import errors
+from autoglm_rpc.core.requests import ChatPrompt, RequestLimits, TokenPrompt
 from autoglm_rpc.openai_api import convert, schemas
 from autoglm_rpc.openai_api.errors import service_error_body
-from autoglm_rpc.requests import ChatPrompt, RequestLimits, TokenPrompt
 
 LIMITS = RequestLimits(max_stop_sequences=2, max_stop_sequence_chars=8, max_top_logprobs=4)
 CHAT = [{"role": "user", "content": "hi"}]

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_rpc.config_sections import CheckpointSettings, PoolSettings
-from autoglm_rpc.errors import PromptTooLong, QueueFull, ServerDraining, WorkerCrashed
-from autoglm_rpc.frontend import Frontend
+from autoglm_rpc.core.config_sections import CheckpointSettings, PoolSettings
+from autoglm_rpc.core.errors import PromptTooLong, QueueFull, ServerDraining, WorkerCrashed
+from autoglm_rpc.core.frontend import Frontend
+from autoglm_rpc.core.requests import GenerationRequest, StopRequest, TokenPrompt
 from autoglm_rpc.pool import pool as pool_module
 from autoglm_rpc.pool.handle import WorkerState
 from autoglm_rpc.pool.pool import InFlight, WorkerPool
-from autoglm_rpc.requests import GenerationRequest, StopRequest, TokenPrompt
-from autoglm_rpc.server import load_served_model
+from autoglm_rpc.startup.server import load_served_model
 from tests.inproc_worker import Faults, InProcessWorkerHandle
 from tests.workers.factories import make_submit, random_prompt
 from workers.protocol import RequestDelta, WorkerConfig

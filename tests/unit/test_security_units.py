@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoglm_rpc.errors import RateLimited
-from autoglm_rpc.security.auth import bearer_token
-from autoglm_rpc.security.keys import ApiKeys, hash_key, key_line
+from autoglm_rpc.core.errors import RateLimited
+from autoglm_rpc.security.keys import ApiKeys, bearer_token, hash_key, key_line
 from autoglm_rpc.security.rate_limit import RateLimiter
 
 KEY = "k" * 20
@@ -94,7 +93,7 @@ def test_zero_limits_are_off() -> None:
 def test_hash_key_command_prints_the_keys_file_line(monkeypatch, capsys) -> None:
     import io
 
-    from autoglm_rpc.cli import main
+    from autoglm_rpc.startup.cli import main
 
     monkeypatch.setattr("sys.stdin", io.StringIO(KEY + "\n"))
     assert main(["hash-key", "--name", "alice"]) == 0

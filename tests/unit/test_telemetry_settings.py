@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoglm_rpc.config import Settings
-from autoglm_rpc.config_sections import TelemetrySettings
+from autoglm_rpc.core.config_sections import TelemetrySettings
+from autoglm_rpc.startup.config import Settings
 from autoglm_rpc.telemetry import Telemetry
 from autoglm_rpc.telemetry.tracing import TraceExport, resolve_export
 

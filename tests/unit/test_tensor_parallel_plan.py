@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from autoglm_rpc.config import Settings
-from autoglm_rpc.devices import plan_workers
+from autoglm_rpc.startup.config import Settings
+from autoglm_rpc.startup.devices import plan_workers
 
 CONFIG = {"num_attention_heads": 8, "num_key_value_heads": 2, "intermediate_size": 512}
 

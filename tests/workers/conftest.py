@@ -50,7 +50,7 @@ def _override_config(path: Path, overrides: dict) -> None:
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Callable[[str], Path]:
     """checkpoint(family) -> the path of a tiny checkpoint of that family (see `FAMILIES`), built on first use."""
-    from workers.checkpoints import TinyModelSpec, build_checkpoint
+    from workers.model.checkpoints import TinyModelSpec, build_checkpoint
 
     built: dict[str, Path] = {}
 
@@ -108,8 +108,8 @@ def worker_config(checkpoint) -> Callable[..., WorkerConfig]:
 @pytest.fixture
 def make_engine(worker_config) -> Callable[..., object]:
     """make_engine(architecture, **config overrides) -> a warmed-up Engine on the CPU."""
-    from workers.engine import Engine
-    from workers.loader import load_model
+    from workers.engine.engine import Engine
+    from workers.model.loader import load_model
 
     def make(architecture: str = "glm", **overrides):
         config = worker_config(architecture, **overrides)

@@ -151,7 +151,7 @@ def test_logprobs_and_seeded_sampling(make_engine, reference_model, submit):
 def test_transformers_builds_no_mask_for_the_engine_attention(make_engine, submit):
     from transformers import AttentionInterface
 
-    from workers.attention import ATTENTION_NAME, paged_attention
+    from workers.kv.attention import ATTENTION_NAME, paged_attention
 
     engine = make_engine("qwen2")
     masks = []
@@ -171,16 +171,16 @@ def test_transformers_builds_no_mask_for_the_engine_attention(make_engine, submi
 def test_prompt_chunks_of_one_step_share_a_padded_forward(make_engine, reference_model, submit, monkeypatch):
     """A continuing chunk (7 tokens from position 16) and a new prompt (9 tokens) run as one forward, the shorter
     row padded; the padding's K/V must land where no query looks, or the continuing request's output changes."""
-    from workers import model_runner
+    from workers.engine import runner
 
-    groups, group_chunks = [], model_runner.group_chunks
+    groups, group_chunks = [], runner.group_chunks
 
     def recording_group_chunks(chunks):
         result = group_chunks(chunks)
         groups.extend([(chunk.start, len(chunk.token_ids)) for chunk in group] for group in result)
         return result
 
-    monkeypatch.setattr(model_runner, "group_chunks", recording_group_chunks)
+    monkeypatch.setattr(runner, "group_chunks", recording_group_chunks)
     engine = make_engine("glm", max_batch_size=4, max_num_batched_tokens=16)
     first, second = submit("first", random_prompt(23, seed=21), 5), submit("second", random_prompt(9, seed=22), 5)
     deltas = run_to_end(engine, {0: [first], 1: [second]})
@@ -193,7 +193,7 @@ def test_prompt_chunks_of_one_step_share_a_padded_forward(make_engine, reference
 def test_chunks_are_grouped_longest_first_with_bounded_padding():
     from types import SimpleNamespace
 
-    from workers.model_runner import group_chunks
+    from workers.engine.runner import group_chunks
 
     chunks = [SimpleNamespace(token_ids=(0,) * n) for n in (3, 100, 90, 8, 97, 10)]
     groups = [[len(chunk.token_ids) for chunk in group] for group in group_chunks(chunks)]

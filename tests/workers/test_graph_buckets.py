@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.graph_buckets import MIN_KV_BUCKET, DecodeBuckets
+from workers.engine.graph_buckets import MIN_KV_BUCKET, DecodeBuckets
 
 
 def test_grid_for_a_typical_gpu_worker() -> None:

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from tests.workers.test_scheduler import make_seq, run_step
-from workers.kv_blocks import SCRATCH_BLOCK, BlockPool, chain_hash, prefix_hashes
+from workers.engine.scheduler import Scheduler
+from workers.engine.sequence import SequenceStatus
+from workers.kv.blocks import SCRATCH_BLOCK, BlockPool, chain_hash, prefix_hashes
 from workers.protocol import Priority
-from workers.scheduler import Scheduler
-from workers.sequence import SequenceStatus
 
 
 def test_the_pool_hands_out_every_block_but_scratch_once() -> None:
@@ -146,7 +146,7 @@ def test_a_request_alone_always_fits_and_the_preempted_one_runs_after_it() -> No
 
 
 def test_the_block_logic_imports_without_torch() -> None:
-    code = "import sys, workers.block_tables, workers.scheduler; assert 'torch' not in sys.modules"
+    code = "import sys, workers.engine.block_tables, workers.engine.scheduler; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

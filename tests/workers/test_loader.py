@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tests.workers.factories import make_submit, random_prompt, reference, run_to_end, tokens_of
-from workers.engine import Engine
-from workers.kv_cache import CacheSpec, blocks_that_fit
-from workers.loader import (
+from workers.engine.engine import Engine
+from workers.kv.cache import CacheSpec, blocks_that_fit
+from workers.model.loader import (
     load_model,
     quantization_config,
     resolve_device,
@@ -101,7 +101,7 @@ def test_cache_spec_counts_blocks_and_the_scratch_block() -> None:
 
 def test_a_cache_smaller_than_the_context_caps_the_context(worker_config, caplog) -> None:
     config = worker_config("glm", max_seq_len=128, kv_cache_tokens=40)
-    with caplog.at_level(logging.WARNING, logger="workers.loader"):
+    with caplog.at_level(logging.WARNING, logger="workers.model.loader"):
         loaded = load_model(config, lambda stage, fraction: None)
     assert loaded.cache.spec.num_blocks == 1 + 3 and loaded.info.max_context_tokens == 48
     assert "holds 48 tokens, fewer than max_seq_len 128" in caplog.text

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import ServerThread, server_settings
-from workers.loader import check_checkpoint_files
-from workers.manifest import verify_checkpoint
+from workers.model.loader import check_checkpoint_files
+from workers.model.manifest import verify_checkpoint
 from workers.protocol import WorkerConfig
 
 

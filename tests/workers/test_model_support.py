@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.attention_variants import attend, visible_keys
-from workers.loader import load_model
-from workers.model_support import UnsupportedModelError
+from workers.kv.attention_variants import attend, visible_keys
+from workers.model.loader import load_model
+from workers.model.support import UnsupportedModelError
 from workers.protocol import WorkerConfig
 
 _SMALL = {

@@ -17,9 +17,9 @@ from workers.protocol import SamplingParams
 
 
 def _start(config):
-    from workers.engine import Engine
+    from workers.process.load import start_engine
 
-    engine, info = Engine.start(config, lambda stage, fraction: None)
+    engine, info = start_engine(config, lambda stage, fraction: None)
     return engine, info
 
 
@@ -99,7 +99,7 @@ def test_two_ranks_share_prefixes_and_recompute_preempted_requests(worker_config
 
 
 def test_nf4_two_ranks_equal_one(tmp_path, worker_config) -> None:
-    from workers.checkpoints import TinyModelSpec, build_checkpoint
+    from workers.model.checkpoints import TinyModelSpec, build_checkpoint
 
     # Shards of 64 columns: nf4 quantizes blocks of 64 weights, so a rank's blocks are the whole model's.
     path = build_checkpoint(tmp_path, TinyModelSpec(hidden_size=128, intermediate_size=256, seed=5))

@@ -16,14 +16,14 @@ pytestmark = pytest.mark.gpu
 def test_nccl_all_reduce_inside_cuda_graphs_gives_generate_tokens(worker_config, reference_model) -> None:
     import torch
 
-    from workers.engine import Engine
+    from workers.process.load import start_engine
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices (one per rank)")
     config = worker_config(
         "glm", device="cuda", dtype="float32", decode_mode="cuda_graphs", tensor_parallel_size=2
     )
-    engine, info = Engine.start(config, lambda stage, fraction: None)
+    engine, info = start_engine(config, lambda stage, fraction: None)
     try:
         assert [rank.device for rank in info.ranks] == ["cuda:0", "cuda:1"]
         assert engine.runner.static_decoder.num_graphs > 0  # captured, all-reduce included

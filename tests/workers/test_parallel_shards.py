@@ -39,7 +39,7 @@ def _rank(rank: int, port: int, paths: dict[str, str], out: str) -> None:
 def _reference(path: str, quant: str) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
-    from workers.loader import quantization_config, use_exact_cpu_nf4
+    from workers.model.loader import quantization_config, use_exact_cpu_nf4
 
     options = {"quantization_config": quantization_config(quant, torch.float32)}
     if quant != "none":
@@ -52,7 +52,7 @@ def _reference(path: str, quant: str) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory) -> tuple[dict, list[dict]]:
-    from workers.checkpoints import TinyModelSpec, build_checkpoint
+    from workers.model.checkpoints import TinyModelSpec, build_checkpoint
 
     root = tmp_path_factory.mktemp("tp")
     paths = {

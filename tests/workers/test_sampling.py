@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
 
-from workers.protocol import SamplingParams
-from workers.sampling import (
+from workers.engine.sampling import (
     SamplingRow,
     SamplingTensors,
     apply_repetition_penalty,
@@ -16,6 +15,7 @@ from workers.sampling import (
     mix32,
     sample,
 )
+from workers.protocol import SamplingParams
 
 CPU = torch.device("cpu")
 VOCAB = 97

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from workers.engine.scheduler import Scheduler
+from workers.engine.sequence import ScheduledBatch, Sequence, SequenceStatus
 from workers.protocol import FinishReason, Priority, SamplingParams, StoppingParams
-from workers.scheduler import Scheduler
-from workers.sequence import ScheduledBatch, Sequence, SequenceStatus
 
 EOS = 0
 
@@ -200,10 +200,10 @@ def test_finish_timings() -> None:
 
 
 def test_scheduler_imports_no_torch() -> None:
-    code = "import sys, workers.scheduler; sys.exit('torch' in sys.modules)"
+    code = "import sys, workers.engine.scheduler; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_entry_imports_no_torch() -> None:
-    code = "import sys, workers.entry; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    code = "import sys, workers.process.entry; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.workers.factories import random_prompt, reference, run_to_end, tokens_of
-from workers.static_decode import resolve_decode_mode
+from workers.engine.static_decode import resolve_decode_mode
 
 
 def test_decode_mode_resolution() -> None:

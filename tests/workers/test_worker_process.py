@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from workers import entry
+from workers.process import entry
 from workers.protocol import (
     Cancel,
     FinishReason,

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 MODULES = (
-    "autoglm_rpc.server",
+    "autoglm_rpc.startup.server",
     "autoglm_rpc.client",
     "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-    "workers.worker",
-    "workers.loader",
+    "workers.process.worker",
+    "workers.model.loader",
     "bench.harness",
     "bitsandbytes",
     "accelerate",

@@ -17,8 +17,8 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
-from workers.entry import configure_logging
 from workers.protocol import WorkerConfig
+from workers.telemetry.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,7 @@ def main(conn: Connection, config: WorkerConfig, rank: int, store_port: int) -> 
     configure_logging(config, f"worker-{config.worker_id}-rank-{rank}")
     import torch
 
-    from workers.parallel.group import join_group, leave_group
-    from workers.parallel.ranks import RankFailed
+    from workers.parallel.group import RankFailed, join_group, leave_group
     from workers.parallel.replica import build_rank, rank_device
 
     if config.num_threads:
@@ -65,8 +64,8 @@ def main(conn: Connection, config: WorkerConfig, rank: int, store_port: int) -> 
 def _serve(conn: Connection, built, config: WorkerConfig, device) -> None:
     import torch
 
-    from workers.model_runner import ModelRunner
-    from workers.static_decode import resolve_decode_mode
+    from workers.engine.runner import ModelRunner
+    from workers.engine.static_decode import resolve_decode_mode
 
     # The same rows and context limit as rank 0's runner, so a static decode picks the same bucket.
     decode_mode = resolve_decode_mode(config.decode_mode, device)
@@ -84,7 +83,7 @@ def _serve(conn: Connection, built, config: WorkerConfig, device) -> None:
 
 def _beat(conn: Connection, sending: threading.Lock) -> None:
     """Tell rank 0 every HEARTBEAT_INTERVAL that this process still runs (see `RankProcesses._watch`)."""
-    from workers.parallel.ranks import HEARTBEAT_INTERVAL
+    from workers.parallel.group import HEARTBEAT_INTERVAL
 
     with contextlib.suppress(OSError):
         while True:

@@ -7,12 +7,14 @@ agreements made while loading (ranks load at different speeds); and the one the 
 with `collective_timeout`: a rank that dies makes the others fail at once (the peer's socket closes), and a
 rank that hangs makes them fail after the timeout, so one broken rank can never hold its replica forever. On
 several hosts the same rendezvous would use rank 0's address instead of the loopback.
+Here too is what rank 0 and the other ranks share over their pipes (`RankFailed`, `HEARTBEAT_INTERVAL`).
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -22,6 +24,15 @@ logger = logging.getLogger(__name__)
 RENDEZVOUS_HOST = "127.0.0.1"
 # Seconds the ranks may take to meet and to load (the gateway's worker_start_timeout bounds the whole start).
 LOAD_TIMEOUT = 600.0
+HEARTBEAT_INTERVAL = 1.0  # seconds between a rank's heartbeats to rank 0
+
+
+@dataclass(frozen=True, slots=True)
+class RankFailed:
+    """A rank could not load or start; rank 0 fails with this message (sent over the rank's pipe)."""
+
+    rank: int
+    message: str
 
 
 def open_store(size: int) -> dist.TCPStore:

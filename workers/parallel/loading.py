@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from workers.attention import register_attention
-from workers.loader import use_exact_cpu_nf4
+from workers.kv.attention import register_attention
+from workers.model.loader import use_exact_cpu_nf4
 from workers.parallel.layers import RowParallel, held_bytes, make_linear
 from workers.parallel.sharding import Split, shard_range, split_of
 from workers.parallel.split import check_split

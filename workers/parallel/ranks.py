@@ -1,4 +1,5 @@
-"""Rank 0's side of its replica's other ranks: starts them, sends them each forward, watches and stops them.
+"""Rank 0's side of its replica's other ranks: starts them, sends them each forward, watches and stops them;
+`load_replica` is how rank 0 loads a replica with them.
 
 The gateway starts rank 0 only (it owns the pipe to the gateway); rank 0 starts ranks 1..N-1 as `spawn`
 children with a pipe each. Over that pipe rank 0 sends every forward (`DecoderCall`), and a rank sends back its
@@ -19,26 +20,25 @@ import multiprocessing.util
 import os
 import threading
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
-from workers.model_runner import DecoderCall
-from workers.parallel.group import leave_group
+from workers.engine.runner import DecoderCall
+from workers.model.loader import LoadedModel, ProgressCallback, check_checkpoint_files, model_info
+from workers.parallel.group import (
+    HEARTBEAT_INTERVAL,
+    LOAD_TIMEOUT,
+    RankFailed,
+    join_group,
+    leave_group,
+    open_store,
+)
+from workers.parallel.replica import build_rank, rank_device
 from workers.protocol import RankInfo, WorkerConfig
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 5.0  # seconds a rank gets to leave after being told to, before it is killed
-HEARTBEAT_INTERVAL = 1.0  # seconds between a rank's heartbeats to rank 0
 EXIT_RANK_DIED = 1
-
-
-@dataclass(frozen=True, slots=True)
-class RankFailed:
-    """A rank could not load or start; rank 0 fails with this message."""
-
-    rank: int
-    message: str
 
 
 class RankProcesses:
@@ -143,3 +143,25 @@ class RankProcesses:
             if process.is_alive():
                 process.kill()
         os._exit(EXIT_RANK_DIED)
+
+
+def load_replica(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedModel:
+    """Rank 0: start the other ranks, load this rank's shard with them, and return the model for the engine,
+    whose runner sends every forward to the other ranks. Raises when any rank fails to load."""
+    device = rank_device(config, 0)
+    check_checkpoint_files(config, on_progress)
+    store = open_store(config.tensor_parallel_size)
+    ranks = RankProcesses(config, store.port)
+    try:
+        size, timeout = config.tensor_parallel_size, config.collective_timeout
+        group = join_group(store.port, 0, size, device, timeout=timeout, store=store)
+        on_progress("loading weight shards", 0.0)
+        rank = build_rank(config, 0, device, group)
+        others = ranks.wait_ready(LOAD_TIMEOUT)
+    except BaseException:
+        ranks.stop()
+        raise
+    ranks.watch()
+    info = model_info(config, rank.model, rank.cache.spec, rank.max_seq_len, ranks=(rank.info, *others))
+    on_progress("model loaded", 0.9)
+    return LoadedModel(model=rank.model, cache=rank.cache, info=info, mirror=ranks)

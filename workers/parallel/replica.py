@@ -1,4 +1,4 @@
-"""A tensor-parallel replica: what every rank builds (`build_rank`) and what rank 0 does to start one.
+"""A tensor-parallel replica: what every rank builds (`build_rank`); rank 0 starts one with `ranks.load_replica`.
 
 Every rank joins the process group, loads its shard, and sizes its paged KV cache (blocks of its own KV heads,
 num_key_value_heads / N) from its free memory; the ranks then agree on the smallest number of blocks (an
@@ -13,23 +13,12 @@ import os
 
 import torch
 
-from workers.attention import ATTENTION_NAME
-from workers.kv_cache import PagedKVCache
-from workers.loader import (
-    LoadedModel,
-    ProgressCallback,
-    check_checkpoint_files,
-    fit_context,
-    model_info,
-    plan_cache,
-    resolve_device,
-    resolve_dtype,
-    resolve_max_seq_len,
-)
-from workers.model_support import check_supported
-from workers.parallel.group import LOAD_TIMEOUT, agree_on_min, join_group, open_store
+from workers.kv.attention import ATTENTION_NAME
+from workers.kv.cache import PagedKVCache
+from workers.model.loader import fit_context, plan_cache, resolve_device, resolve_dtype, resolve_max_seq_len
+from workers.model.support import check_supported
+from workers.parallel.group import agree_on_min
 from workers.parallel.loading import load_shard
-from workers.parallel.ranks import RankProcesses
 from workers.protocol import RankInfo, WorkerConfig
 
 
@@ -72,25 +61,3 @@ def build_rank(config: WorkerConfig, rank: int, device: torch.device, group) -> 
         sharded_weight_bytes=shard.sharded_weight_bytes,
     )
     return Rank(model=shard.model, cache=PagedKVCache(spec), info=info, max_seq_len=max_seq_len)
-
-
-def load_replica(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedModel:
-    """Rank 0: start the other ranks, load this rank's shard with them, and return the model for the engine,
-    whose runner sends every forward to the other ranks. Raises when any rank fails to load."""
-    device = rank_device(config, 0)
-    check_checkpoint_files(config, on_progress)
-    store = open_store(config.tensor_parallel_size)
-    ranks = RankProcesses(config, store.port)
-    try:
-        size, timeout = config.tensor_parallel_size, config.collective_timeout
-        group = join_group(store.port, 0, size, device, timeout=timeout, store=store)
-        on_progress("loading weight shards", 0.0)
-        rank = build_rank(config, 0, device, group)
-        others = ranks.wait_ready(LOAD_TIMEOUT)
-    except BaseException:
-        ranks.stop()
-        raise
-    ranks.watch()
-    info = model_info(config, rank.model, rank.cache.spec, rank.max_seq_len, ranks=(rank.info, *others))
-    on_progress("model loaded", 0.9)
-    return LoadedModel(model=rank.model, cache=rank.cache, info=info, mirror=ranks)

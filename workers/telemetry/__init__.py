@@ -2,5 +2,6 @@
 
 `setup.start_telemetry(config)` returns a `WorkerTelemetry` (or a no-op one when tracing is off); the worker loop
 calls it at three points: a `Submit` arrives, a step runs, requests fail. See README "Observability" for the spans.
-This package's `__init__` imports nothing so that `workers.engine` can import the stdlib-only `probe` cheaply.
+This package's `__init__` imports nothing so that `workers.engine.engine` can import the stdlib-only `probe`
+cheaply.
 """

@@ -3,7 +3,8 @@
 One JSON object per line on stderr: `time` (UTC, ISO 8601), `level`, `logger`, `process`, `message`, and when
 known `trace_id`, `span_id` (the current span, or given with `extra=`) and `request_id` (given with `extra=`);
 other `extra=` fields are kept, and an exception becomes `exception`. Standard library at import time: the OTel
-API is imported on first use.
+API is imported on first use. `configure_logging` puts it (or the text format) on a worker's or a rank's root
+logger.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import sys
+
+from workers.protocol import WorkerConfig
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is written out.
 _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -47,3 +51,17 @@ def _current_span_ids() -> dict[str, str]:
     if not context.is_valid:
         return {}
     return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
+
+
+def configure_logging(config: WorkerConfig, process: str | None = None) -> None:
+    """Log to stderr as the gateway does (JSON lines or text), naming the process ("worker-0-rank-1")."""
+    process = process or f"worker-{config.worker_id}"
+    handler = logging.StreamHandler(sys.stderr)
+    if config.telemetry.log_format == "json":
+        handler.setFormatter(JsonFormatter(process=process))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    level = logging.getLevelName(config.log_level.upper())
+    root.setLevel(level if isinstance(level, int) else logging.INFO)

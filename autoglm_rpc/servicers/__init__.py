@@ -1,1 +1,0 @@
-"""The gRPC servicers: thin adapters between protobuf messages and the front end."""

@@ -1,0 +1,96 @@
+"""What the engine can run, decided once at load: a model it would compute wrong is refused with one clear error.
+
+The engine keeps the Hugging Face model class and replaces only its attention function (`workers.kv.attention`),
+which reads K/V from the engine's cache and supports causal attention over full or sliding-window layers, a
+logit soft-cap and the module's own score scaling. Everything else a layer does (rotary variants such as Gemma
+3's local rope base, q/k norms, fused projections, embedding scales) is the model's own code and needs nothing
+here. What the engine cannot reproduce is refused by `check_supported` before the worker reports Ready:
+
+- a model class that does not call attention through transformers' `AttentionInterface`;
+- encoder-decoder models, and bidirectional (non-causal) attention;
+- attention layers other than full or sliding-window (chunked, linear, state-space, ...);
+- logits scaled by anything but Gemma's final soft-cap (which the model runner applies);
+- rope types that pick their frequencies from the longest position in a forward ("dynamic", "longrope": Phi-3
+  128k, Phi-3.5): under continuous batching the rows of a forward belong to different requests, so one request
+  would change another's output;
+- attention sinks (gpt-oss): found by their parameters, and by the attention function should a layer pass them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
+_ADVICE = (
+    "the engine serves decoder-only causal LMs whose layers use full or sliding-window attention; serve a "
+    "checkpoint of a supported family (README, Supported models)"
+)
+
+
+class UnsupportedModelError(ValueError):
+    """A checkpoint the engine cannot run correctly. The message names the architecture, the feature and the way
+    out; it is the same on every attempt, so a worker that raises it should not be restarted."""
+
+    def __init__(self, architecture: str, feature: str) -> None:
+        super().__init__(f"{architecture} is not supported: {feature}; {_ADVICE}")
+        self.architecture = architecture
+        self.feature = feature
+
+
+def check_supported(model: torch.nn.Module, attention_name: str) -> None:
+    """Raise `UnsupportedModelError` if the engine (attention `attention_name`) would compute `model` wrong.
+
+    A multimodal checkpoint (Gemma 3) is judged by its language model, which is all the engine runs: prompts
+    are text, so the vision tower is never called.
+    """
+    problem = _unsupported_model(model, attention_name) or _unsupported_layers(model.config.get_text_config())
+    if problem is None and any(name.endswith("self_attn.sinks") for name, _ in model.named_parameters()):
+        problem = "attention sinks"
+    if problem is not None:
+        raise UnsupportedModelError(architecture_of(model), problem)
+
+
+def architecture_of(module: torch.nn.Module) -> str:
+    """The checkpoint's architecture name (`config.architectures[0]`), else the module's class name."""
+    config = getattr(module, "config", None)
+    return (getattr(config, "architectures", None) or [type(module).__name__])[0]
+
+
+def _unsupported_model(model: torch.nn.Module, attention_name: str) -> str | None:
+    if not type(model).is_backend_compatible() or model.config._attn_implementation != attention_name:
+        return "its attention does not go through transformers' AttentionInterface, which the engine replaces"
+    if getattr(model.config, "is_encoder_decoder", False):
+        return "it is an encoder-decoder model"
+    return None
+
+
+def _unsupported_layers(config) -> str | None:
+    """What in the language model's config the engine cannot reproduce, or None."""
+    if getattr(config, "use_bidirectional_attention", False):
+        return "use_bidirectional_attention (non-causal attention)"
+    if getattr(config, "attention_chunk_size", None):
+        return f"chunked attention (attention_chunk_size={config.attention_chunk_size})"
+    other_types = sorted(set(getattr(config, "layer_types", None) or ()) - set(SUPPORTED_LAYER_TYPES))
+    if other_types:
+        return f"layer types {other_types} (the engine runs {list(SUPPORTED_LAYER_TYPES)})"
+    if getattr(config, "logit_scale", None) not in (None, 1.0):
+        return f"logit_scale={config.logit_scale} (logits scaled after the LM head)"
+    # transformers' `dynamic_rope_update` recomputes these frequencies from max(position_ids) + 1 of each forward.
+    rope_types = _rope_types(getattr(config, "rope_parameters", None))
+    rope_types = sorted(t for t in rope_types if "dynamic" in t or t == "longrope")
+    if rope_types:
+        return (
+            f"rope type {rope_types[0]!r}, which picks its frequencies from the longest sequence in a forward: "
+            "in a shared batch one request's length would change another's tokens"
+        )
+    return None
+
+
+def _rope_types(parameters) -> set[str]:
+    """The rope types of `config.rope_parameters`: one dict, or one per layer type (Gemma 3)."""
+    if not isinstance(parameters, dict):
+        return set()
+    if isinstance(parameters.get("rope_type"), str):
+        return {parameters["rope_type"]}
+    per_layer_type = [p for p in parameters.values() if isinstance(p, dict)]
+    return {p["rope_type"] for p in per_layer_type if isinstance(p.get("rope_type"), str)}
