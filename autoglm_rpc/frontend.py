@@ -204,6 +204,9 @@ class Frontend:
             repetition_penalty=(
                 defaults.repetition_penalty if asked.repetition_penalty is None else asked.repetition_penalty
             ),
+            # Not in generation_config (transformers has no such penalties): unset is off.
+            frequency_penalty=asked.frequency_penalty or 0.0,
+            presence_penalty=asked.presence_penalty or 0.0,
             seed=secrets.randbits(63) if asked.seed is None else asked.seed,
         )
 
