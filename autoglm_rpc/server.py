@@ -31,7 +31,7 @@ from autoglm_rpc.config_sections import CheckpointSettings, ServerSettings
 from autoglm_rpc.devices import plan_workers
 from autoglm_rpc.errors import ServerDraining
 from autoglm_rpc.frontend import Frontend, ServedModel
-from autoglm_rpc.model_source import default_model_id, resolve_model_source
+from autoglm_rpc.model_source import resolve_model_source, served_model_names
 from autoglm_rpc.pool.pool import WorkerPool
 from autoglm_rpc.requests import RequestLimits
 from autoglm_rpc.security.auth import AuthInterceptor
@@ -174,8 +174,10 @@ def load_served_model(checkpoint: CheckpointSettings) -> ServedModel:
                 max_seq_len, max_context, max_context,
             )  # fmt: skip
         max_context = min(max_seq_len, max_context)
+    names = served_model_names(checkpoint.served_model_name, checkpoint.model_id, checkpoint.model, source)
     return ServedModel(
-        model_id=checkpoint.model_id or default_model_id(checkpoint.model, source),
+        model_id=names[0],
+        aliases=names[1:],
         source=str(source),
         tokenizer=TextTokenizer.from_dir(source),
         facts=facts,

@@ -44,6 +44,7 @@ class ModelServicer:
             ),
             ready_workers=pool.num_ready,
             total_workers=pool.num_workers,
+            aliases=served.aliases,
         )
         return model_pb2.ListModelsResponse(models=[model])
 
