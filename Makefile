@@ -15,6 +15,8 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 HTTP_PORT ?= 8000
 MODEL ?=
+# Names the model answers to as `model` (space-separated; the first is its id), e.g. SERVED_MODEL_NAME=autoglm-phone-9b
+SERVED_MODEL_NAME ?=
 DEMO_MODEL := .demo-model
 PROTOS := $(wildcard proto/autoglm/v1/*.proto)
 STUBS := autoglm-proto
@@ -128,7 +130,8 @@ run: $(STAMP)
 	@if [ -z "$(MODEL)" ]; then $(VENV)/bin/autoglm-rpc demo-model --output $(DEMO_MODEL) --if-missing; fi
 	@echo "gRPC on $(HOST):$(PORT), OpenAI-compatible HTTP on http://$(HOST):$(HTTP_PORT)/v1 (docs at /docs)"
 	$(VENV)/bin/autoglm-rpc serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) \
-		$(if $(MODEL),--model "$(MODEL)",--model $(DEMO_MODEL) --model-id autoglm-demo)
+		$(if $(MODEL),--model "$(MODEL)",--model $(DEMO_MODEL)) \
+		$(if $(SERVED_MODEL_NAME),--served-model-name $(SERVED_MODEL_NAME),$(if $(MODEL),,--served-model-name autoglm-demo))
 
 # A/B: throughput and TTFT with tracing off vs 10 % request sampling exported to an in-process OTLP sink.
 # `make bench` / `make bench-gpu` call this too; BENCH_TRACING_ARGS passes options (e.g. --device cuda --model DIR).

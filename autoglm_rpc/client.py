@@ -74,6 +74,8 @@ def build_request(
     top_p: float | None = None,
     top_k: int | None = None,
     repetition_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
     seed: int | None = None,
     stop: Sequence[str] = (),
     request_id: str = "",
@@ -95,6 +97,7 @@ def build_request(
         request.prompt_token_ids.ids.extend(token_ids)
     sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
     sampling |= {"repetition_penalty": repetition_penalty, "seed": seed}
+    sampling |= {"frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty}
     for name, value in sampling.items():
         if value is not None:
             setattr(request.sampling, name, value)

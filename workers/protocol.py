@@ -137,13 +137,18 @@ class SamplingParams:
     """Resolved sampling settings: every field has its final value (defaults already applied by the gateway).
 
     temperature: 0 means greedy (argmax); top_p: 1.0 disables; top_k: 0 disables; repetition_penalty: 1.0
-    disables. seed: always set; the same seed with the same prompt gives the same tokens.
+    disables (transformers' multiplicative penalty on every token of the prompt and the output).
+    frequency_penalty, presence_penalty: OpenAI's additive penalties, each in [-2, 2], 0 disables: a token's logit
+    loses frequency_penalty * (times it was generated) + presence_penalty * (whether it was generated), counting
+    generated tokens only. seed: always set; the same seed with the same prompt gives the same tokens.
     """
 
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -151,10 +156,17 @@ class SamplingParams:
         # spells it; a message that breaks these is a gateway bug, stopped here before it reaches an engine step.
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
             raise ValueError(f"sampling parameters out of range: {self}")
+        if not -2 <= self.frequency_penalty <= 2 or not -2 <= self.presence_penalty <= 2:
+            raise ValueError(f"sampling parameters out of range: {self}")
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def has_output_penalty(self) -> bool:
+        """Whether sampling needs the counts of the tokens generated so far (frequency or presence penalty)."""
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,10 @@ class CheckpointSettings:
     """Which checkpoint is served and how it may be loaded (`server.load_served_model`, the workers' loader)."""
 
     model: str | None = None  # checkpoint directory, or a hub id already in the local cache
-    model_id: str | None = None  # the name served as `model`; default: the checkpoint directory's name
+    # The names the model answers to as `model`, the first shown as its id (in /v1/models, ListModels and
+    # responses); default: (model_id,), else the checkpoint directory's name. model_id is a synonym for one name.
+    served_model_name: tuple[str, ...] = ()
+    model_id: str | None = None
     max_seq_len: int | None = None  # context limit; default: the checkpoint's
     default_max_new_tokens: int = 256  # when neither the request nor generation_config sets one
     max_prompt_chars: int | None = None  # text of one prompt or chat; default: 16 per token of the context

@@ -41,7 +41,10 @@ _LONG_PROMPT_CHARS = 8192
 
 @dataclass(frozen=True, slots=True)
 class ServedModel:
-    """What the gateway knows about the model before any worker is up: name, tokenizer, checkpoint facts."""
+    """What the gateway knows about the model before any worker is up: names, tokenizer, checkpoint facts.
+
+    `model_id` is the name responses and listings show; `aliases` are the other names requests may use for it.
+    """
 
     model_id: str
     source: str
@@ -50,6 +53,12 @@ class ServedModel:
     max_context_tokens: int
     default_max_new_tokens: int
     max_prompt_chars: int = 0  # 0: PROMPT_CHARS_PER_TOKEN per token of the context
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the model answers to as `model`, its id first."""
+        return (self.model_id, *self.aliases)
 
 
 # A prompt's characters per context token beyond which it is refused before tokenizing (tokenizing costs time;
@@ -82,7 +91,7 @@ class Frontend:
     # -- resolving ----------------------------------------------------------------------------------------------
 
     def check_model(self, name: str) -> None:
-        if name and name != self.model.model_id:
+        if name and name not in self.model.names:
             raise errors.ModelNotFound(name, self.model.model_id)
 
     @property
@@ -204,6 +213,9 @@ class Frontend:
             repetition_penalty=(
                 defaults.repetition_penalty if asked.repetition_penalty is None else asked.repetition_penalty
             ),
+            # Not in generation_config (transformers has no such penalties): unset is off.
+            frequency_penalty=asked.frequency_penalty or 0.0,
+            presence_penalty=asked.presence_penalty or 0.0,
             seed=secrets.randbits(63) if asked.seed is None else asked.seed,
         )
 

@@ -25,6 +25,7 @@ MAX_PROMPT_TOKEN_IDS = 1_000_000
 MAX_CHAT_MESSAGES = 1024
 MAX_ROLE_CHARS = 64
 MAX_TOP_K = 1_000_000
+MAX_OUTPUT_PENALTY = 2.0  # frequency_penalty and presence_penalty lie in [-2, 2], as in OpenAI's API
 
 
 def model_name(value: str, field: str = "model") -> str:
@@ -49,6 +50,11 @@ def in_range(field: str, value: float, low: float, high: float, low_open: bool =
         bracket = "(" if low_open else "["
         raise InvalidParameter(field, f"must be in {bracket}{low:g}, {high:g}], got {value:g}")
     return value
+
+
+def output_penalty(field: str, value: float | None) -> float | None:
+    """A frequency or presence penalty: unset (None), or in [-2, 2]; else InvalidParameter naming `field`."""
+    return None if value is None else in_range(field, value, -MAX_OUTPUT_PENALTY, MAX_OUTPUT_PENALTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,8 @@ class SamplingOverrides:
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     seed: int | None = None
 
 

@@ -31,6 +31,7 @@ from autoglm_rpc.core.requests import (  # the fixed bounds and checks both prot
     TokenPrompt,
     in_range,
     model_name,
+    output_penalty,
     request_id,
 )
 from workers.protocol import FinishReason, Priority, TokenLogprob
@@ -139,6 +140,8 @@ def _sampling(options: types_pb2.SamplingOptions) -> SamplingOverrides:
         repetition_penalty=(
             None if penalty is None else in_range("sampling.repetition_penalty", penalty, 0, 10, low_open=True)
         ),
+        frequency_penalty=output_penalty("sampling.frequency_penalty", get("frequency_penalty")),
+        presence_penalty=output_penalty("sampling.presence_penalty", get("presence_penalty")),
         seed=None if seed is None else int(seed),
     )
 

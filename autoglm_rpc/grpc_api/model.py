@@ -39,9 +39,12 @@ class ModelServicer:
                 top_p=defaults.top_p,
                 top_k=defaults.top_k,
                 repetition_penalty=defaults.repetition_penalty,
+                frequency_penalty=0.0,
+                presence_penalty=0.0,
             ),
             ready_workers=pool.num_ready,
             total_workers=pool.num_workers,
+            aliases=served.aliases,
         )
         return model_pb2.ListModelsResponse(models=[model])
 

@@ -28,6 +28,7 @@ from autoglm_rpc.core.requests import (
     TokenPrompt,
     in_range,
     model_name,
+    output_penalty,
     request_id,
 )
 from autoglm_rpc.openai_api import schemas
@@ -154,13 +155,10 @@ def _completion_prompt(prompt: str | list[str] | list[int] | list[list[int]]) ->
 
 
 def _sampling(body: schemas._Sampling) -> SamplingOverrides:
-    """The sampling options; also refuses what both endpoints do not support (n > 1, OpenAI's penalties)."""
+    """The sampling options; also refuses what both endpoints do not support (n > 1, logit_bias)."""
     _refuse_unsupported(body, ("logit_bias",))
     if body.n != 1:
         raise InvalidParameter("n", "only n=1 is supported (one choice per request)")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            raise InvalidParameter(name, "not supported (only 0); repetition_penalty is the engine's penalty")
     if body.seed is not None and not 0 <= body.seed < 2**63:
         raise InvalidParameter("seed", "must be in [0, 2^63)")
     top_k = body.top_k
@@ -172,6 +170,8 @@ def _sampling(body: schemas._Sampling) -> SamplingOverrides:
         top_p=None if body.top_p is None else in_range("top_p", body.top_p, 0, 1, low_open=True),
         top_k=None if top_k is None else max(top_k, 0),
         repetition_penalty=None if penalty is None else in_range("repetition_penalty", penalty, 0, 10, True),
+        frequency_penalty=output_penalty("frequency_penalty", body.frequency_penalty),
+        presence_penalty=output_penalty("presence_penalty", body.presence_penalty),
         seed=body.seed,
     )
 

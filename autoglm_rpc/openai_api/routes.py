@@ -39,16 +39,18 @@ class OpenAIRoutes:
         self._created = int(time.time())
 
     def models(self) -> dict:
-        model = self._frontend.model
-        card = {"id": model.model_id, "object": "model", "created": self._created, "owned_by": "autoglm-rpc",
-                "max_model_len": self._frontend.max_context_tokens}  # fmt: skip
-        return {"object": "list", "data": [card]}
+        """One entry per name the model answers to (its id first), as vLLM lists its served model names."""
+        return {"object": "list", "data": [self._card(name) for name in self._frontend.model.names]}
 
     def model(self, name: str) -> dict:
-        card = self.models()["data"][0]
-        if name != card["id"]:
-            raise ModelNotFound(name, card["id"])
-        return card
+        served = self._frontend.model
+        if name not in served.names:
+            raise ModelNotFound(name, served.model_id)
+        return self._card(name)
+
+    def _card(self, name: str) -> dict:
+        return {"id": name, "object": "model", "created": self._created, "owned_by": "autoglm-rpc",
+                "max_model_len": self._frontend.max_context_tokens}  # fmt: skip
 
     async def chat(self, body: schemas.ChatCompletionRequest, request: Request) -> Response:
         parsed = convert.chat_request(body, self._limits, request.headers.get("x-request-id", ""))

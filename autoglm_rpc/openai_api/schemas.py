@@ -46,8 +46,9 @@ class _Sampling(_Body):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    # OpenAI's additive penalties on generated tokens, in [-2, 2]; unset: 0 (off).
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -34,7 +34,13 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve a checkpoint over gRPC and OpenAI-compatible HTTP")
     serve.add_argument("--config", help="TOML file with settings (keys as the flags, with underscores)")
     serve.add_argument("--model", help="checkpoint directory, or a hub id already in the local cache")
-    serve.add_argument("--model-id", help="the name clients use as `model` (default: the directory name)")
+    serve.add_argument(
+        "--served-model-name",
+        nargs="+",
+        metavar="NAME",
+        help="names clients may use as `model`, the first shown as the model's id (default: the directory name)",
+    )
+    serve.add_argument("--model-id", help="the name clients use as `model`: a synonym for one --served-model-name")
     _listen_flags(serve)
     serve.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1 on CPU)")
     serve.add_argument(

@@ -38,7 +38,7 @@ from autoglm_rpc.core.config_sections import (
     ServerSettings,
     TelemetrySettings,
 )
-from autoglm_rpc.core.requests import RequestLimits
+from autoglm_rpc.core.requests import MAX_MODEL_NAME_CHARS, RequestLimits
 from workers.protocol import DECODE_MODES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -154,6 +154,20 @@ def _validate_server(server: ServerSettings) -> None:
 
 def _validate_checkpoint(checkpoint: CheckpointSettings) -> None:
     _check_at_least_1(checkpoint, "default_max_new_tokens", "max_seq_len", "max_prompt_chars")
+    names = checkpoint.served_model_name
+    for name in (*names, *([checkpoint.model_id] if checkpoint.model_id is not None else [])):
+        if not 0 < len(name) <= MAX_MODEL_NAME_CHARS or name != name.strip():
+            raise ValueError(
+                f"served_model_name / model_id: {name!r} must have 1 to {MAX_MODEL_NAME_CHARS} characters and no "
+                "surrounding spaces"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"served_model_name lists a name twice: {', '.join(names)}")
+    if names and checkpoint.model_id is not None and checkpoint.model_id != names[0]:
+        raise ValueError(
+            f"model_id {checkpoint.model_id!r} and served_model_name {', '.join(names)} disagree: model_id is a "
+            "synonym for a single served_model_name; set one of them"
+        )
 
 
 def _validate_engine(engine: EngineSettings) -> None:
@@ -263,9 +277,14 @@ def _coerce(name: str, value: Any) -> Any:
     """Turn a string from the environment into the field's type; typed values pass through."""
     if name not in SECTION_OF:
         raise ValueError(f"unknown setting {name!r}")
+    kind = SECTIONS[SECTION_OF[name]].__dataclass_fields__[name].type
+    if kind == "tuple[str, ...]":  # a TOML list, the flag's values, or one comma-separated string
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+            raise ValueError(f"{name} must be a list of strings (or one comma-separated string), got {value!r}")
+        return tuple(item.strip() for item in items if item.strip())
     if not isinstance(value, str):
         return value
-    kind = SECTIONS[SECTION_OF[name]].__dataclass_fields__[name].type
     text = value.strip()
     try:
         if kind in ("bool",):

@@ -37,3 +37,13 @@ def resolve_model_source(model: str, allow_download: bool = False) -> Path:
 def default_model_id(model: str, source: Path) -> str:
     """The served name when none is configured: a hub id as given, else the directory's name."""
     return model if not Path(model).expanduser().exists() else source.name
+
+
+def served_model_names(
+    served_model_name: tuple[str, ...], model_id: str | None, model: str, source: Path
+) -> tuple[str, ...]:
+    """The names the model answers to, the first being its id: served_model_name, else model_id (its synonym for
+    a single name), else the default id (`default_model_id`)."""
+    if served_model_name:
+        return served_model_name
+    return (model_id or default_model_id(model, source),)

@@ -40,7 +40,7 @@ from autoglm_rpc.security.policy import Security
 from autoglm_rpc.startup import binding
 from autoglm_rpc.startup.config import Settings
 from autoglm_rpc.startup.devices import plan_workers
-from autoglm_rpc.startup.model_source import default_model_id, resolve_model_source
+from autoglm_rpc.startup.model_source import resolve_model_source, served_model_names
 from autoglm_rpc.telemetry import Telemetry
 from autoglm_rpc.text.checkpoint import read_checkpoint_facts
 from autoglm_rpc.text.tokenizer import TextTokenizer
@@ -175,8 +175,10 @@ def load_served_model(checkpoint: CheckpointSettings) -> ServedModel:
                 max_seq_len, max_context, max_context,
             )  # fmt: skip
         max_context = min(max_seq_len, max_context)
+    names = served_model_names(checkpoint.served_model_name, checkpoint.model_id, checkpoint.model, source)
     return ServedModel(
-        model_id=checkpoint.model_id or default_model_id(checkpoint.model, source),
+        model_id=names[0],
+        aliases=names[1:],
         source=str(source),
         tokenizer=TextTokenizer.from_dir(source),
         facts=facts,

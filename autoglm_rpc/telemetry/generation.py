@@ -197,6 +197,8 @@ def _request_attributes(request: GenerationRequest, model_id: str, stream: bool)
         semconv.GEN_AI_REQUEST_TEMPERATURE: sampling.temperature,
         semconv.GEN_AI_REQUEST_TOP_P: sampling.top_p,
         semconv.GEN_AI_REQUEST_TOP_K: sampling.top_k,
+        semconv.GEN_AI_REQUEST_FREQUENCY_PENALTY: sampling.frequency_penalty,
+        semconv.GEN_AI_REQUEST_PRESENCE_PENALTY: sampling.presence_penalty,
     }
     attributes.update({key: value for key, value in optional.items() if value is not None})
     return attributes

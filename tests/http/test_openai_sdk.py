@@ -126,7 +126,8 @@ def test_client_mistakes_are_the_sdks_bad_request_and_not_found(sdk: openai.Open
     cases = [
         ({"temperature": -1}, "temperature"),
         ({"n": 2}, "n"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"presence_penalty": -3}, "presence_penalty"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
          "messages[0].content[0]"),

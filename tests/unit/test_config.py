@@ -58,6 +58,9 @@ def test_seed_aliases() -> None:
         ({"AUTOGLM_MAX_STOP_SEQUENCES": "-1"}, "max_stop_sequences must be 0 or more"),
         ({"AUTOGLM_MAX_PROMPT_CHARS": "0"}, "max_prompt_chars must be at least 1"),
         ({"AUTOGLM_TLS_CERT": "/c.pem"}, "tls_cert and tls_key go together"),
+        ({"AUTOGLM_SERVED_MODEL_NAME": "a,b,a"}, "served_model_name lists a name twice"),
+        ({"AUTOGLM_SERVED_MODEL_NAME": "a" * 257}, "must have 1 to 256 characters"),
+        ({"AUTOGLM_SERVED_MODEL_NAME": "a,b", "AUTOGLM_MODEL_ID": "b"}, "model_id 'b' and served_model_name a, b"),
         ({"AUTOGLM_TLS_CLIENT_CA": "/ca.pem"}, "tls_client_ca .* needs tls_cert"),
         ({"AUTOGLM_RATE_LIMIT_TOKENS_PER_MINUTE": "-5"}, "rate_limit_tokens_per_minute must be 0"),
     ],
@@ -112,3 +115,17 @@ def test_the_http_api_settings(tmp_path: Path) -> None:
     assert Settings.from_sources({}, environ={"AUTOGLM_HTTP": "off"}).http is False
     with pytest.raises(ValueError, match=r"http_port must be in 0\.\.65535"):
         Settings.from_sources({"http_port": 70000}, environ={})
+
+
+def test_served_model_names_from_flags_environment_and_file(tmp_path: Path) -> None:
+    """One or more names; model_id is a synonym for a single one (so agreeing with the first is fine)."""
+    environ = {"AUTOGLM_SERVED_MODEL_NAME": " autoglm-phone-9b , glm-4.1v ,"}
+    assert Settings.from_sources({}, environ=environ).served_model_name == ("autoglm-phone-9b", "glm-4.1v")
+    config = tmp_path / "names.toml"
+    config.write_text('[checkpoint]\nserved_model_name = ["autoglm-phone-9b", "phone"]\n')
+    from_file = Settings.from_sources({"model_id": "autoglm-phone-9b"}, environ={}, config_file=config)
+    assert from_file.served_model_name == ("autoglm-phone-9b", "phone")
+    assert Settings.from_sources({"served_model_name": ["x"]}, environ={}).served_model_name == ("x",)
+    config.write_text("served_model_name = [1, 2]\n")
+    with pytest.raises(ValueError, match="served_model_name must be a list of strings"):
+        Settings.from_sources({}, environ={}, config_file=config)

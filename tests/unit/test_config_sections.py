@@ -28,6 +28,8 @@ CHOICES = {
     "otlp_protocol": "http/protobuf",
     "kernel_capture": "always",
 }
+# Settings that are lists of names: model_id is a synonym for the first served name, so the two samples agree.
+LISTS = {"served_model_name": ("x-model_id", "x-alias")}
 # Settings with no `serve` flag (file and environment only): api_keys because a secret on the command line shows
 # in `ps`; the others never had one. A new setting needs a flag or a place here.
 NO_FLAG = {"api_keys", "grace_period", "max_message_bytes", "worker_start_timeout"}
@@ -40,6 +42,8 @@ def _sample(name: str) -> Any:
     assert default is not MISSING, f"{name} has no default"
     if name in CHOICES:
         return CHOICES[name]
+    if name in LISTS:
+        return LISTS[name]
     if field.type == "bool":
         return not default
     if field.type.startswith("int"):
@@ -60,7 +64,14 @@ def _assert_samples(settings: Settings) -> None:
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):
+        return f"[{', '.join(_toml(item) for item in value)}]"
     return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def _env(value: Any) -> str:
+    """As `AUTOGLM_<NAME>` spells it: a list comma-separated."""
+    return ",".join(value) if isinstance(value, tuple) else _toml(value).strip('"')
 
 
 def test_names_are_unique_across_sections_and_never_a_section_name() -> None:
@@ -88,7 +99,7 @@ def test_every_setting_round_trips_from_section_tables(tmp_path: Path) -> None:
 
 
 def test_every_setting_round_trips_from_the_environment() -> None:
-    environ = {f"AUTOGLM_{name.upper()}": _toml(value).strip('"') for name, value in SAMPLES.items()}
+    environ = {f"AUTOGLM_{name.upper()}": _env(value) for name, value in SAMPLES.items()}
     _assert_samples(Settings.from_sources({}, environ=environ))
 
 
@@ -106,11 +117,13 @@ def test_every_setting_has_a_serve_flag() -> None:
         if isinstance(action, argparse._StoreConstAction):
             assert action.const == SAMPLES[name], f"--{name}: the flag sets its non-default value"
             argv.append(action.option_strings[0])
+        elif isinstance(SAMPLES[name], tuple):
+            argv += [action.option_strings[0], *SAMPLES[name]]
         else:
             argv += [action.option_strings[0], str(SAMPLES[name])]
     args = vars(parser.parse_args(argv))
     given = {key: value for key, value in args.items() if key not in ("command", "config")}
-    environ = {f"AUTOGLM_{name.upper()}": _toml(SAMPLES[name]).strip('"') for name in NO_FLAG}
+    environ = {f"AUTOGLM_{name.upper()}": _env(SAMPLES[name]) for name in NO_FLAG}
     settings = Settings.from_sources(given, environ=environ)
     _assert_samples(settings)
 

@@ -17,6 +17,8 @@ def test_a_full_request_converts() -> None:
     )
     message.sampling.temperature = 0.5
     message.sampling.seed = 3
+    message.sampling.frequency_penalty = 0.25
+    message.sampling.presence_penalty = -2.0
     message.stopping.max_new_tokens = 9
     message.stopping.stop_sequences.append("###")
     message.stopping.max_generation_time.FromMilliseconds(1500)
@@ -24,6 +26,7 @@ def test_a_full_request_converts() -> None:
     request = convert.generation_request(message)
     assert request.prompt == ChatPrompt((convert.ChatMessage("user", "hi"),), add_generation_prompt=True)
     assert (request.sampling.temperature, request.sampling.seed, request.sampling.top_p) == (0.5, 3, None)
+    assert (request.sampling.frequency_penalty, request.sampling.presence_penalty) == (0.25, -2.0)
     assert (request.stopping.max_new_tokens, request.stopping.stop_sequences) == (9, ("###",))
     assert request.stopping.max_generation_time == 1.5
     assert (request.priority, request.min_tokens_per_message) == (Priority.HIGH, 4)
@@ -35,6 +38,7 @@ def test_token_prompt_and_unset_fields() -> None:
     assert request.prompt == TokenPrompt((4, 5))
     assert request.stopping.max_new_tokens is None
     assert request.priority == Priority.NORMAL
+    assert request.sampling.frequency_penalty is None and request.sampling.presence_penalty is None
 
 
 @pytest.mark.parametrize(
@@ -42,6 +46,9 @@ def test_token_prompt_and_unset_fields() -> None:
     [
         (lambda m: setattr(m.sampling, "top_k", 2_000_000), "sampling.top_k"),
         (lambda m: setattr(m.sampling, "seed", 2**63), "sampling.seed"),
+        (lambda m: setattr(m.sampling, "frequency_penalty", 2.5), "sampling.frequency_penalty"),
+        (lambda m: setattr(m.sampling, "presence_penalty", -3), "sampling.presence_penalty"),
+        (lambda m: setattr(m.sampling, "frequency_penalty", float("nan")), "sampling.frequency_penalty"),
         (lambda m: setattr(m.stopping, "min_new_tokens", 5) or setattr(m.stopping, "max_new_tokens", 2),
          "stopping.min_new_tokens"),
         (lambda m: m.stopping.stop_sequences.append(""), "stopping.stop_sequences[0]"),

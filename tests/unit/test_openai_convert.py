@@ -27,6 +27,7 @@ def test_fields_map_onto_the_request() -> None:
     request = _chat(
         model="m", max_completion_tokens=5, temperature=0.5, top_p=0.9, seed=3, stop="END", top_k=-1,
         min_tokens=2, repetition_penalty=1.1, ignore_eos=True, logprobs=True, top_logprobs=2,
+        frequency_penalty=0.2, presence_penalty=-1.5,
         messages=[{"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
     )  # fmt: skip
     assert request.prompt == ChatPrompt((request.prompt.messages[0],))
@@ -34,6 +35,8 @@ def test_fields_map_onto_the_request() -> None:
     assert request.model == "m" and request.stopping.max_new_tokens == 5 and request.stopping.min_new_tokens == 2
     assert (request.sampling.temperature, request.sampling.top_p, request.sampling.seed) == (0.5, 0.9, 3)
     assert request.sampling.top_k == 0 and request.sampling.repetition_penalty == 1.1
+    assert (request.sampling.frequency_penalty, request.sampling.presence_penalty) == (0.2, -1.5)
+    assert _completion().sampling.frequency_penalty is None  # unset: off (the front end resolves it to 0)
     assert request.stopping.stop_sequences == ("END",) and request.stopping.ignore_eos
     assert request.output.return_logprobs and request.output.top_logprobs == 2
     assert _completion(prompt=[[5, 6, 7]], logprobs=0).prompt == TokenPrompt((5, 6, 7))
@@ -48,7 +51,8 @@ def test_fields_map_onto_the_request() -> None:
         (_chat, {"top_p": 0}, "top_p"),
         (_chat, {"seed": -1}, "seed"),
         (_chat, {"n": 3}, "n"),
-        (_chat, {"frequency_penalty": 1}, "frequency_penalty"),
+        (_chat, {"frequency_penalty": 2.1}, "frequency_penalty"),
+        (_completion, {"presence_penalty": -2.5}, "presence_penalty"),
         (_chat, {"logit_bias": {"1": 2}}, "logit_bias"),
         (_chat, {"tools": []}, "tools"),
         (_chat, {"max_tokens": 3, "max_completion_tokens": 3}, "max_completion_tokens"),

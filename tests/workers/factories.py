@@ -74,6 +74,39 @@ def reference(model, prompt: tuple[int, ...], max_new_tokens: int, **generate_kw
     return output[0, len(prompt) :].tolist()
 
 
+class OutputPenalty:
+    """OpenAI's frequency and presence penalties as a transformers logits processor, written plainly: every token
+    after the prompt is counted. `reference(..., logits_processor=[OutputPenalty(...)])` applies it after the
+    repetition penalty, as the engine does."""
+
+    def __init__(self, num_prompt_tokens: int, frequency: float, presence: float) -> None:
+        self.num_prompt_tokens, self.frequency, self.presence = num_prompt_tokens, frequency, presence
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        # input_ids: [B, prompt + generated]; scores: [B, V]
+        generated = input_ids[:, self.num_prompt_tokens :]
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, generated, torch.ones_like(generated, dtype=scores.dtype)
+        )
+        return scores - (self.frequency * counts + self.presence * (counts > 0))
+
+
+def reference_with_penalties(
+    model, prompt: tuple[int, ...], max_new_tokens: int, sampling: SamplingParams
+) -> list[int]:
+    """transformers' greedy output under every penalty of `sampling` (repetition, then frequency and presence)."""
+    from transformers import LogitsProcessorList
+
+    penalty = OutputPenalty(len(prompt), sampling.frequency_penalty, sampling.presence_penalty)
+    return reference(
+        model,
+        prompt,
+        max_new_tokens,
+        repetition_penalty=sampling.repetition_penalty,
+        logits_processor=LogitsProcessorList([penalty]),
+    )
+
+
 def run_to_end(engine, arrivals: dict[int, list] | None = None, max_steps: int = 500) -> dict[str, list]:
     """Step until idle, submitting `arrivals[step]` before each step; returns every request's deltas."""
     arrivals = arrivals or {}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workers.engine.output_counts import OutputTokenCounts
 from workers.engine.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
 from workers.engine.sequence import PrefillChunk, ScheduledBatch, Sequence
 from workers.engine.static_decode import StaticDecoder
@@ -80,7 +81,7 @@ class RunnerOutput:
 
 
 class ModelRunner:
-    """Owns the model's forward passes, the KV cache and the per-row token history for repetition penalties."""
+    """Owns the model's forward passes, the KV cache and the per-row token history for the penalties."""
 
     def __init__(
         self,
@@ -113,6 +114,8 @@ class ModelRunner:
         # seen[r, t]: token t occurs in row r's prompt or output (every token is fed in once, and a first chunk
         # marks the cached prefix before it, so by the time the next token is sampled prompt + output are marked).
         self.seen = torch.zeros(max_batch_size, self.vocab_size, dtype=torch.bool, device=self.device)
+        # Generated tokens only, for the frequency and presence penalties (see workers.engine.output_counts).
+        self.output_counts = OutputTokenCounts(max_batch_size, self.vocab_size, self.device)
         self.static_decoder = None
         if decode_mode != "eager":
             self.static_decoder = StaticDecoder(
@@ -156,6 +159,8 @@ class ModelRunner:
         )
         inputs = call.decode_inputs(self.device)  # [4, B]: row, position, input id, cache slot
         self.seen[inputs[0], inputs[2]] = True
+        if any(seq.sampling.has_output_penalty for seq in seqs):
+            self.output_counts.add(inputs[0], inputs[2])
         return self.run_decode(call, inputs)
 
     def run_decode(self, call: DecoderCall, inputs: torch.Tensor) -> torch.Tensor:
@@ -190,6 +195,9 @@ class ModelRunner:
         if fresh:
             self.seen[fresh] = False  # new requests in reused rows
         self.seen[marks] = True
+        starting = [chunk.seq for chunk in chunks if chunk.is_first and chunk.seq.sampling.has_output_penalty]
+        if starting:  # recounted from the output ids: nothing for a new request, all of a preempted one's
+            self.output_counts.start([seq.slot for seq in starting], [seq.output_ids for seq in starting])
         kv_len = max(chunk.start + len(chunk.token_ids) for chunk in chunks)
         seqs = [chunk.seq for chunk in chunks]
         call = DecoderCall(
@@ -260,11 +268,14 @@ class ModelRunner:
         rows = output.rows
         sampling_rows = [SamplingRow(seq.sampling, len(seq.output_ids), seq.masked_token_ids()) for seq in rows]
         tensors = SamplingTensors.from_rows(sampling_rows, self.device)
-        seen = None
-        if tensors.has_penalty:
+        seen = counts = None
+        if tensors.has_repetition_penalty or tensors.has_output_penalty:
             slots = torch.tensor([seq.slot for seq in rows], dtype=torch.int64).to(self.device, non_blocking=True)
-            seen = self.seen.index_select(0, slots)  # [N, V]: rows' histories
-        token_ids = sample(logits, tensors, seen)  # [N]
+            if tensors.has_repetition_penalty:
+                seen = self.seen.index_select(0, slots)  # [N, V]: rows' histories
+            if tensors.has_output_penalty:
+                counts = self.output_counts.rows(slots)  # [N, V]: rows' generated-token counts
+        token_ids = sample(logits, tensors, seen, counts)  # [N]
         output.token_ids = token_ids.tolist()
         if any(seq.return_logprobs for seq in rows):
             output.logprobs = _logprobs(logits, token_ids, output.token_ids, rows)

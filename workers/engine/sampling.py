@@ -1,8 +1,9 @@
 """Batched, per-request sampling on the device: every row of the batch has its own parameters and seed.
 
-The order follows transformers' `generate`: logits processors first (repetition penalty, the `min_new_tokens`
-mask), then for sampled rows the warpers (temperature, top-k, top-p), then the draw. Temperature 0 rows take
-the argmax of the processed logits, like `generate(do_sample=False)` with the same processors.
+The order follows transformers' `generate`: logits processors first (repetition penalty; then OpenAI's frequency
+and presence penalties, after the repetition penalty as vLLM applies them; then the `min_new_tokens` mask), then
+for sampled rows the warpers (temperature, top-k, top-p), then the draw. Temperature 0 rows take the argmax of
+the processed logits, like `generate(do_sample=False)` with the same processors: penalties apply to greedy rows.
 
 The draw is Gumbel-max: argmax(logits / T + g) with g = -log(-log(u)) samples from softmax(logits / T). The
 uniforms u come from a counter-based integer hash of (seed, output position, token id), computed for the whole
@@ -70,20 +71,22 @@ class SamplingTensors:
     top_k: torch.Tensor  # [N] int64, 0 = off
     top_p: torch.Tensor  # [N] float32, 1 = off
     repetition_penalty: torch.Tensor  # [N] float32, 1 = off
+    frequency_penalty: torch.Tensor  # [N] float32, 0 = off
+    presence_penalty: torch.Tensor  # [N] float32, 0 = off
     keys: torch.Tensor  # [N] int64: row_key(seed, output position)
     masked_rows: torch.Tensor | None  # [M] int64: row of each banned (row, token id) pair
     masked_token_ids: torch.Tensor | None  # [M] int64
     is_all_greedy: bool
     has_truncation: bool
-    has_penalty: bool
+    has_repetition_penalty: bool
+    has_output_penalty: bool  # some row has a frequency or presence penalty
 
     @classmethod
     def from_rows(cls, rows: Sequence[SamplingRow], device: torch.device) -> SamplingTensors:
         params = [row.params for row in rows]
-        floats = torch.tensor(
-            [[p.temperature for p in params], [p.top_p for p in params], [p.repetition_penalty for p in params]],
-            dtype=torch.float32,
-        ).to(device)
+        names = ("temperature", "top_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
+        floats = torch.tensor([[getattr(p, name) for p in params] for name in names], dtype=torch.float32)
+        floats = floats.to(device)  # [5, N]
         keys = [row_key(p.seed, row.output_position) for p, row in zip(params, rows, strict=True)]
         ints = torch.tensor([[p.top_k for p in params], keys], dtype=torch.int64).to(device)
         banned = [(i, token_id) for i, row in enumerate(rows) for token_id in row.masked_token_ids]
@@ -94,12 +97,15 @@ class SamplingTensors:
             top_k=ints[0],
             top_p=floats[1],
             repetition_penalty=floats[2],
+            frequency_penalty=floats[3],
+            presence_penalty=floats[4],
             keys=ints[1],
             masked_rows=None if banned_tensor is None else banned_tensor[0],
             masked_token_ids=None if banned_tensor is None else banned_tensor[1],
             is_all_greedy=not sampled,
             has_truncation=any(p.top_k > 0 or p.top_p < 1.0 for p in sampled),
-            has_penalty=any(p.repetition_penalty != 1.0 for p in params),
+            has_repetition_penalty=any(p.repetition_penalty != 1.0 for p in params),
+            has_output_penalty=any(p.has_output_penalty for p in params),
         )
 
 
@@ -109,6 +115,15 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     penalty = penalty[:, None]
     penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
     return torch.where(seen, penalized, logits)
+
+
+def apply_output_penalties(
+    logits: torch.Tensor, counts: torch.Tensor, frequency: torch.Tensor, presence: torch.Tensor
+) -> torch.Tensor:
+    """OpenAI's penalties per row: logits - (frequency * count + presence * (count > 0)), over generated tokens."""
+    # logits: [N, V]; counts: [N, V] float32, times each token was generated (prompt not counted); frequency,
+    # presence: [N]
+    return logits - (frequency[:, None] * counts + presence[:, None] * (counts > 0))
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -126,22 +141,36 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     return torch.empty_like(logits).scatter_(-1, sorted_ids, sorted_logits)
 
 
-def process_logits(logits: torch.Tensor, tensors: SamplingTensors, seen: torch.Tensor | None) -> torch.Tensor:
-    """The logits processors: repetition penalty over `seen` ([N, V] bool), then the min_new_tokens mask."""
-    if tensors.has_penalty:
+def process_logits(
+    logits: torch.Tensor, tensors: SamplingTensors, seen: torch.Tensor | None, counts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The logits processors: repetition penalty over `seen` ([N, V] bool: prompt and output), frequency and
+    presence penalties over `counts` ([N, V] float32: output only), then the min_new_tokens mask. Each runs only
+    when some row of the batch uses it."""
+    if tensors.has_repetition_penalty:
         if seen is None:
             raise ValueError("a repetition penalty needs the rows' seen-token mask")
         logits = apply_repetition_penalty(logits, seen, tensors.repetition_penalty)
+    if tensors.has_output_penalty:
+        if counts is None:
+            raise ValueError("a frequency or presence penalty needs the rows' generated-token counts")
+        logits = apply_output_penalties(logits, counts, tensors.frequency_penalty, tensors.presence_penalty)
     if tensors.masked_rows is not None:
         banned = (tensors.masked_rows, tensors.masked_token_ids)
         logits = logits.index_put(banned, logits.new_tensor(float("-inf")))
     return logits
 
 
-def sample(logits: torch.Tensor, tensors: SamplingTensors, seen: torch.Tensor | None = None) -> torch.Tensor:
-    """Pick one token per row; returns [N] int64 on the logits' device (no host sync here)."""
+def sample(
+    logits: torch.Tensor,
+    tensors: SamplingTensors,
+    seen: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pick one token per row; returns [N] int64 on the logits' device (no host sync here). `seen` is needed when
+    a row has a repetition penalty, `counts` when one has a frequency or presence penalty (see process_logits)."""
     # logits: [N, V] float32, the model's raw output
-    processed = process_logits(logits, tensors, seen)
+    processed = process_logits(logits, tensors, seen, counts)
     greedy = processed.argmax(dim=-1)
     if tensors.is_all_greedy:
         return greedy

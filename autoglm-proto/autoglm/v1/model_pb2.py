@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from autoglm.v1 import types_pb2 as autoglm_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61utoglm/v1/model.proto\x12\nautoglm.v1\x1a\x16\x61utoglm/v1/types.proto\"\x13\n\x11ListModelsRequest\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.autoglm.v1.Model\"\xf2\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x14\n\x0cquantization\x18\x05 \x01(\t\x12\x1a\n\x12max_context_tokens\x18\x06 \x01(\r\x12\x19\n\x11has_chat_template\x18\x07 \x01(\x08\x12-\n\x08\x64\x65\x66\x61ults\x18\x08 \x01(\x0b\x32\x1b.autoglm.v1.SamplingOptions\x12\x15\n\rready_workers\x18\t \x01(\r\x12\x15\n\rtotal_workers\x18\n \x01(\r\"\x16\n\x14GetServerInfoRequest\"\xfa\x02\n\x15GetServerInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x02 \x01(\t\x12\x15\n\rdefault_model\x18\x03 \x01(\t\x12\x15\n\rready_workers\x18\x04 \x01(\r\x12\x15\n\rtotal_workers\x18\x05 \x01(\r\x12\x17\n\x0fmax_queue_depth\x18\x06 \x01(\r\x12\x1a\n\x12reflection_enabled\x18\x07 \x01(\x08\x12\'\n\x07workers\x18\x08 \x03(\x0b\x32\x16.autoglm.v1.WorkerInfo\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x1e\n\x16prefix_caching_enabled\x18\n \x01(\x08\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x0b \x01(\x04\x12#\n\x1bworker_hang_timeout_seconds\x18\x0c \x01(\x01\x12\x1c\n\x14tensor_parallel_size\x18\x0e \x01(\r\"\x8d\x03\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\r\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.autoglm.v1.WorkerState\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x10\n\x08restarts\x18\x04 \x01(\r\x12\x1a\n\x12in_flight_requests\x18\x05 \x01(\r\x12\x11\n\tlast_exit\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x1d\n\x15kv_cache_blocks_total\x18\x08 \x01(\r\x12\x1c\n\x14kv_cache_blocks_used\x18\t \x01(\r\x12\x1b\n\x13kv_cache_block_size\x18\n \x01(\r\x12\x1d\n\x15prefix_cache_hit_rate\x18\x0b \x01(\x01\x12\r\n\x05hangs\x18\x0c \x01(\r\x12\x1b\n\x13seconds_since_heard\x18\r \x01(\x01\x12\x1c\n\x14tensor_parallel_size\x18\x0e \x01(\r\x12#\n\x05ranks\x18\x0f \x03(\x0b\x32\x14.autoglm.v1.RankInfo\"\x91\x01\n\x08RankInfo\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x14\n\x0cweight_bytes\x18\x04 \x01(\x04\x12\x1c\n\x14sharded_weight_bytes\x18\x05 \x01(\x04\x12&\n\x05state\x18\x06 \x01(\x0e\x32\x17.autoglm.v1.WorkerState*\xc9\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x1b\n\x17WORKER_STATE_RESTARTING\x10\x03\x12\x1b\n\x17WORKER_STATE_CRASH_LOOP\x10\x04\x12\x18\n\x14WORKER_STATE_STOPPED\x10\x05\x12\x15\n\x11WORKER_STATE_HUNG\x10\x06\x32\xb1\x01\n\x0cModelService\x12K\n\nListModels\x12\x1d.autoglm.v1.ListModelsRequest\x1a\x1e.autoglm.v1.ListModelsResponse\x12T\n\rGetServerInfo\x12 .autoglm.v1.GetServerInfoRequest\x1a!.autoglm.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61utoglm/v1/model.proto\x12\nautoglm.v1\x1a\x16\x61utoglm/v1/types.proto\"\x13\n\x11ListModelsRequest\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.autoglm.v1.Model\"\x83\x02\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x14\n\x0cquantization\x18\x05 \x01(\t\x12\x1a\n\x12max_context_tokens\x18\x06 \x01(\r\x12\x19\n\x11has_chat_template\x18\x07 \x01(\x08\x12-\n\x08\x64\x65\x66\x61ults\x18\x08 \x01(\x0b\x32\x1b.autoglm.v1.SamplingOptions\x12\x15\n\rready_workers\x18\t \x01(\r\x12\x15\n\rtotal_workers\x18\n \x01(\r\x12\x0f\n\x07\x61liases\x18\x0b \x03(\t\"\x16\n\x14GetServerInfoRequest\"\xfa\x02\n\x15GetServerInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x02 \x01(\t\x12\x15\n\rdefault_model\x18\x03 \x01(\t\x12\x15\n\rready_workers\x18\x04 \x01(\r\x12\x15\n\rtotal_workers\x18\x05 \x01(\r\x12\x17\n\x0fmax_queue_depth\x18\x06 \x01(\r\x12\x1a\n\x12reflection_enabled\x18\x07 \x01(\x08\x12\'\n\x07workers\x18\x08 \x03(\x0b\x32\x16.autoglm.v1.WorkerInfo\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x1e\n\x16prefix_caching_enabled\x18\n \x01(\x08\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x0b \x01(\x04\x12#\n\x1bworker_hang_timeout_seconds\x18\x0c \x01(\x01\x12\x1c\n\x14tensor_parallel_size\x18\x0e \x01(\r\"\x8d\x03\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\r\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.autoglm.v1.WorkerState\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x10\n\x08restarts\x18\x04 \x01(\r\x12\x1a\n\x12in_flight_requests\x18\x05 \x01(\r\x12\x11\n\tlast_exit\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x1d\n\x15kv_cache_blocks_total\x18\x08 \x01(\r\x12\x1c\n\x14kv_cache_blocks_used\x18\t \x01(\r\x12\x1b\n\x13kv_cache_block_size\x18\n \x01(\r\x12\x1d\n\x15prefix_cache_hit_rate\x18\x0b \x01(\x01\x12\r\n\x05hangs\x18\x0c \x01(\r\x12\x1b\n\x13seconds_since_heard\x18\r \x01(\x01\x12\x1c\n\x14tensor_parallel_size\x18\x0e \x01(\r\x12#\n\x05ranks\x18\x0f \x03(\x0b\x32\x14.autoglm.v1.RankInfo\"\x91\x01\n\x08RankInfo\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x14\n\x0cweight_bytes\x18\x04 \x01(\x04\x12\x1c\n\x14sharded_weight_bytes\x18\x05 \x01(\x04\x12&\n\x05state\x18\x06 \x01(\x0e\x32\x17.autoglm.v1.WorkerState*\xc9\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x1b\n\x17WORKER_STATE_RESTARTING\x10\x03\x12\x1b\n\x17WORKER_STATE_CRASH_LOOP\x10\x04\x12\x18\n\x14WORKER_STATE_STOPPED\x10\x05\x12\x15\n\x11WORKER_STATE_HUNG\x10\x06\x32\xb1\x01\n\x0cModelService\x12K\n\nListModels\x12\x1d.autoglm.v1.ListModelsRequest\x1a\x1e.autoglm.v1.ListModelsResponse\x12T\n\rGetServerInfo\x12 .autoglm.v1.GetServerInfoRequest\x1a!.autoglm.v1.GetServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'autoglm.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKERSTATE']._serialized_start=1339
-  _globals['_WORKERSTATE']._serialized_end=1540
+  _globals['_WORKERSTATE']._serialized_start=1356
+  _globals['_WORKERSTATE']._serialized_end=1557
   _globals['_LISTMODELSREQUEST']._serialized_start=62
   _globals['_LISTMODELSREQUEST']._serialized_end=81
   _globals['_LISTMODELSRESPONSE']._serialized_start=83
   _globals['_LISTMODELSRESPONSE']._serialized_end=138
   _globals['_MODEL']._serialized_start=141
-  _globals['_MODEL']._serialized_end=383
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=385
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=407
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=410
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=788
-  _globals['_WORKERINFO']._serialized_start=791
-  _globals['_WORKERINFO']._serialized_end=1188
-  _globals['_RANKINFO']._serialized_start=1191
-  _globals['_RANKINFO']._serialized_end=1336
-  _globals['_MODELSERVICE']._serialized_start=1543
-  _globals['_MODELSERVICE']._serialized_end=1720
+  _globals['_MODEL']._serialized_end=400
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=402
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=424
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=427
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=805
+  _globals['_WORKERINFO']._serialized_start=808
+  _globals['_WORKERINFO']._serialized_end=1205
+  _globals['_RANKINFO']._serialized_start=1208
+  _globals['_RANKINFO']._serialized_end=1353
+  _globals['_MODELSERVICE']._serialized_start=1560
+  _globals['_MODELSERVICE']._serialized_end=1737
 # @@protoc_insertion_point(module_scope)

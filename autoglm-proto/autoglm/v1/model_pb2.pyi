@@ -36,7 +36,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("id", "source", "architecture", "dtype", "quantization", "max_context_tokens", "has_chat_template", "defaults", "ready_workers", "total_workers")
+    __slots__ = ("id", "source", "architecture", "dtype", "quantization", "max_context_tokens", "has_chat_template", "defaults", "ready_workers", "total_workers", "aliases")
     ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class Model(_message.Message):
     DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     READY_WORKERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
     id: str
     source: str
     architecture: str
@@ -57,7 +58,8 @@ class Model(_message.Message):
     defaults: _types_pb2.SamplingOptions
     ready_workers: int
     total_workers: int
-    def __init__(self, id: _Optional[str] = ..., source: _Optional[str] = ..., architecture: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., defaults: _Optional[_Union[_types_pb2.SamplingOptions, _Mapping]] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ...) -> None: ...
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., source: _Optional[str] = ..., architecture: _Optional[str] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., defaults: _Optional[_Union[_types_pb2.SamplingOptions, _Mapping]] = ..., ready_workers: _Optional[int] = ..., total_workers: _Optional[int] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
