@@ -15,7 +15,8 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 LOCK=requirements.lock
 
 scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
+# Installing the tree non-editable leaves setuptools' build/ folders in it: removed with the scratch venv.
+trap 'rm -rf "$scratch" build autoglm-proto/build' EXIT
 "$PYTHON" -m venv "$scratch/venv"
 pip=("$scratch/venv/bin/python" -m pip)
 echo "resolving in a scratch venv ($("$PYTHON" --version), $TORCH_SPEC) ..."
