@@ -28,7 +28,7 @@ GO_MAPPINGS := $(foreach p,$(PROTOS:proto/%=%),--go_opt=M$(p)=$(GO_MODULE)/autog
 VERSION ?=
 
 .PHONY: install proto lint format test soak run demo-model clean bench bench-gpu bench-tracing bench-kv-cache node-deps \
-	buf release-proto go-client gpu-check gpu-wheels
+	buf release-proto go-client gpu-check gpu-wheels docs
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ $(STAMP): pyproject.toml $(STUBS)/pyproject.toml
 # tests fail when they are stale.
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I proto --python_out=$(STUBS) --grpc_python_out=$(STUBS) --pyi_out=$(STUBS) $(PROTOS)
+
+# Rewrites the generated settings reference in docs/configuration.md from the settings (a test fails when stale).
+docs: $(STAMP)
+	$(PY) -m tools.config_reference
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
