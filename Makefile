@@ -127,7 +127,7 @@ BENCH_TRACING_ARGS ?=
 bench-tracing: $(STAMP)
 	$(PY) bench/tracing_overhead.py $(BENCH_TRACING_ARGS)
 
-# Benchmarks (not part of `make test`): see README "Performance" and `python -m bench --help`.
+# Benchmarks (not part of `make test`): see docs/performance.md and `python -m bench --help`.
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 DTYPE ?= bf16
@@ -147,8 +147,8 @@ bench: $(BENCH_STAMP)
 	$(MAKE) bench-tracing
 	$(MAKE) bench-kv-cache
 
-# The paged KV cache against the slotted layout at one KV budget, and prefix caching on and off (README
-# "Paged KV cache and prefix caching"); results in bench-results/kv-cache/.
+# The paged KV cache against the slotted layout at one KV budget, and prefix caching on and off
+# (docs/performance.md, "Paged KV cache and prefix caching"); results in bench-results/kv-cache/.
 bench-kv-cache: $(STAMP)
 	$(PY) -m bench.kv_cache --threads 1 --out bench-results/kv-cache
 
@@ -158,9 +158,9 @@ bench-gpu:
 	$(PY) -m bench gpu --dtype $(DTYPE) --prompt-len $(PROMPT_LEN) --new-tokens $(NEW_TOKENS) \
 		--concurrency $(CONCURRENCY) --out $(OUT) $(BENCH_ARGS)
 
-# One prepared run on a CUDA GPU machine (README "GPU check"): install the wheels brought in $(GPU_WHEELS), the
-# gpu-marked tests, bf16 and nf4 at 1 and 256 streams, the tracing A/B; results in OUT (an OUT from the command
-# line or the environment, else bench-results/gpu-check). It installs nothing from a registry and runs the
+# One prepared run on a CUDA GPU machine (docs/performance.md, "GPU check"): install the wheels brought in
+# $(GPU_WHEELS), the gpu-marked tests, bf16 and nf4 at 1 and 256 streams, the tracing A/B; results in OUT (an OUT
+# from the command line or the environment, else bench-results/gpu-check). It installs nothing from a registry and runs the
 # machine's python3; REHEARSE=1 runs it on the CPU here with the demo model. GPU_CHECK_ARGS passes options.
 GPU_WHEELS ?= .gpu-wheels
 GPU_CHECK_ARGS ?=

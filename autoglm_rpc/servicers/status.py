@@ -1,4 +1,4 @@
-"""The one map from the error taxonomy (`autoglm_rpc.errors`) to a gRPC call status (the README's status table)."""
+"""The one map from the error taxonomy (`autoglm_rpc.errors`) to a gRPC call status (table: docs/contract.md)."""
 
 from __future__ import annotations
 
