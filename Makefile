@@ -34,7 +34,7 @@ GO_MAPPINGS := $(foreach p,$(PROTOS:proto/%=%),--go_opt=M$(p)=$(GO_MODULE)/autog
 VERSION ?=
 
 .PHONY: install lock proto lint format test soak run demo-model clean bench bench-gpu bench-tracing bench-kv-cache \
-	node-deps buf release-proto go-client gpu-check gpu-wheels
+	node-deps buf release-proto go-client gpu-check gpu-wheels docs
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ lock:
 # tests fail when they are stale.
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I proto --python_out=$(STUBS) --grpc_python_out=$(STUBS) --pyi_out=$(STUBS) $(PROTOS)
+
+# Rewrites the generated settings reference in docs/configuration.md from the settings (a test fails when stale).
+docs: $(STAMP)
+	$(PY) -m tools.config_reference
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -139,7 +143,7 @@ BENCH_TRACING_ARGS ?=
 bench-tracing: $(STAMP)
 	$(PY) bench/tracing_overhead.py $(BENCH_TRACING_ARGS)
 
-# Benchmarks (not part of `make test`): see README "Performance" and `python -m bench --help`.
+# Benchmarks (not part of `make test`): see docs/performance.md and `python -m bench --help`.
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 DTYPE ?= bf16
@@ -159,8 +163,8 @@ bench: $(BENCH_STAMP)
 	$(MAKE) bench-tracing
 	$(MAKE) bench-kv-cache
 
-# The paged KV cache against the slotted layout at one KV budget, and prefix caching on and off (README
-# "Paged KV cache and prefix caching"); results in bench-results/kv-cache/.
+# The paged KV cache against the slotted layout at one KV budget, and prefix caching on and off
+# (docs/performance.md, "Paged KV cache and prefix caching"); results in bench-results/kv-cache/.
 bench-kv-cache: $(STAMP)
 	$(PY) -m bench.kv_cache --threads 1 --out bench-results/kv-cache
 
@@ -170,9 +174,9 @@ bench-gpu:
 	$(PY) -m bench gpu --dtype $(DTYPE) --prompt-len $(PROMPT_LEN) --new-tokens $(NEW_TOKENS) \
 		--concurrency $(CONCURRENCY) --out $(OUT) $(BENCH_ARGS)
 
-# One prepared run on a CUDA GPU machine (README "GPU check"): install the wheels brought in $(GPU_WHEELS), the
-# gpu-marked tests, bf16 and nf4 at 1 and 256 streams, the tracing A/B; results in OUT (an OUT from the command
-# line or the environment, else bench-results/gpu-check). It installs nothing from a registry and runs the
+# One prepared run on a CUDA GPU machine (docs/performance.md, "GPU check"): install the wheels brought in
+# $(GPU_WHEELS), the gpu-marked tests, bf16 and nf4 at 1 and 256 streams, the tracing A/B; results in OUT (an OUT
+# from the command line or the environment, else bench-results/gpu-check). It installs nothing from a registry and runs the
 # machine's python3; REHEARSE=1 runs it on the CPU here with the demo model. GPU_CHECK_ARGS passes options.
 GPU_WHEELS ?= .gpu-wheels
 GPU_CHECK_ARGS ?=

@@ -1,4 +1,4 @@
-"""`python -m bench cpu|gpu|plot`: the benchmark's command line (see `bench/__init__.py` and the README).
+"""`python -m bench cpu|gpu|plot`: the benchmark's command line (see `bench/__init__.py` and docs/performance.md).
 
     python -m bench cpu [--concurrency 1,4,16,64] [--out bench-results/cpu]
     python -m bench gpu --dtype bf16|nf4 --prompt-len 256 --new-tokens 128 --concurrency 1,16,64,256 \\

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(report: dict[str, Any]) -> str:
-    """The report as Markdown tables, as the README shows them."""
+    """The report as Markdown tables, as docs/performance.md shows them."""
     cap = report["capacity"]
     lines = [
         f"Capacity, {cap['requests']} requests (64 prompt + 32 output tokens) at a KV budget of "

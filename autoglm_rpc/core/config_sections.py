@@ -22,8 +22,8 @@ class ServerSettings:
     http: bool = True  # serve the OpenAI-compatible HTTP API beside gRPC (--no-http: off)
     http_host: str | None = None  # default: host
     http_port: int = 8000  # 0 picks a free port (logged)
-    max_message_bytes: int = 16 * 1024 * 1024
-    reflection: bool = True
+    max_message_bytes: int = 16 * 1024 * 1024  # largest gRPC message either way and HTTP body (16 MiB)
+    reflection: bool = True  # gRPC server reflection: grpcurl and other tools need no proto files
     max_health_watchers: int = 100  # open Health/Watch streams (open without a key); more get RESOURCE_EXHAUSTED
 
 
@@ -76,7 +76,7 @@ class PoolSettings:
     """
 
     max_queue_depth: int = 256  # requests waiting beyond the running batches before QUEUE_FULL
-    worker_start_timeout: float = 600.0
+    worker_start_timeout: float = 600.0  # seconds the server waits at start for workers to load and warm up
     grace_period: float = 10.0  # seconds in-flight requests get on shutdown (the drain after SIGTERM)
     restart_backoff_initial: float = 1.0
     restart_backoff_max: float = 30.0
@@ -91,7 +91,7 @@ class PoolSettings:
 
 @dataclass(frozen=True, slots=True)
 class TelemetrySettings:
-    """Logs, metrics and traces (`telemetry.Telemetry`; see README "Observability").
+    """Logs, metrics and traces (`telemetry.Telemetry`; see docs/observability.md).
 
     Tracing is on only when an OTLP endpoint is configured here or through OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT,
     and OTEL_SDK_DISABLED=true turns it off.

@@ -1,5 +1,5 @@
-"""The one map from the error taxonomy (`autoglm_rpc.core.errors`) to a gRPC call status (the README's status
-table)."""
+"""The one map from the error taxonomy (`autoglm_rpc.core.errors`) to a gRPC call status (the table:
+docs/contract.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP API: routes over the same front end, keys, limits and telemetry as gRPC.
 
 `build_http_server(...)` assembles it (outermost first): telemetry (span, metrics, access log), API keys, body
-size and content type, then the FastAPI routes; and binds its listener. See README "OpenAI-compatible HTTP API".
+size and content type, then the FastAPI routes; and binds its listener. See docs/openai-api.md.
 """
 
 from __future__ import annotations

@@ -47,7 +47,9 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
         "--tensor-parallel-size", type=int, help="split each replica of the model across N workers (default 1)"
     )
     serve.add_argument("--collective-timeout", type=float, help="seconds a rank waits in an all-reduce (60)")
-    serve.add_argument("--device", type=str.lower, choices=[*DEVICES, "gpu"], help="default auto")
+    serve.add_argument(
+        "--device", type=str.lower, choices=[*DEVICES, "gpu"], help="auto (default): cuda when a GPU is visible"
+    )
     serve.add_argument("--dtype", choices=DTYPES, help="default auto: float32 on CPU, bfloat16 on GPU")
     serve.add_argument("--quantization", choices=QUANTIZATIONS, help="bitsandbytes quantization (GPU only)")
     serve.add_argument("--max-batch-size", type=int, help="running requests per worker (default 32)")

@@ -1,4 +1,4 @@
-"""Observability of the gateway: traces (OTLP), Prometheus metrics and structured logs. See README "Observability".
+"""Observability of the gateway: traces (OTLP), Prometheus metrics and structured logs. See docs/observability.md.
 
 `Telemetry.from_settings` takes the settings' `telemetry` section and decides once, at start, what is on: tracing
 when an OTLP endpoint is configured (see `tracing`), metrics always recorded and served when `metrics_port` is set,

@@ -1,6 +1,7 @@
-"""The README's grpcurl cheat sheet cannot rot: everything it names is found through server reflection alone,
-every JSON body parses into its method's request message, and every plaintext call it shows succeeds against a
-live server (with the reflected descriptors, as grpcurl would do it; grpcurl itself is not packaged here)."""
+"""The grpcurl cheat sheet of docs/grpc-api.md, and the README's first grpcurl call, cannot rot: everything they
+name is found through server reflection alone, every JSON body parses into its method's request message, and every
+plaintext call they show succeeds against a live server (with the reflected descriptors, as grpcurl would do it;
+grpcurl itself is not packaged here)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ import re
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from tests.doc_blocks import block, shell_commands
 from tests.support import ServerThread
 
-ROOT = Path(__file__).resolve().parents[2]
 SHEET_TARGET = "localhost:50051"
 
 
@@ -33,24 +33,11 @@ class Command:
 
 
 def sheet_text() -> str:
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(
-        r"<!-- grpcurl-cheatsheet:start -->\n```sh\n(.*?)```\n<!-- grpcurl-cheatsheet:end -->", readme, re.S
-    )
-    assert match, "the README lost its grpcurl cheat sheet markers"
-    return match.group(1)
+    return block("docs/grpc-api.md", "grpcurl-cheatsheet", "sh")
 
 
-def cheat_sheet() -> list[Command]:
-    joined = re.sub(r"\\\n\s*", " ", sheet_text())
-    logical: list[str] = []
-    for line in joined.splitlines():
-        # A -d '...' body may span lines: keep appending until the quotes balance.
-        if logical and logical[-1].count("'") % 2:
-            logical[-1] += "\n" + line
-        elif line.startswith("grpcurl "):
-            logical.append(line)
-    return [_parse(line) for line in logical]
+def cheat_sheet(text: str) -> list[Command]:
+    return [_parse(line) for line in shell_commands(text, "grpcurl")]
 
 
 def _parse(line: str) -> Command:
@@ -70,7 +57,8 @@ def _parse(line: str) -> Command:
     return command
 
 
-COMMANDS = cheat_sheet()
+SHEET = cheat_sheet(sheet_text())
+COMMANDS = SHEET + cheat_sheet(block("README.md", "quickstart-grpcurl", "sh"))
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +68,12 @@ def reflected(glm_server: ServerThread) -> Iterator[tuple[grpc.Channel, ProtoRef
 
 
 def test_the_sheet_covers_every_rpc_of_the_contract() -> None:
-    methods = {c.verb.split("/")[1] for c in COMMANDS if "/" in c.verb}
+    methods = {c.verb.split("/")[1] for c in SHEET if "/" in c.verb}
     expected = {"Generate", "GenerateStream", "CancelGeneration", "Tokenize", "ListModels", "GetServerInfo"}
     assert expected | {"Check"} <= methods
-    assert {"list", "describe"} <= {c.verb for c in COMMANDS}
-    flags = {flag for c in COMMANDS for flag in c.flags}
+    assert {"list", "describe"} <= {c.verb for c in SHEET}
+    assert len(COMMANDS) == len(SHEET) + 1  # the README's first request
+    flags = {flag for c in SHEET for flag in c.flags}
     assert {"-plaintext", "-d", "-H", "-insecure", "-cacert", "-cert", "-key", "-max-time"} <= flags
 
 

@@ -1,32 +1,25 @@
-"""The README's client service config does what it says with a real gRPC client: calls are spread over every
-server address (round_robin) and a call answered UNAVAILABLE is retried on another one."""
+"""The client service config of docs/deployment.md does what it says with a real gRPC client: calls are spread
+over every server address (round_robin) and a call answered UNAVAILABLE is retried on another one."""
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import pytest
 
 from autoglm.v1 import model_pb2
+from tests.doc_blocks import block
 
-ROOT = Path(__file__).resolve().parents[2]
 NUM_CALLS = 40
 
 
-def readme_service_config() -> dict:
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(
-        r"<!-- service-config:start -->\n```json\n(.*?)```\n<!-- service-config:end -->", readme, re.S
-    )
-    assert match, "the README lost its service config markers"
-    return json.loads(match.group(1))
+def documented_service_config() -> dict:
+    return json.loads(block("docs/deployment.md", "service-config", "json"))
 
 
 @dataclass
@@ -70,7 +63,7 @@ def backends() -> Iterator[list[tuple[Backend, int]]]:
 
 
 def test_round_robin_spreads_calls_and_retries_unavailable(backends: list[tuple[Backend, int]]) -> None:
-    config = readme_service_config()
+    config = documented_service_config()
     target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for _, port in backends)
     options = [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)]
     with grpc.insecure_channel(target, options=options) as channel:

@@ -23,7 +23,7 @@ import torch
 SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
 _ADVICE = (
     "the engine serves decoder-only causal LMs whose layers use full or sliding-window attention; serve a "
-    "checkpoint of a supported family (README, Supported models)"
+    "checkpoint of a supported family (docs/models.md, Supported models)"
 )
 
 

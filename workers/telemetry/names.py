@@ -10,7 +10,7 @@ from __future__ import annotations
 SEMCONV_VERSION = "1.37.0"
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
 
-# Span names (see README "Observability").
+# Span names (see docs/observability.md).
 REQUEST = "request"
 QUEUE = "queue"
 PREFILL = "prefill"
