@@ -4,7 +4,7 @@ The gateway sees every token, so it measures the request metrics; the workers re
 waiting requests, KV-cache use) on every `StepOutput`, and the gauges are read from those reports when Prometheus
 scrapes (`--metrics-port`, text format at `/metrics`; OpenMetrics when the scraper asks for it). Labels are
 bounded: `model` (the one served model), `worker` (0..N-1), `rank` (0..tensor_parallel_size-1), `protocol` (grpc
-or http) and `code` (a gRPC status name, or an HTTP status for http).
+or http), `code` (a gRPC status name, or an HTTP status for http) and `state` (a `WorkerState` value).
 
 Histogram buckets are the OpenTelemetry GenAI semantic conventions' (v1.37.0) for the three `gen_ai_server_*`
 metrics.
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from autoglm_rpc.pool.handle import WorkerState
 from workers.protocol import StepOutput
 
 if TYPE_CHECKING:
@@ -127,7 +128,21 @@ class GatewayMetrics:
             for family, value_of in loads:
                 family.add_metric(values, value_of(load or _IDLE))
         yield from (up, *(family for family, _ in loads), restarts)
+        yield self._worker_states()
         yield self._rank_weights()
+
+    def _worker_states(self) -> Metric:
+        """A state set: one series per worker and `WorkerState`, 1 for the state it is in and 0 for the others (so
+        a dashboard can count workers per state, and a worker's series do not vanish when it changes state)."""
+        family = GaugeMetricFamily(
+            "autoglm_worker_state", "1 for the worker's current state (starting, ready, restarting, ...), else 0.",
+            labels=["model", "worker", "state"],
+        )  # fmt: skip
+        for worker in self._pool.workers if self._pool is not None else ():
+            values = [self.model_id, str(worker.worker_id)]
+            for state in WorkerState:
+                family.add_metric([*values, state.value], float(worker.state is state))
+        return family
 
     def _rank_weights(self) -> Metric:
         """Tensor parallelism: the weight bytes each rank of each ready replica holds (none without it)."""
