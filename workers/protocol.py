@@ -191,6 +191,25 @@ class StoppingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """One image of a prompt, as the client sent it: the encoded file (PNG, JPEG or WebP), decoded and
+    preprocessed by the worker, so what crosses the pipe is the file's bytes, never float patches; and what the
+    gateway derived from its header. Its `num_tokens` image tokens stand in `Submit.prompt_ids` as one run of the
+    model's image token per image, in the order of `Submit.images`; `content_hash` (the SHA-256 hex of `data`)
+    goes into the prefix-cache key of every block holding them, so two prompts that differ only in an image never
+    share those blocks."""
+
+    data: bytes
+    media_type: str
+    num_tokens: int
+    content_hash: str
+
+    def __post_init__(self) -> None:
+        if not self.data or self.num_tokens < 1 or len(self.content_hash) != 64:
+            raise ValueError("an image needs its bytes, at least one token and a SHA-256 hex content hash")
+
+
+@dataclass(frozen=True, slots=True)
 class Submit:
     """Start generating for one request. `prompt_ids` is never empty (checked here); whether it fits the
     worker's context and vocabulary is the worker's check, since only the worker knows its cache and model."""
@@ -205,6 +224,7 @@ class Submit:
     deadline: float | None = None
     trace_carrier: dict[str, str] = field(default_factory=dict)
     capture_kernels: bool = False  # profile a step that serves this request (x-autoglm-profile: kernels)
+    images: tuple[ImageInput, ...] = ()  # in prompt order; their tokens are in prompt_ids (see ImageInput)
 
     def __post_init__(self) -> None:
         if not self.prompt_ids or self.top_logprobs < 0:
