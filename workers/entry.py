@@ -25,11 +25,7 @@ def main(conn: Connection, config: WorkerConfig) -> None:
     """
     if config.cuda_visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.cuda_visible_devices
-    # Ctrl-C reaches the whole process group; the gateway decides when workers stop (Shutdown or closing the
-    # pipe), so an interrupt must not kill a worker mid-step.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A terminate from the gateway unwinds normally, so that the spans recorded so far are flushed.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    ignore_stop_signals()
     if config.telemetry.kernel_capture != "off":
         # Without this, every step after a profiled one stays slower (CUPTI left attached; see docs/tracing.md).
         os.environ.setdefault("TEARDOWN_CUPTI", "1")
@@ -45,6 +41,18 @@ def main(conn: Connection, config: WorkerConfig) -> None:
         telemetry.shutdown()
     if exit_code != 0:
         sys.exit(exit_code)
+
+
+def ignore_stop_signals() -> None:
+    """Ignore SIGINT and SIGTERM: the gateway alone decides when a worker stops.
+
+    Ctrl-C, `kill -- -PGID`, systemd's default KillMode=control-group and some container runtimes signal every
+    process of the group at once. The gateway then drains: its requests in flight finish on the workers, which it
+    stops afterwards (`Shutdown`, or SIGKILL past the timeout). A worker that died of the same signal would cut
+    every stream. The watchdog's SIGKILL and the gateway's death (the pipe closes) still end a worker.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def configure_logging(config: WorkerConfig, process: str | None = None) -> None:

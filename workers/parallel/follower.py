@@ -17,7 +17,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
-from workers.entry import configure_logging
+from workers.entry import configure_logging, ignore_stop_signals
 from workers.protocol import WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def main(conn: Connection, config: WorkerConfig, rank: int, store_port: int) -> 
     """Run rank `rank` until told to stop (exit 0) or until it fails (exit 1, after sending `RankFailed`)."""
     parent = os.getppid()
     _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when ranks stop
+    ignore_stop_signals()  # rank 0 decides when ranks stop; a group-wide SIGTERM must not break the replica
     configure_logging(config, f"worker-{config.worker_id}-rank-{rank}")
     import torch
 
