@@ -22,7 +22,10 @@ from autoglm_rpc.config import (
     OTLP_PROTOCOLS,
     QUANTIZATIONS,
     Settings,
+    given_values,
+    setting_names,
 )
+from autoglm_rpc.config_checks import source_warnings
 from autoglm_rpc.telemetry.logs import setup_logging
 from workers.protocol import DECODE_MODES
 
@@ -194,12 +197,15 @@ def _setup_logging(level: str = "INFO", log_format: str = "text") -> None:
 def _serve(args: argparse.Namespace) -> int:
     flags = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
     try:
-        settings = Settings.from_sources(flags, config_file=args.config)
+        given = given_values(flags, os.environ, args.config)
+        settings = Settings.from_values(given)
     except ValueError as exc:
         _setup_logging()
         logger.error("invalid settings: %s", exc)
         return 2
     _setup_logging(settings.telemetry.log_level, settings.telemetry.log_format)
+    for warning in source_warnings(given, os.environ, setting_names()):
+        logger.warning("%s", warning)
     from autoglm_rpc.server import serve
     from autoglm_rpc.text.errors import CheckpointFileError
 

@@ -93,10 +93,10 @@ class App:
 
     async def start(self) -> None:
         """Start serving and spawn the workers; readiness turns SERVING when the first worker is ready."""
+        self.telemetry.start()  # first: it binds the metrics port, which may fail
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(GENERATION_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.pool.add_listener(self._on_pool_change)
-        self.telemetry.start()
         await self.server.start()
         if self.http is not None:
             self.http.start()
