@@ -62,7 +62,8 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--worker-hang-timeout",
         type=float,
-        help="seconds without progress before a worker is restarted (120; 0: off)",
+        help="seconds without progress before a worker is declared hung and restarted (default: derived per "
+        "worker, max(30, 10 x its longest engine step); 0: off)",
     )
     serve.add_argument(
         "--stream-buffer-messages", type=int, help="pending messages of an unread stream before merging (64)"

@@ -217,8 +217,10 @@ def _validate_pool(pool: PoolSettings) -> None:
     if pool.max_restarts_per_window < 0:
         raise ValueError(f"max_restarts_per_window must be 0 or more, got {pool.max_restarts_per_window}")
     _check_at_least_1(pool, "stream_buffer_messages")
-    if not pool.worker_hang_timeout >= 0:
-        raise ValueError(f"worker_hang_timeout must be 0 (off) or more, got {pool.worker_hang_timeout}")
+    if pool.worker_hang_timeout is not None and not pool.worker_hang_timeout >= 0:
+        raise ValueError(
+            f"worker_hang_timeout must be 0 (off) or more, or unset (derived), got {pool.worker_hang_timeout}"
+        )
 
 
 def _validate_limits(limits: RequestLimits) -> None:

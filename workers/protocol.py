@@ -271,10 +271,12 @@ class LoadProgress:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The worker has loaded its model and accepts `Submit`."""
+    """The worker has loaded its model and accepts `Submit`. `longest_step`: seconds of its longest engine step so
+    far (the warm-up's), which the gateway's watchdog sizes its timeout from."""
 
     worker_id: int
     model: ModelInfo
+    longest_step: float = 0.0
 
 
 @_pickled_by_position
@@ -320,6 +322,7 @@ class StepOutput:
         blocks no request holds).
     Counters since the worker started: prompt_tokens (prompt tokens of admitted requests), cached_prompt_tokens
     (those found in the prefix cache and not prefilled), preemptions (requests preempted for lack of blocks).
+    longest_step: seconds of the longest engine step the worker has run (this one included).
     """
 
     deltas: tuple[RequestDelta, ...]
@@ -331,6 +334,7 @@ class StepOutput:
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     preemptions: int = 0
+    longest_step: float = 0.0
 
 
 class FailureReason(enum.Enum):
@@ -365,10 +369,12 @@ class WorkerFailed:
 
 @dataclass(frozen=True, slots=True)
 class Pong:
-    """The answer to `Ping`, sent by the serving loop (not a helper thread), so it shows that steps progress."""
+    """The answer to `Ping`, sent by the serving loop (not a helper thread), so it shows that steps progress;
+    `longest_step` as in `StepOutput`."""
 
     worker_id: int
     sequence: int
+    longest_step: float = 0.0
 
 
 GatewayMessage = Submit | Cancel | Shutdown | Ping

@@ -85,7 +85,7 @@ def _start_engine(conn: Connection, config: WorkerConfig) -> Engine:
         conn.send(LoadProgress(worker_id=config.worker_id, stage=stage, fraction=fraction))
 
     engine, info = Engine.start(config, on_progress)
-    conn.send(Ready(worker_id=config.worker_id, model=info))
+    conn.send(Ready(worker_id=config.worker_id, model=info, longest_step=engine.longest_step))
     logger.info("worker %s ready: %s", config.worker_id, info)
     return engine
 
@@ -102,7 +102,7 @@ def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, worker_
             if isinstance(message, Submit):
                 telemetry.on_submit(message)
             if isinstance(message, Ping):  # answered here, between steps: a wedged step answers nothing
-                conn.send(Pong(worker_id, message.sequence))
+                conn.send(Pong(worker_id, message.sequence, engine.longest_step))
             if not _handle(message, engine):
                 return
             message = _get_nowait(inbox)

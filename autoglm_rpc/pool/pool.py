@@ -113,8 +113,8 @@ class WorkerPool:
         self._is_draining = False
         self._is_stopping = False
         self._has_served = False  # a worker has been ready at least once
-        hang_timeout = settings.worker_hang_timeout  # 0 turns the watchdog off
-        self.watchdog = Watchdog(hang_timeout, lambda: self._workers, self._on_hung) if hang_timeout > 0 else None
+        hang_timeout = settings.worker_hang_timeout  # None: derived from each worker's steps; 0: off
+        self.watchdog = Watchdog(hang_timeout, lambda: self._workers, self._on_hung) if hang_timeout != 0 else None
         self.fatal_error: str | None = None  # a load failure that every restart would repeat; nothing can serve
         self.observer: PoolObserver | None = None
         self.num_retried = 0  # requests moved to another worker after theirs died before any token
@@ -273,7 +273,8 @@ class WorkerPool:
         if worker.state is WorkerState.HUNG:
             return  # its requests have ended or moved; it is being killed
         if self.watchdog is not None:
-            self.watchdog.heard(worker)
+            longest = message.longest_step if isinstance(message, StepOutput | Pong | Ready) else None
+            self.watchdog.heard(worker, longest)
         match message:
             case StepOutput(deltas=deltas):
                 worker.last_step = message
@@ -351,7 +352,7 @@ class WorkerPool:
 
     def _on_hung(self, worker: WorkerHandle) -> None:
         """The watchdog found `worker` silent: end or move its requests, then kill it (its exit restarts it)."""
-        timeout = self.watchdog.timeout if self.watchdog is not None else 0.0
+        timeout = self.watchdog.timeout_for(worker) if self.watchdog is not None else 0.0
         flights = [f for f in self._in_flight.values() if f.worker is worker]
         logger.error(
             "worker %d is hung: no engine step and no answer to a liveness ping for %.0fs; killing it "
