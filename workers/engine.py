@@ -81,6 +81,10 @@ class Engine:
         """Cancelled requests end at the next step with a final CANCELLED delta; unknown ids are ignored."""
         self.scheduler.cancel(request_ids)
 
+    def withdraw(self, count: int) -> list[str]:
+        """Give back up to `count` requests not started yet (see `Scheduler.withdraw`); their ids."""
+        return self.scheduler.withdraw(count)
+
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 

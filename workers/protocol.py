@@ -4,8 +4,8 @@ This is the only module both sides import, so it uses the standard library alone
 torch and the workers must not pull in grpc. Messages carry token ids only, never text. A worker sends one
 `StepOutput` per engine step with the new tokens of every running request, never one message per token.
 
-Gateway -> worker: `Submit`, `Cancel`, `Shutdown`, `Ping`.
-Worker -> gateway: `LoadProgress`, `Ready`, `StepOutput`, `RequestFailed`, `WorkerFailed`, `Pong`.
+Gateway -> worker: `Submit`, `Cancel`, `Shutdown`, `Ping`, `Withdraw`.
+Worker -> gateway: `LoadProgress`, `Ready`, `StepOutput`, `RequestFailed`, `WorkerFailed`, `Pong`, `Withdrawn`.
 
 Times are `time.monotonic()` seconds. On Linux that clock (CLOCK_MONOTONIC) is shared by every process on the
 machine, so an absolute deadline computed in the gateway is meaningful in a worker.
@@ -218,6 +218,14 @@ class Ping:
     sequence: int
 
 
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Give back up to `count` requests the engine has not started: waiting, never admitted (a preempted request
+    has started and stays), lowest priority and newest first. The worker answers `Withdrawn`, always."""
+
+    count: int
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Worker -> gateway
 # ---------------------------------------------------------------------------------------------------------------
@@ -377,5 +385,14 @@ class Pong:
     longest_step: float = 0.0
 
 
-GatewayMessage = Submit | Cancel | Shutdown | Ping
-WorkerMessage = LoadProgress | Ready | StepOutput | RequestFailed | WorkerFailed | Pong
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """The answer to `Withdraw`: the requests taken out of the engine, which the worker will say nothing more of
+    (possibly none: every request had started)."""
+
+    worker_id: int
+    request_ids: tuple[str, ...]
+
+
+GatewayMessage = Submit | Cancel | Shutdown | Ping | Withdraw
+WorkerMessage = LoadProgress | Ready | StepOutput | RequestFailed | WorkerFailed | Pong | Withdrawn

@@ -2,8 +2,10 @@
 
 Idle, the loop blocks until the gateway sends something. Busy, it takes every message that has arrived without
 waiting, runs one engine step and sends that step's `StepOutput` (one message per step, whatever the number of
-requests in it). `Shutdown` or the pipe closing (the gateway is gone) ends the loop normally; an exception
-that escapes the engine is fatal: the worker sends `WorkerFailed` and exits non-zero.
+requests in it). `Ping` and `Withdraw` are answered between steps (`Pong`; `Withdrawn`, with the requests given
+back to the gateway because another worker became ready). `Shutdown` or the pipe closing (the gateway is gone)
+ends the loop normally; an exception that escapes the engine is fatal: the worker sends `WorkerFailed` and exits
+non-zero.
 
 A reader thread moves messages from the pipe into a queue as soon as they arrive, so the gateway's sends never
 wait on a long step: a pipe's kernel buffer is small (64 KiB on Linux) and a burst of long prompts would
@@ -30,6 +32,8 @@ from workers.protocol import (
     Ready,
     Shutdown,
     Submit,
+    Withdraw,
+    Withdrawn,
     WorkerConfig,
     WorkerFailed,
 )
@@ -103,6 +107,10 @@ def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, worker_
                 telemetry.on_submit(message)
             if isinstance(message, Ping):  # answered here, between steps: a wedged step answers nothing
                 conn.send(Pong(worker_id, message.sequence, engine.longest_step))
+            if isinstance(message, Withdraw):
+                withdrawn = tuple(engine.withdraw(message.count))
+                telemetry.on_withdrawn(withdrawn)
+                conn.send(Withdrawn(worker_id, withdrawn))
             if not _handle(message, engine):
                 return
             message = _get_nowait(inbox)
@@ -123,7 +131,7 @@ def _handle(message: GatewayMessage, engine: Engine) -> bool:
             engine.cancel(request_ids)
         case Shutdown():
             return False
-        case Ping():
+        case Ping() | Withdraw():
             pass  # answered by the serving loop
         case _:
             logger.warning("ignoring an unexpected message: %r", type(message).__name__)
