@@ -59,20 +59,24 @@ def test_sigterm_drains_then_exits_zero(tmp_path_factory: pytest.TempPathFactory
         serve.close()
 
 
-def _serve_in_own_group(tmp_path_factory: pytest.TempPathFactory, grace: str) -> ServeProcess:
+def _serve_in_own_group(
+    tmp_path_factory: pytest.TempPathFactory, grace: str, tensor_parallel_size: int = 1
+) -> ServeProcess:
     checkpoint = build_checkpoint(tmp_path_factory.mktemp("group"), DEMO_SPEC)
-    flags = ["--model", str(checkpoint), "--device", "cpu", "--workers", "1", "--worker-threads", "1"]
-    serve = ServeProcess([*flags, "--log-format", "text"], {"AUTOGLM_GRACE_PERIOD": grace}, own_group=True)
+    flags = ["--model", str(checkpoint), "--device", "cpu", "--workers", str(tensor_parallel_size)]
+    flags += ["--tensor-parallel-size", str(tensor_parallel_size), "--worker-threads", "1", "--log-format", "text"]
+    serve = ServeProcess(flags, {"AUTOGLM_GRACE_PERIOD": grace}, own_group=True)
     serve.wait_for(r"ready: 1 of 1 worker", 120)
     return serve
 
 
+@pytest.mark.parametrize("tensor_parallel_size", [1, 2], ids=["one worker", "a replica of two ranks"])
 def test_sigterm_to_the_process_group_drains_like_sigterm_to_the_gateway(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, tensor_parallel_size: int
 ) -> None:
-    """systemd's KillMode=control-group and `kill -- -PGID` signal the workers too: they ignore it, and the stream
-    in flight still finishes; then every process of the group is gone."""
-    serve = _serve_in_own_group(tmp_path_factory, "120")
+    """systemd's KillMode=control-group and `kill -- -PGID` signal the workers (and their tensor-parallel ranks)
+    too: they ignore it, and the stream in flight still finishes; then every process of the group is gone."""
+    serve = _serve_in_own_group(tmp_path_factory, "120", tensor_parallel_size)
     try:
         with Client(serve.target) as client:
             stream = client.stream("Hello", max_new_tokens=300, stopping={"ignore_eos": True}, timeout=120)
