@@ -4,8 +4,8 @@ This is the only module both sides import, so it uses the standard library alone
 torch and the workers must not pull in grpc. Messages carry token ids only, never text. A worker sends one
 `StepOutput` per engine step with the new tokens of every running request, never one message per token.
 
-Gateway -> worker: `Submit`, `Cancel`, `Shutdown`, `Ping`.
-Worker -> gateway: `LoadProgress`, `Ready`, `StepOutput`, `RequestFailed`, `WorkerFailed`, `Pong`.
+Gateway -> worker: `Submit`, `Cancel`, `Shutdown`, `Ping`, `Withdraw`.
+Worker -> gateway: `LoadProgress`, `Ready`, `StepOutput`, `RequestFailed`, `WorkerFailed`, `Pong`, `Withdrawn`.
 
 Times are `time.monotonic()` seconds. On Linux that clock (CLOCK_MONOTONIC) is shared by every process on the
 machine, so an absolute deadline computed in the gateway is meaningful in a worker.
@@ -250,6 +250,14 @@ class Ping:
     sequence: int
 
 
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Give back up to `count` requests the engine has not started: waiting, never admitted (a preempted request
+    has started and stays), lowest priority and newest first. The worker answers `Withdrawn`, always."""
+
+    count: int
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Worker -> gateway
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,10 +311,12 @@ class LoadProgress:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The worker has loaded its model and accepts `Submit`."""
+    """The worker has loaded its model and accepts `Submit`. `longest_step`: seconds of its longest engine step so
+    far (the warm-up's), which the gateway's watchdog sizes its timeout from."""
 
     worker_id: int
     model: ModelInfo
+    longest_step: float = 0.0
 
 
 @_pickled_by_position
@@ -352,6 +362,7 @@ class StepOutput:
         blocks no request holds).
     Counters since the worker started: prompt_tokens (prompt tokens of admitted requests), cached_prompt_tokens
     (those found in the prefix cache and not prefilled), preemptions (requests preempted for lack of blocks).
+    longest_step: seconds of the longest engine step the worker has run (this one included).
     """
 
     deltas: tuple[RequestDelta, ...]
@@ -363,6 +374,7 @@ class StepOutput:
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     preemptions: int = 0
+    longest_step: float = 0.0
 
 
 class FailureReason(enum.Enum):
@@ -397,11 +409,22 @@ class WorkerFailed:
 
 @dataclass(frozen=True, slots=True)
 class Pong:
-    """The answer to `Ping`, sent by the serving loop (not a helper thread), so it shows that steps progress."""
+    """The answer to `Ping`, sent by the serving loop (not a helper thread), so it shows that steps progress;
+    `longest_step` as in `StepOutput`."""
 
     worker_id: int
     sequence: int
+    longest_step: float = 0.0
 
 
-GatewayMessage = Submit | Cancel | Shutdown | Ping
-WorkerMessage = LoadProgress | Ready | StepOutput | RequestFailed | WorkerFailed | Pong
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """The answer to `Withdraw`: the requests taken out of the engine, which the worker will say nothing more of
+    (possibly none: every request had started)."""
+
+    worker_id: int
+    request_ids: tuple[str, ...]
+
+
+GatewayMessage = Submit | Cancel | Shutdown | Ping | Withdraw
+WorkerMessage = LoadProgress | Ready | StepOutput | RequestFailed | WorkerFailed | Pong | Withdrawn

@@ -82,9 +82,10 @@ class PoolSettings:
     restart_backoff_max: float = 30.0
     max_restarts_per_window: int = 5
     restart_window: float = 300.0
-    # A ready worker silent this long (no engine step, no answer to a liveness ping) is hung: killed and restarted
-    # (see autoglm_rpc/pool/watchdog.py for the sizing); 0 turns the watchdog off.
-    worker_hang_timeout: float = 120.0
+    # A ready worker silent this long (no engine step, no answer to a liveness ping) is hung: killed and restarted.
+    # None (the default) derives it per worker: max(30 s, 10 x its longest engine step), see pool/watchdog.py;
+    # seconds override that for every worker; 0 turns the watchdog off.
+    worker_hang_timeout: float | None = None
     # Worker messages a stream that is not being read may hold; past it new tokens merge into the last one.
     stream_buffer_messages: int = 64
 

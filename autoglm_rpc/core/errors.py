@@ -136,11 +136,25 @@ class NoReadyWorker(ServiceError):
 
 
 class ServerDraining(ServiceError):
-    def __init__(self) -> None:
-        super().__init__(
-            "the server is shutting down and takes no new requests",
-            Code.UNAVAILABLE,
-            "SERVER_DRAINING",
+    """The server is going away: a new request is refused, or (with `message` saying why) one in flight is cut."""
+
+    def __init__(self, message: str = "the server is shutting down and takes no new requests") -> None:
+        super().__init__(message, Code.UNAVAILABLE, "SERVER_DRAINING")
+
+    @classmethod
+    def stopped_by_second_signal(cls) -> ServerDraining:
+        """A request cut because a second SIGTERM/SIGINT ended the drain."""
+        return cls(
+            "the server was stopped by a second signal (SIGTERM or SIGINT) before this request finished; retry it "
+            "on another server"
+        )
+
+    @classmethod
+    def grace_over(cls, grace: float) -> ServerDraining:
+        """A request still running when the drain's grace period ended."""
+        return cls(
+            f"the server shut down: its drain grace period ({grace:g}s) ended before this request finished; retry "
+            "it on another server"
         )
 
 

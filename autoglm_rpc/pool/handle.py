@@ -16,6 +16,7 @@ import contextlib
 import enum
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import queue
 import signal
@@ -58,6 +59,12 @@ def describe_exit(exit_code: int | None) -> str:
     return "exited normally" if exit_code == 0 else f"exit code {exit_code}"
 
 
+def _kill_unless_reaped(pid: int, is_reaped: threading.Event) -> None:
+    if not is_reaped.is_set():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 class _Process:
     """One spawned worker process with its pipe, outbox and threads; lives from spawn to reaping."""
 
@@ -79,6 +86,10 @@ class _Process:
         self.exit_code: int | None = None
         self.is_reaped = threading.Event()  # set by the watcher once the process is joined
         self.exited = asyncio.Event()  # set on the loop once the exit has been reported
+        # Workers ignore SIGTERM (workers.signals), so multiprocessing's exit hook, which terminates daemonic
+        # children and then joins them, would wait forever on one the gateway failed to stop (it exits on EOF,
+        # and our end of the pipe is still open). A finalizer with an exit priority runs before that hook.
+        multiprocessing.util.Finalize(self, _kill_unless_reaped, args=(self.pid, self.is_reaped), exitpriority=10)
         name = f"worker-{handle.worker_id}"
         self._writer = threading.Thread(target=self._write_loop, name=f"{name}-writer", daemon=True)
         self._writer.start()
@@ -86,9 +97,7 @@ class _Process:
 
     def kill(self) -> None:
         """SIGKILL the process unless it has already been reaped (its pid could then be someone else's)."""
-        if not self.is_reaped.is_set():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+        _kill_unless_reaped(self.pid, self.is_reaped)
 
     def _watch(self, handle: WorkerHandle) -> None:
         sentinel = self.process.sentinel

@@ -14,6 +14,10 @@ exactly, since the `Submit` carries the resolved seed), so it is sent, once, to 
 worker. A request is retried at most once, and not when its caller has gone or cancelled it, or when the pool
 is stopping. The dead worker is restarted by the `Supervisor` (backoff, crash-loop detection).
 
+When a worker becomes ready, queued requests that other workers have not started yet move to it (see
+`rebalance.py`): a request is routed to a ready worker when it arrives, and moved at most when a worker becomes
+ready, before its engine admits it.
+
 A ready worker that stops making progress is found by the `Watchdog` (`watchdog.py`): it turns HUNG, its requests
 end with UNAVAILABLE / WORKER_HUNG (or are retried once, as after a crash), and it is killed; its exit then goes
 the way of any death. A worker that fails while loading with an error a restart would repeat (`WorkerFailed.
@@ -42,6 +46,7 @@ from autoglm_rpc.core.errors import (
 )
 from autoglm_rpc.pool.buffer import EventBuffer, WorkerEvent
 from autoglm_rpc.pool.handle import WorkerHandle, WorkerState
+from autoglm_rpc.pool.rebalance import withdrawals
 from autoglm_rpc.pool.supervisor import RestartPolicy, Supervisor
 from autoglm_rpc.pool.watchdog import Watchdog
 from workers.protocol import (
@@ -54,6 +59,8 @@ from workers.protocol import (
     RequestFailed,
     StepOutput,
     Submit,
+    Withdraw,
+    Withdrawn,
     WorkerConfig,
     WorkerFailed,
     WorkerMessage,
@@ -113,11 +120,12 @@ class WorkerPool:
         self._is_draining = False
         self._is_stopping = False
         self._has_served = False  # a worker has been ready at least once
-        hang_timeout = settings.worker_hang_timeout  # 0 turns the watchdog off
-        self.watchdog = Watchdog(hang_timeout, lambda: self._workers, self._on_hung) if hang_timeout > 0 else None
+        hang_timeout = settings.worker_hang_timeout  # None: derived from each worker's steps; 0: off
+        self.watchdog = Watchdog(hang_timeout, lambda: self._workers, self._on_hung) if hang_timeout != 0 else None
         self.fatal_error: str | None = None  # a load failure that every restart would repeat; nothing can serve
         self.observer: PoolObserver | None = None
         self.num_retried = 0  # requests moved to another worker after theirs died before any token
+        self.num_rerouted = 0  # queued requests moved, not yet started, to a worker that became ready
         self.num_merged = 0  # deltas merged into a pending one because their stream was not being read
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -273,7 +281,8 @@ class WorkerPool:
         if worker.state is WorkerState.HUNG:
             return  # its requests have ended or moved; it is being killed
         if self.watchdog is not None:
-            self.watchdog.heard(worker)
+            longest = message.longest_step if isinstance(message, StepOutput | Pong | Ready) else None
+            self.watchdog.heard(worker, longest)
         match message:
             case StepOutput(deltas=deltas):
                 worker.last_step = message
@@ -297,6 +306,9 @@ class WorkerPool:
                     model.quantization, model.device, model.max_context_tokens,
                 )  # fmt: skip
                 self._notify()
+                self._rebalance(worker)
+            case Withdrawn(request_ids=request_ids):
+                self._reroute(worker, request_ids)
             case WorkerFailed(message=text, will_repeat=will_repeat):
                 # The process exits right after this; its exit decides what happens next.
                 logger.error("worker %d failed: %s", worker.worker_id, text)
@@ -351,7 +363,7 @@ class WorkerPool:
 
     def _on_hung(self, worker: WorkerHandle) -> None:
         """The watchdog found `worker` silent: end or move its requests, then kill it (its exit restarts it)."""
-        timeout = self.watchdog.timeout if self.watchdog is not None else 0.0
+        timeout = self.watchdog.timeout_for(worker) if self.watchdog is not None else 0.0
         flights = [f for f in self._in_flight.values() if f.worker is worker]
         logger.error(
             "worker %d is hung: no engine step and no answer to a liveness ping for %.0fs; killing it "
@@ -375,17 +387,51 @@ class WorkerPool:
         if self._is_stopping or not ready:
             return False
         dead = flight.worker
-        flight.worker = self._least_loaded(ready)
         flight.was_retried = True
-        dead.num_in_flight -= 1
-        flight.worker.num_in_flight += 1
-        flight.worker.send(flight.submit)
+        self._move(flight, self._least_loaded(ready))
         self.num_retried += 1
         logger.warning(
             "request %s: worker %d died before its first token; retrying it on worker %d",
             flight.request_id, dead.worker_id, flight.worker.worker_id,
         )  # fmt: skip
         return True
+
+    def _rebalance(self, new: WorkerHandle) -> None:
+        """`new` just became ready: ask the others to give back the queued work above an even share."""
+        if self._is_draining or self._is_stopping:
+            return
+        for worker, count in withdrawals([w for w in self._workers if w.is_ready], new):
+            worker.send(Withdraw(count))
+
+    def _reroute(self, worker: WorkerHandle, request_ids: tuple[str, ...]) -> None:
+        """Route what `worker` gave back unstarted (`Withdrawn`) as new arrivals, to the least-loaded ready worker
+        (possibly `worker` again); a cancelled request goes too, with its Cancel, and ends there CANCELLED."""
+        ready = [w for w in self._workers if w.is_ready]
+        moved = 0
+        for request_id in request_ids:
+            flight = self._in_flight.get(request_id)
+            if flight is None or flight.worker is not worker:
+                continue
+            if not flight.is_listening or self._is_stopping or not ready:
+                # Nobody waits for it any more, or it has nowhere to go: it ends here, never started.
+                error = ServerDraining() if self._is_stopping else NoReadyWorker("no worker is ready to take it")
+                self._deliver(request_id, error, is_last=True)
+                continue
+            self._move(flight, self._least_loaded(ready))
+            if flight.is_cancelling:
+                flight.worker.send(Cancel((request_id,)))
+            moved += flight.worker is not worker
+        self.num_rerouted += moved
+        if moved:
+            logger.info("moved %d queued request(s) from worker %d to a worker that became ready", moved,
+                        worker.worker_id)  # fmt: skip
+
+    def _move(self, flight: InFlight, target: WorkerHandle) -> None:
+        """Send `flight` to `target`, counted there from now on (its old worker has forgotten it, or died)."""
+        flight.worker.num_in_flight -= 1
+        flight.worker = target
+        target.num_in_flight += 1
+        target.send(flight.submit)
 
     def _restart(self, worker: WorkerHandle) -> None:
         if self.observer is not None:

@@ -2,9 +2,10 @@
 
 With `tls_client_ca`, a client must present a certificate signed by that CA or the handshake fails (the call
 never reaches the server's code). Files are read once at start; a missing or non-PEM file stops the server with a
-message naming the setting, and so does a key that is not the certificate's (checked here, because grpc would
-only say "Failed to bind to address"). A server certificate that has expired, or is not valid yet, is logged as
-an error at start: clients will refuse it, but the operator may be rotating it, so the server still starts.
+message naming the setting, and so does a file whose PEM does not parse or a key that is not the certificate's
+(checked here, because grpc would only say "Failed to bind to address"). A server certificate that has expired,
+or is not valid yet, is logged as an error at start: clients will refuse it, but the operator may be rotating
+it, so the server still starts.
 """
 
 from __future__ import annotations
@@ -29,13 +30,41 @@ def _read_pem(setting: str, path: str, marker: str) -> bytes:
     return data
 
 
+def _parse_certificates(setting: str, path: str, data: bytes) -> None:
+    """Raise ValueError naming `setting` unless `data` parses as PEM certificates (grpc would fail the bind)."""
+    from cryptography import x509  # only with TLS configured
+
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"{setting}: {path} holds no valid PEM certificate (its contents do not parse)") from None
+
+
+def _parse_private_key(path: str, data: bytes) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # encrypted: grpc takes no passphrase
+        raise ValueError(f"tls_key: {path} is encrypted; give the key unencrypted") from None
+    except ValueError:
+        raise ValueError(f"tls_key: {path} holds no valid PEM private key (its contents do not parse)") from None
+
+
 def server_credentials(cert: str, key: str, client_ca: str | None = None) -> grpc.ServerCredentials:
-    """Credentials for `add_secure_port`; client certificates are required exactly when `client_ca` is set."""
+    """Credentials for `add_secure_port`; client certificates are required exactly when `client_ca` is set.
+
+    Each file is parsed here, so that what is wrong is said of the setting that holds it: grpc would report any
+    of them as a failure to bind the port, and `ssl` a garbled certificate as a key that does not match it."""
     chain = _read_pem("tls_cert", cert, "CERTIFICATE")
+    _parse_certificates("tls_cert", cert, chain)
     private_key = _read_pem("tls_key", key, "PRIVATE KEY")
+    _parse_private_key(key, private_key)
     check_key_matches(cert, key)
     warn_if_expired(chain)
     roots = None if client_ca is None else _read_pem("tls_client_ca", client_ca, "CERTIFICATE")
+    if roots is not None:
+        _parse_certificates("tls_client_ca", client_ca, roots)
     return grpc.ssl_server_credentials(
         [(private_key, chain)], root_certificates=roots, require_client_auth=roots is not None
     )

@@ -22,7 +22,10 @@ from autoglm_rpc.startup.config import (
     LOG_FORMATS,
     QUANTIZATIONS,
     Settings,
+    given_values,
+    setting_names,
 )
+from autoglm_rpc.startup.config_checks import source_warnings
 from autoglm_rpc.telemetry.logs import setup_logging
 from workers.protocol import DECODE_MODES
 
@@ -67,7 +70,8 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--worker-hang-timeout",
         type=float,
-        help="seconds without progress before a worker is restarted (120; 0: off)",
+        help="seconds without progress before a worker is declared hung and restarted (default: derived per "
+        "worker, max(30, 10 x its longest engine step); 0: off)",
     )
     serve.add_argument(
         "--stream-buffer-messages", type=int, help="pending messages of an unread stream before merging (64)"
@@ -202,12 +206,15 @@ def _setup_logging(level: str = "INFO", log_format: str = "text") -> None:
 def _serve(args: argparse.Namespace) -> int:
     flags = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
     try:
-        settings = Settings.from_sources(flags, config_file=args.config)
+        given = given_values(flags, os.environ, args.config)
+        settings = Settings.from_values(given)
     except ValueError as exc:
         _setup_logging()
         logger.error("invalid settings: %s", exc)
         return 2
     _setup_logging(settings.telemetry.log_level, settings.telemetry.log_format)
+    for warning in source_warnings(given, os.environ, setting_names()):
+        logger.warning("%s", warning)
     from autoglm_rpc.startup.server import serve
     from autoglm_rpc.text.errors import CheckpointFileError
 

@@ -39,6 +39,7 @@ from autoglm_rpc.core.config_sections import (
     TelemetrySettings,
 )
 from autoglm_rpc.core.requests import MAX_MODEL_NAME_CHARS, RequestLimits
+from autoglm_rpc.startup.config_checks import check_listeners
 from workers.protocol import DECODE_MODES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -113,25 +114,18 @@ class Settings:
         config_file: str | Path | None = None,
     ) -> Settings:
         """Merge file, aliases, `AUTOGLM_*` and flags (None values in `flags` mean "not given"); validate."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        config_file = config_file or environ.get("AUTOGLM_CONFIG")
-        if config_file:
-            values.update(_read_file(Path(config_file)))
-        for alias, name in ALIASES.items():
-            if alias in environ:
-                values[name] = environ[alias]
-        for name in SECTION_OF:
-            env_name = f"AUTOGLM_{name.upper()}"
-            if env_name in environ:
-                values[name] = environ[env_name]
-        values.update({k: v for k, v in (flags or {}).items() if v is not None})
+        return cls.from_values(given_values(flags, environ, config_file))
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Settings:
+        """Settings from flat names to values, typed or as the environment spells them (see `given_values`)."""
         settings = cls(**{name: _coerce(name, value) for name, value in values.items()})
         settings.validate()
         return settings
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
+        check_listeners(self)
         _validate_server(self.server)
         _validate_checkpoint(self.checkpoint)
         _validate_engine(self.engine)
@@ -139,6 +133,29 @@ class Settings:
         _validate_limits(self.limits)
         _validate_telemetry(self.telemetry)
         _validate_security(self.security)
+
+
+def given_values(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> dict[str, Any]:
+    """The settings some source gives, by flat name, before conversion: the file, then the aliases, `AUTOGLM_*`
+    and the flags, each over the one before (None values in `flags` mean "not given")."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = config_file or environ.get("AUTOGLM_CONFIG")
+    if config_file:
+        values.update(_read_file(Path(config_file)))
+    for alias, name in ALIASES.items():
+        if alias in environ:
+            values[name] = environ[alias]
+    for name in SECTION_OF:
+        env_name = f"AUTOGLM_{name.upper()}"
+        if env_name in environ:
+            values[name] = environ[env_name]
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return values
 
 
 def setting_names() -> list[str]:
@@ -214,8 +231,10 @@ def _validate_pool(pool: PoolSettings) -> None:
     if pool.max_restarts_per_window < 0:
         raise ValueError(f"max_restarts_per_window must be 0 or more, got {pool.max_restarts_per_window}")
     _check_at_least_1(pool, "stream_buffer_messages")
-    if not pool.worker_hang_timeout >= 0:
-        raise ValueError(f"worker_hang_timeout must be 0 (off) or more, got {pool.worker_hang_timeout}")
+    if pool.worker_hang_timeout is not None and not pool.worker_hang_timeout >= 0:
+        raise ValueError(
+            f"worker_hang_timeout must be 0 (off) or more, or unset (derived), got {pool.worker_hang_timeout}"
+        )
 
 
 def _validate_limits(limits: RequestLimits) -> None:

@@ -8,15 +8,15 @@ worker is ready and the server is not draining).
 
 Shutdown is a drain (`App.stop`): readiness turns NOT_SERVING first, new generation calls get UNAVAILABLE /
 SERVER_DRAINING (HTTP: 503), the requests in flight get `grace_period` seconds to finish (those still running then
-end with SERVER_DRAINING), then the gRPC and HTTP servers stop and the workers shut down. A second
-SIGINT/SIGTERM cuts the grace short.
+end with SERVER_DRAINING, saying so), then the gRPC and HTTP servers stop and the workers shut down. A second
+SIGINT/SIGTERM cuts the grace short; its requests end SERVER_DRAINING saying the server was stopped by a second
+signal. The workers ignore both signals, so one sent to the whole process group drains the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,7 @@ from autoglm_rpc.startup import binding
 from autoglm_rpc.startup.config import Settings
 from autoglm_rpc.startup.devices import plan_workers
 from autoglm_rpc.startup.model_source import resolve_model_source, served_model_names
+from autoglm_rpc.startup.stop_signals import StopSignals
 from autoglm_rpc.telemetry import Telemetry
 from autoglm_rpc.text.checkpoint import read_checkpoint_facts
 from autoglm_rpc.text.tokenizer import TextTokenizer
@@ -93,10 +94,10 @@ class App:
 
     async def start(self) -> None:
         """Start serving and spawn the workers; readiness turns SERVING when the first worker is ready."""
+        self.telemetry.start()  # first: it binds the metrics port, which may fail
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(GENERATION_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.pool.add_listener(self._on_pool_change)
-        self.telemetry.start()
         await self.server.start()
         if self.http is not None:
             self.http.start()
@@ -136,14 +137,17 @@ class App:
             idle.cancel()
             cut.cancel()
         if self.frontend.num_active:
-            num_failed = self.pool.fail_all(ServerDraining())
+            by_signal = self._cut_drain.is_set()
+            error = ServerDraining.stopped_by_second_signal() if by_signal else ServerDraining.grace_over(grace)
+            why = "a second signal ended the drain" if by_signal else f"drain grace over ({grace:g}s)"
+            num_failed = self.pool.fail_all(error)
             logger.warning(
-                "drain grace over: %d call(s) still open; %d request(s) in the workers end with SERVER_DRAINING",
-                self.frontend.num_active, num_failed,
+                "%s: %d call(s) still open; %d request(s) in the workers end with SERVER_DRAINING",
+                why, self.frontend.num_active, num_failed,
             )  # fmt: skip
 
     def cut_drain(self) -> None:
-        """End a drain in progress now (a second SIGTERM)."""
+        """End a drain in progress now (a second SIGTERM): what is still running is cut, saying so."""
         self._cut_drain.set()
 
     def _on_pool_change(self) -> None:
@@ -271,34 +275,15 @@ def _generation_handlers(servicer: GenerationServicer) -> grpc.GenericRpcHandler
 
 
 async def run(settings: Settings) -> int:
-    """Serve until SIGINT or SIGTERM; return the process exit code."""
+    """Serve until SIGINT or SIGTERM (see `stop_signals`); return the process exit code."""
     app = build_app(settings)
-    await app.start()
-    logger.info(
-        "autoglm-rpc listening on %s:%d, serving %s from %s (%d worker(s))",
-        settings.server.host, app.port, app.frontend.model.model_id, app.frontend.model.source,
-        app.pool.num_workers,
-    )  # fmt: skip
-    if app.http is not None:
-        scheme = "https" if app.http.is_tls else "http"
-        logger.info(
-            "OpenAI-compatible HTTP API on %s://%s:%d/v1 (docs at /docs)",
-            scheme, settings.server.http_host or settings.server.host, app.http.port,
-        )  # fmt: skip
-    stop = asyncio.Event()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            logger.warning("second signal: ending the drain now")
-            app.cut_drain()
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal)
+    signals = StopSignals(app.cut_drain)
+    signals.install(asyncio.get_running_loop())
     try:
+        await app.start()
+        _log_listening(app)
         ready = asyncio.create_task(app.wait_until_ready())
-        stopped = asyncio.create_task(stop.wait())
+        stopped = asyncio.create_task(signals.stopped.wait())
         await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done() and ready.exception() is None:
             logger.info("ready: %d of %d worker(s) serving", app.pool.num_ready, app.pool.num_workers)
@@ -311,6 +296,20 @@ async def run(settings: Settings) -> int:
         return 0
     finally:
         await app.stop()
+
+
+def _log_listening(app: App) -> None:
+    server = app.settings.server
+    logger.info(
+        "autoglm-rpc listening on %s:%d, serving %s from %s (%d worker(s))",
+        server.host, app.port, app.frontend.model.model_id, app.frontend.model.source, app.pool.num_workers,
+    )  # fmt: skip
+    if app.http is not None:
+        scheme = "https" if app.http.is_tls else "http"
+        logger.info(
+            "OpenAI-compatible HTTP API on %s://%s:%d/v1 (docs at /docs)",
+            scheme, server.http_host or server.host, app.http.port,
+        )  # fmt: skip
 
 
 def serve(settings: Settings) -> int:

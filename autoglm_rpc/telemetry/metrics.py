@@ -13,6 +13,7 @@ metrics.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -100,8 +101,19 @@ class GatewayMetrics:
     # -- exposition ---------------------------------------------------------------------------------------------
 
     def start_server(self, host: str, port: int) -> int:
-        """Serve `/metrics` on a daemon thread; return the bound port (port 0 picks a free one)."""
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        """Serve `/metrics` on a daemon thread; return the bound port (port 0 picks a free one). OSError naming
+        the setting when the port cannot be bound."""
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:  # said as the gRPC and HTTP ports' refusals say it
+                message = (
+                    f"metrics: port {port} on {host} is in use; stop what listens there or pick another "
+                    "--metrics-port"
+                )
+            else:
+                message = f"metrics: could not bind {host}:{port}: {exc.strerror or exc}"
+            raise OSError(exc.errno, message) from None
         bound = self._server.server_address[1]
         logger.info("metrics at http://%s:%d/metrics", host, bound)
         return bound

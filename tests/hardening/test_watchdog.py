@@ -15,6 +15,7 @@ import pytest
 
 from autoglm.v1 import model_pb2
 from autoglm_rpc.client import AutoglmError, Client
+from autoglm_rpc.pool.watchdog import HANG_FLOOR, HANG_STEP_MULTIPLE
 from tests.support import ServerThread, server_settings, wait_for_info
 
 HANG_TIMEOUT = 4.0
@@ -104,3 +105,18 @@ def test_a_request_that_got_nothing_from_a_hung_worker_is_retried_on_another(glm
             assert wait_for_info(client, lambda i: i.workers[0].hangs == 1, 60).workers[1].hangs == 0
     finally:
         server.stop()
+
+
+def test_by_default_each_worker_gets_a_timeout_derived_from_its_steps(glm_server: ServerThread) -> None:
+    """The tiny model's steps take milliseconds, so the 30 s floor applies; each worker's longest step (its
+    warm-up's full step at least) was reported before it served."""
+    assert glm_server.settings.worker_hang_timeout is None
+    with glm_server.client() as client:
+        ready = model_pb2.WORKER_STATE_READY
+        wait_for_info(client, lambda i: all(w.state == ready for w in i.workers), 120)
+        assert client.generate("Hello", max_new_tokens=4, timeout=60).usage.completion_tokens == 4
+        info = client.server_info(timeout=10)
+    assert info.worker_hang_timeout_seconds == HANG_FLOOR
+    pool = glm_server.app.pool
+    steps = glm_server.call(lambda: [pool.watchdog.longest_step(w) for w in pool.workers])
+    assert all(0 < step < HANG_FLOOR / HANG_STEP_MULTIPLE for step in steps), steps

@@ -21,6 +21,7 @@ WEB_FRAMEWORK = ("fastapi", "starlette", "uvicorn")
 # The workers' layers, lowest first: a module imports modules of its own layer or of lower ones, never higher.
 WORKER_LAYERS = (
     "workers.protocol",  # the typed pipe messages (standard library only)
+    "workers.signals",  # the worker processes' signal policy (standard library only)
     "workers.telemetry",  # spans, logs, the step probe
     "workers.kv",  # the paged KV cache and the attention over it
     "workers.model",  # checkpoints: loading, what the engine supports, manifests

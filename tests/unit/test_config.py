@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_rpc.startup.config import Settings
+from autoglm_rpc.startup.config import Settings, given_values, setting_names
+from autoglm_rpc.startup.config_checks import source_warnings
 
 
 def test_defaults_are_valid() -> None:
@@ -20,8 +21,8 @@ def test_precedence_flags_over_env_over_aliases_over_file(tmp_path: Path) -> Non
     config = tmp_path / "autoglm.toml"
     config.write_text('max_batch_size = 4\nport = 6000\nmodel = "/file"\ndevice = "cpu"\n')
     environ = {"BATCH_SIZE": "8", "AUTOGLM_PORT": "7000", "MODEL_PATH": "/alias", "AUTOGLM_MODEL": "/env"}
-    settings = Settings.from_sources({"port": 8000, "host": None}, environ=environ, config_file=config)
-    assert settings.port == 8000  # flag
+    settings = Settings.from_sources({"port": 8100, "host": None}, environ=environ, config_file=config)
+    assert settings.port == 8100  # flag
     assert settings.model == "/env"  # AUTOGLM_* beats the alias
     assert settings.max_batch_size == 8  # alias beats the file
     assert settings.device == "cpu"  # file beats the default
@@ -129,3 +130,24 @@ def test_served_model_names_from_flags_environment_and_file(tmp_path: Path) -> N
     config.write_text("served_model_name = [1, 2]\n")
     with pytest.raises(ValueError, match="served_model_name must be a list of strings"):
         Settings.from_sources({}, environ={}, config_file=config)
+
+
+def test_two_listeners_on_one_port_are_refused_unless_their_addresses_differ() -> None:
+    with pytest.raises(ValueError, match="metrics_port 9000 is also http_port"):
+        Settings.from_sources({"http_port": 9000, "metrics_port": 9000}, environ={})
+    with pytest.raises(ValueError, match="http_port 9000 is also port"):
+        Settings.from_sources({"port": 9000, "http_port": 9000, "http_host": "0.0.0.0"}, environ={})
+    apart = {"port": 9000, "http_port": 9000, "http_host": "10.0.0.1", "metrics_port": 0, "http": True}
+    assert Settings.from_sources(apart, environ={}).http_port == 9000  # two addresses: no overlap
+    assert Settings.from_sources({"port": 9000, "http_port": 9000, "http": False}, environ={}).port == 9000
+
+
+def test_what_is_given_without_effect_is_warned_of() -> None:
+    environ = {"AUTOGLM_GRACE": "5", "AUTOGLM_PORT": "1", "AUTOGLM_CONFIG": "", "AUTOGLM_RPC_PORT": "tcp://x"}
+    given = given_values({"http": False}, environ={"AUTOGLM_HTTP_HOST": "0.0.0.0"})
+    warnings = source_warnings(given, environ, setting_names())
+    assert warnings == [
+        "AUTOGLM_GRACE is not a setting and is ignored (did you mean AUTOGLM_GRACE_PERIOD?)",
+        "http_host is set but the HTTP API is off (http false, --no-http): it is ignored",
+    ]
+    assert source_warnings(given_values({}, environ={"AUTOGLM_HTTP": "off"}), {}, setting_names()) == []

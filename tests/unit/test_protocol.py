@@ -37,7 +37,9 @@ MESSAGES = [
     p.WorkerFailed(1, "could not load"),
     p.WorkerFailed(1, "config.json: unsupported", will_repeat=True),
     p.Ping(7),
-    p.Pong(1, 7),
+    p.Pong(1, 7, longest_step=0.25),
+    p.Withdraw(3),
+    p.Withdrawn(1, ("r4", "r5")),
     p.WorkerConfig(worker_id=0, model_path="/m", model_id="m"),
 ]
 

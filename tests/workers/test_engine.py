@@ -199,3 +199,27 @@ def test_chunks_are_grouped_longest_first_with_bounded_padding():
     groups = [[len(chunk.token_ids) for chunk in group] for group in group_chunks(chunks)]
     assert groups == [[100, 97, 90], [10, 8], [3]]
     assert group_chunks([]) == []
+
+
+def test_the_warm_up_runs_a_full_step_and_times_every_step(make_engine, submit, monkeypatch):
+    """The warm-up's prompt fills one step's token budget, so the longest prefill step is timed before the worker
+    is ready (the gateway's watchdog sizes its timeout from it); its tokens are not counted as served."""
+    from workers.engine.scheduler import Scheduler
+
+    schedule, prefilled = Scheduler.schedule, []
+
+    def recording(scheduler, now):
+        batch = schedule(scheduler, now)
+        prefilled.append(sum(len(chunk.token_ids) for chunk in batch.prefills))
+        return batch
+
+    monkeypatch.setattr(Scheduler, "schedule", recording)
+    engine = make_engine(max_num_batched_tokens=16)
+    assert prefilled[0] == 16  # the whole budget in the warm-up's first step
+    warmed = engine.longest_step
+    assert warmed > 0 and engine.scheduler.stats.num_prompt_tokens == 0
+    engine.add(submit("r", (3, 4, 5), max_new_tokens=2))
+    while engine.has_work():
+        output = engine.step()
+    assert output.longest_step == engine.longest_step >= warmed
+    assert engine.scheduler.stats.num_prompt_tokens == 3

@@ -90,6 +90,23 @@ def test_priority_first_then_first_come_first_served() -> None:
     assert order == ["high", "n1", "n2", "low"]
 
 
+def test_withdraw_gives_back_only_requests_never_admitted_lowest_priority_and_newest_first() -> None:
+    scheduler = Scheduler(max_batch_size=1, max_seq_len=512, max_num_batched_tokens=16)
+    scheduler.add(make_seq("low", 2, priority=Priority.LOW))
+    started = make_seq("started", 2)
+    scheduler.add(started)
+    run_step(scheduler)  # admits "started", which gets its first token ("low" waits)
+    scheduler._preempt(started)  # back in the queue, but it was admitted and has a token: it stays
+    for request_id, priority in [("high", Priority.HIGH), ("n1", Priority.NORMAL), ("n2", Priority.NORMAL)]:
+        scheduler.add(make_seq(request_id, 2, priority=priority))
+    scheduler.add(make_seq("cancelled", 2, priority=Priority.LOW))
+    scheduler.cancel(["cancelled"])  # leaves at the next step with its CANCELLED finish, from here
+    assert scheduler.withdraw(3) == ["low", "n2", "n1"]
+    assert [seq.request_id for seq in scheduler.waiting] == ["high", "started", "cancelled"]
+    assert set(scheduler.requests) == {"high", "started", "cancelled"}
+    assert scheduler.withdraw(5) == ["high"] and scheduler.withdraw(5) == []
+
+
 def test_slots_are_exclusive_and_reused_after_finish() -> None:
     scheduler = Scheduler(max_batch_size=2, max_seq_len=512, max_num_batched_tokens=16)
     first, second, third = make_seq("a", 2, max_new_tokens=1), make_seq("b", 2, max_new_tokens=3), make_seq("c", 2)

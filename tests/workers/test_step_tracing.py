@@ -70,3 +70,13 @@ def test_unsampled_and_untraced_requests_get_no_span(make_engine) -> None:
     first = replace(make_submit("a", (5, 6), max_new_tokens=2), trace_carrier=unsampled)
     _run(engine, requests, steps, [first, make_submit("b", (5, 6), max_new_tokens=2)])
     assert exporter.get_finished_spans() == ()
+
+
+def test_a_request_given_back_unstarted_ends_its_span_saying_so() -> None:
+    exporter, requests, _, tracer = _tracing(TelemetryConfig(step_sample_ratio=0.0, kernel_capture="off"))
+    requests.start(replace(make_submit("moved", (5, 6), max_new_tokens=2), trace_carrier=_carrier(tracer)))
+    requests.close(("moved", "unknown"), "moved to another worker before it started")
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "request"]
+    assert [event.name for event in span.events] == ["moved to another worker before it started"]
+    requests.close_all("worker stopped")  # nothing left open: no second end
+    assert len([s for s in exporter.get_finished_spans() if s.name == "request"]) == 1

@@ -18,7 +18,7 @@ from workers.engine.runner import ModelRunner, RunnerOutput
 from workers.engine.scheduler import Scheduler
 from workers.engine.sequence import ScheduledBatch, Sequence
 from workers.engine.static_decode import resolve_decode_mode
-from workers.kv.blocks import BlockPool
+from workers.kv.blocks import BlockPool, PrefixStats
 from workers.protocol import (
     FailureReason,
     RequestDelta,
@@ -45,6 +45,7 @@ class Engine:
         self.scheduler = scheduler
         self.vocab_size = runner.vocab_size
         self._failures: list[RequestFailed] = []
+        self.longest_step = 0.0  # seconds of the longest step so far (warm-up included): the watchdog's yardstick
         # Sees the phases of a step; a no-op except on the steps that `workers.telemetry` traces.
         self.probe: StepProbe = NULL_PROBE
 
@@ -73,6 +74,10 @@ class Engine:
         """Cancelled requests end at the next step with a final CANCELLED delta; unknown ids are ignored."""
         self.scheduler.cancel(request_ids)
 
+    def withdraw(self, count: int) -> list[str]:
+        """Give back up to `count` requests not started yet (see `Scheduler.withdraw`); their ids."""
+        return self.scheduler.withdraw(count)
+
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
@@ -83,20 +88,30 @@ class Engine:
 
     def step(self) -> StepOutput:
         """Schedule, run the model, sample, finish what must stop, and return every request's new tokens."""
-        batch = self.scheduler.schedule(time.monotonic())
+        start = time.monotonic()
+        batch = self.scheduler.schedule(start)
         self.probe.scheduled(batch)
         output = self.runner.execute(batch) if batch.has_model_work else RunnerOutput()
         self.probe.executed()
         self._fail_requests(output.failed)
-        self.scheduler.postprocess(batch, zip(output.rows, output.token_ids, strict=True), time.monotonic())
+        end = time.monotonic()
+        self.scheduler.postprocess(batch, zip(output.rows, output.token_ids, strict=True), end)
+        self.longest_step = max(self.longest_step, end - start)
         return self._collect(batch, output)
 
     def warm_up(self) -> None:
-        """Run one tiny request through every stage so a broken model fails before the worker reports Ready."""
+        """Run one request through every stage so a broken model fails before the worker reports Ready.
+
+        Its prompt fills a whole step's token budget (as far as the context allows): the longest prefill step a
+        worker runs is then measured before it serves (`longest_step`, which the gateway's watchdog sizes its
+        timeout from), and the memory a full step needs is used once. Its prompt tokens are not counted in the
+        worker's statistics."""
+        scheduler = self.scheduler
+        num_prompt_tokens = max(2, min(scheduler.max_num_batched_tokens, scheduler.max_seq_len - 3))
         self.add(
             Submit(
                 request_id="__warmup__",
-                prompt_ids=(0, 0),
+                prompt_ids=(0,) * num_prompt_tokens,
                 sampling=SamplingParams(),
                 stopping=StoppingParams(max_new_tokens=2, ignore_eos=True),
             )
@@ -106,6 +121,7 @@ class Engine:
         failures = self.pop_failures()
         if failures:
             raise RuntimeError(f"warm-up request failed: {failures[0].message}")
+        scheduler.stats = PrefixStats()
         self.runner.capture_graphs()
 
     def _collect(self, batch: ScheduledBatch, output: RunnerOutput) -> StepOutput:
@@ -131,6 +147,7 @@ class Engine:
             prompt_tokens=stats.num_prompt_tokens,
             cached_prompt_tokens=stats.num_cached_tokens,
             preemptions=stats.num_preemptions,
+            longest_step=self.longest_step,
         )
 
     def _fail_requests(self, failed: list[tuple[Sequence, BaseException]]) -> None:

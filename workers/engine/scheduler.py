@@ -120,6 +120,19 @@ class Scheduler:
             if seq is not None:
                 seq.is_cancelled = True
 
+    def withdraw(self, count: int) -> list[str]:
+        """Take up to `count` requests that were never admitted out of the waiting queue, from its tail (lowest
+        priority, newest first), and return their ids; they leave without a finish (the gateway routes them to
+        another worker). A preempted request was admitted once, has produced tokens, and stays."""
+        never_admitted = [
+            s for s in reversed(self._waiting) if s.first_scheduled_time is None and not s.is_cancelled
+        ]
+        taken = never_admitted[: max(count, 0)]
+        for seq in taken:
+            self._waiting.remove(seq)
+            del self.requests[seq.request_id]
+        return [seq.request_id for seq in taken]
+
     def abort(self, seq: Sequence) -> None:
         """Remove a request that failed, without a finish reason, and free its blocks."""
         if seq.status is SequenceStatus.WAITING:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import warnings
@@ -23,7 +24,7 @@ from workers.kv.attention import ATTENTION_NAME, register_attention
 from workers.kv.blocks import blocks_for
 from workers.kv.cache import CacheSpec, PagedKVCache, blocks_that_fit
 from workers.model.manifest import verify_checkpoint
-from workers.model.support import check_supported
+from workers.model.support import check_causal_lm, check_supported
 from workers.protocol import ModelInfo, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,17 @@ def model_info(
         prefix_caching=config.enable_prefix_caching,
         ranks=ranks,
     )
+
+
+def check_declared_model(config: WorkerConfig) -> None:
+    """Refuse a checkpoint that is no causal LM from its config.json alone, before any file is hashed or weight
+    read (`model_support.check_causal_lm`). A config.json that cannot be read is left to transformers to report."""
+    try:
+        declared = json.loads((Path(config.model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(declared, dict):
+        check_causal_lm(declared, config.trust_remote_code)
 
 
 def check_checkpoint_files(config: WorkerConfig, on_progress: ProgressCallback) -> None:

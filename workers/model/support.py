@@ -4,8 +4,13 @@ The engine keeps the Hugging Face model class and replaces only its attention fu
 which reads K/V from the engine's cache and supports causal attention over full or sliding-window layers, a
 logit soft-cap and the module's own score scaling. Everything else a layer does (rotary variants such as Gemma
 3's local rope base, q/k norms, fused projections, embedding scales) is the model's own code and needs nothing
-here. What the engine cannot reproduce is refused by `check_supported` before the worker reports Ready:
+here. What the engine cannot reproduce is refused before the worker reports Ready: a checkpoint that is not a
+causal LM at all by `check_causal_lm`, from config.json alone before any weight is read (transformers would end
+with "Unrecognized configuration class" and some 300 class names), the rest by `check_supported` once loaded:
 
+- a checkpoint whose declared class is not a causal LM (an encoder, a classifier, a vision or vision-language
+  model such as GLM-4V): the engine loads `AutoModelForCausalLM`. A multimodal class transformers maps to it
+  (Gemma 3's `Gemma3ForConditionalGeneration`) is served by its language model;
 - a model class that does not call attention through transformers' `AttentionInterface`;
 - encoder-decoder models, and bidirectional (non-causal) attention;
 - attention layers other than full or sliding-window (chunked, linear, state-space, ...);
@@ -17,6 +22,9 @@ here. What the engine cannot reproduce is refused by `check_supported` before th
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -35,6 +43,69 @@ class UnsupportedModelError(ValueError):
         super().__init__(f"{architecture} is not supported: {feature}; {_ADVICE}")
         self.architecture = architecture
         self.feature = feature
+
+
+def check_causal_lm(config: Mapping[str, Any], trust_remote_code: bool = False) -> None:
+    """Raise `UnsupportedModelError` unless config.json (`config`) declares a model `AutoModelForCausalLM` loads.
+
+    Refused: an architecture (`architectures[0]`) that transformers files under other tasks only (masked LM,
+    sequence classification, image-text-to-text, a bare encoder), or a `model_type` with no causal-LM class. A
+    remote-code checkpoint whose `auto_map` names an AutoModelForCausalLM class is left to transformers, and so is
+    an architecture name transformers does not know (old spellings load by `model_type`).
+    """
+    from transformers.models.auto import modeling_auto
+
+    model_type = str(config.get("model_type", ""))
+    architecture = str((config.get("architectures") or [""])[0])
+    auto_map = config.get("auto_map") if isinstance(config.get("auto_map"), dict) else {}
+    causal = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if (trust_remote_code and "AutoModelForCausalLM" in auto_map) or architecture in causal.values():
+        return
+    tasks = _tasks_of(modeling_auto, architecture) if architecture else []
+    if tasks:
+        reason = f"transformers has it for {_task_words(tasks[0])}, not as a causal LM"
+    elif model_type not in causal:
+        reason = f"transformers has no causal-LM class for model_type {model_type!r}"
+    else:
+        return
+    # Vision-language models are a family the engine means to serve; the others are a different kind of model.
+    what = "a causal LM this engine serves yet" if set(tasks) & _VISION_LANGUAGE else "a causal language model"
+    declared = f"config.json: architectures {architecture or '(none)'}, model_type {model_type or '(none)'}"
+    raise UnsupportedModelError(
+        architecture or model_type or "this checkpoint", f"it is not {what} ({declared}; {reason})"
+    )
+
+
+_VISION_LANGUAGE = {"IMAGE_TEXT_TO_TEXT", "MULTIMODAL_LM", "VISUAL_QUESTION_ANSWERING"}
+
+
+def _tasks_of(modeling_auto, architecture: str) -> list[str]:
+    """The auto-class tables that list `architecture` ("MASKED_LM", "IMAGE_TEXT_TO_TEXT"), most telling first."""
+    tasks = []
+    for name in dir(modeling_auto):
+        if not (name.startswith("MODEL_") and name.endswith("_MAPPING_NAMES")):
+            continue
+        task = "MODEL" if name == "MODEL_MAPPING_NAMES" else name[len("MODEL_FOR_") : -len("_MAPPING_NAMES")]
+        names = [n for value in getattr(modeling_auto, name).values() for n in _as_tuple(value)]
+        if task != "CAUSAL_LM" and architecture in names:
+            tasks.append(task)
+    # The bare-model and pre-training tables say least about what the class is for.
+    return sorted(tasks, key=lambda task: task in ("MODEL", "PRETRAINING"))
+
+
+def _as_tuple(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return tuple(value) if isinstance(value, tuple | list) else (value,)
+
+
+def _task_words(task: str) -> str:
+    """ "MASKED_LM" as "masked LM"; the tables whose names say little, in words."""
+    words = {
+        "MODEL": "a bare model without a head",
+        "SEQ_TO_SEQ_CAUSAL_LM": "sequence-to-sequence (encoder-decoder)",
+    }
+    if task in words:
+        return words[task]
+    return " ".join("LM" if word == "LM" else word.lower() for word in task.split("_"))
 
 
 def check_supported(model: torch.nn.Module, attention_name: str) -> None:

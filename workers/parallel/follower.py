@@ -18,6 +18,7 @@ import time
 from multiprocessing.connection import Connection
 
 from workers.protocol import WorkerConfig
+from workers.signals import ignore_stop_signals
 from workers.telemetry.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def main(conn: Connection, config: WorkerConfig, rank: int, store_port: int) -> 
     """Run rank `rank` until told to stop (exit 0) or until it fails (exit 1, after sending `RankFailed`)."""
     parent = os.getppid()
     _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when ranks stop
+    ignore_stop_signals()  # rank 0 decides when ranks stop; a group-wide SIGTERM must not break the replica
     configure_logging(config, f"worker-{config.worker_id}-rank-{rank}")
     import torch
 

@@ -9,11 +9,11 @@ when torch initializes it.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from multiprocessing.connection import Connection
 
 from workers.protocol import WorkerConfig
+from workers.signals import ignore_stop_signals
 from workers.telemetry.logs import configure_logging
 
 
@@ -25,11 +25,7 @@ def main(conn: Connection, config: WorkerConfig) -> None:
     """
     if config.cuda_visible_devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.cuda_visible_devices
-    # Ctrl-C reaches the whole process group; the gateway decides when workers stop (Shutdown or closing the
-    # pipe), so an interrupt must not kill a worker mid-step.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A terminate from the gateway unwinds normally, so that the spans recorded so far are flushed.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    ignore_stop_signals()
     if config.telemetry.kernel_capture != "off":
         # Without this, every step after a profiled one stays slower (CUPTI left attached; see docs/tracing.md).
         os.environ.setdefault("TEARDOWN_CUPTI", "1")

@@ -8,13 +8,15 @@ and warmed up here: the engine itself never loads.
 from __future__ import annotations
 
 from workers.engine.engine import Engine
-from workers.model.loader import LoadedModel, ProgressCallback, load_model
+from workers.model.loader import LoadedModel, ProgressCallback, check_declared_model, load_model
 from workers.parallel.ranks import load_replica
 from workers.protocol import ModelInfo, WorkerConfig
 
 
 def load(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedModel:
-    """The model this worker serves: whole, or its replica's rank 0 shard when `tensor_parallel_size` > 1."""
+    """The model this worker serves: whole, or its replica's rank 0 shard when `tensor_parallel_size` > 1.
+    A checkpoint the engine cannot serve is refused from its config.json first, before any file is read."""
+    check_declared_model(config)
     if config.tensor_parallel_size > 1:
         return load_replica(config, on_progress)
     return load_model(config, on_progress)

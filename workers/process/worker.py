@@ -2,8 +2,10 @@
 
 Idle, the loop blocks until the gateway sends something. Busy, it takes every message that has arrived without
 waiting, runs one engine step and sends that step's `StepOutput` (one message per step, whatever the number of
-requests in it). `Shutdown` or the pipe closing (the gateway is gone) ends the loop normally; an exception
-that escapes the engine is fatal: the worker sends `WorkerFailed` and exits non-zero.
+requests in it). `Ping` and `Withdraw` are answered between steps (`Pong`; `Withdrawn`, with the requests given
+back to the gateway because another worker became ready). `Shutdown` or the pipe closing (the gateway is gone)
+ends the loop normally; an exception that escapes the engine is fatal: the worker sends `WorkerFailed` and exits
+non-zero.
 
 A reader thread moves messages from the pipe into a queue as soon as they arrive, so the gateway's sends never
 wait on a long step: a pipe's kernel buffer is small (64 KiB on Linux) and a burst of long prompts would
@@ -31,6 +33,8 @@ from workers.protocol import (
     Ready,
     Shutdown,
     Submit,
+    Withdraw,
+    Withdrawn,
     WorkerConfig,
     WorkerFailed,
 )
@@ -86,7 +90,7 @@ def _start_engine(conn: Connection, config: WorkerConfig) -> Engine:
         conn.send(LoadProgress(worker_id=config.worker_id, stage=stage, fraction=fraction))
 
     engine, info = start_engine(config, on_progress)
-    conn.send(Ready(worker_id=config.worker_id, model=info))
+    conn.send(Ready(worker_id=config.worker_id, model=info, longest_step=engine.longest_step))
     logger.info("worker %s ready: %s", config.worker_id, info)
     return engine
 
@@ -103,7 +107,11 @@ def _serve(conn: Connection, engine: Engine, telemetry: WorkerTelemetry, worker_
             if isinstance(message, Submit):
                 telemetry.on_submit(message)
             if isinstance(message, Ping):  # answered here, between steps: a wedged step answers nothing
-                conn.send(Pong(worker_id, message.sequence))
+                conn.send(Pong(worker_id, message.sequence, engine.longest_step))
+            if isinstance(message, Withdraw):
+                withdrawn = tuple(engine.withdraw(message.count))
+                telemetry.on_withdrawn(withdrawn)
+                conn.send(Withdrawn(worker_id, withdrawn))
             if not _handle(message, engine):
                 return
             message = _get_nowait(inbox)
@@ -124,7 +132,7 @@ def _handle(message: GatewayMessage, engine: Engine) -> bool:
             engine.cancel(request_ids)
         case Shutdown():
             return False
-        case Ping():
+        case Ping() | Withdraw():
             pass  # answered by the serving loop
         case _:
             logger.warning("ignoring an unexpected message: %r", type(message).__name__)

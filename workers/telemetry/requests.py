@@ -94,6 +94,14 @@ class RequestSpans:
                 live.span.set_status(Status(StatusCode.ERROR, failure.message))
                 live.span.end()
 
+    def close(self, request_ids: tuple[str, ...], why: str) -> None:
+        """End these requests' spans without a finish (they left this worker unserved)."""
+        for request_id in request_ids:
+            live = self._live.pop(request_id, None)
+            if live is not None:
+                live.span.add_event(why)
+                live.span.end()
+
     def close_all(self, why: str) -> None:
         """End every open span (the worker is stopping), so that what was traced is still exported."""
         for live in self._live.values():

@@ -36,6 +36,9 @@ class WorkerTelemetry:
         """Requests that failed; returned unchanged for the caller to send."""
         return failures
 
+    def on_withdrawn(self, request_ids: tuple[str, ...]) -> None:
+        """Requests given back to the gateway before they started (they go on in another worker)."""
+
     def shutdown(self) -> None:
         """Flush what was recorded; called once, as the worker stops."""
 
@@ -63,6 +66,9 @@ class TracingWorkerTelemetry(WorkerTelemetry):
         if failures:
             self._requests.on_failures(failures)
         return failures
+
+    def on_withdrawn(self, request_ids: tuple[str, ...]) -> None:
+        self._requests.close(request_ids, "moved to another worker before it started")
 
     def shutdown(self) -> None:
         self._requests.close_all("worker stopped")
