@@ -1,10 +1,10 @@
 """SIGINT and SIGTERM in the gateway: the first one starts the drain, a second one ends it at once.
 
 The workers ignore both (`workers.signals.ignore_stop_signals`), so a signal sent to the whole process group
-(Ctrl-C, `kill -- -PGID`, systemd's KillMode=control-group) drains exactly as one sent to the gateway alone. One stop can
-arrive twice: `timeout(1)` signals the process and then its process group, and some supervisors do the same. So
-the same signal again within `REPEAT_WINDOW` seconds is taken as the same stop; after that, or as the other
-signal, it is a second stop and cuts the drain.
+(Ctrl-C, `kill -- -PGID`, systemd's KillMode=control-group) drains exactly as one sent to the gateway alone. One
+stop can arrive twice: `timeout(1)` signals the process and then its process group, and some supervisors do the
+same. So the same signal again within `REPEAT_WINDOW` seconds is taken as the same stop; after that, or as the
+other signal, it is a second stop and cuts the drain.
 """
 
 from __future__ import annotations
