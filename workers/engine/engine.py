@@ -4,7 +4,8 @@ Requests join and leave the running batch at every step. A step schedules (see `
 the model and samples (`workers.engine.runner`), appends the tokens and decides finishes, and returns the step's
 deltas: the new tokens of every request that produced one, and the last delta (with its finish) of every
 request that ended. A request that fails alone (bad parameters, out of memory in its own forward) leaves with
-a `RequestFailed`; any other exception escapes `step` and means the engine is broken.
+a `RequestFailed`; any other exception escapes `step` and means the engine is broken. A request's images are
+decoded and checked when it is added (`workers.engine.multimodal`): one that cannot be used fails that request.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from workers.engine.multimodal import prepare_images
 from workers.engine.runner import ModelRunner, RunnerOutput
 from workers.engine.scheduler import Scheduler
 from workers.engine.sequence import ScheduledBatch, Sequence
 from workers.engine.static_decode import resolve_decode_mode
 from workers.kv.blocks import BlockPool
+from workers.model.vision import ImageError
 from workers.protocol import (
     FailureReason,
     RequestDelta,
@@ -56,18 +59,31 @@ class Engine:
         scheduler = Scheduler(config.max_batch_size, max_seq_len, config.max_num_batched_tokens, pool)
         decode_mode = resolve_decode_mode(config.decode_mode, spec.device)
         runner = ModelRunner(
-            loaded.model, loaded.cache, config.max_batch_size, max_seq_len, decode_mode, mirror=loaded.mirror
+            loaded.model,
+            loaded.cache,
+            config.max_batch_size,
+            max_seq_len,
+            decode_mode,
+            mirror=loaded.mirror,
+            vision=loaded.vision,
         )
         return cls(runner, scheduler)
 
     def add(self, submit: Submit) -> None:
         """Queue a request; an invalid one becomes a `RequestFailed` (see `pop_failures`) and is not queued."""
         problem = self._validate(submit)
+        if problem is None:
+            try:  # decodes the images and computes the prompt's M-RoPE positions, once per request
+                images, vision = prepare_images(submit, self.runner.vision)
+            except ImageError as exc:
+                problem = FailureReason.INVALID_PARAMETER, str(exc)
         if problem is not None:
             reason, message = problem
             self._failures.append(RequestFailed(submit.request_id, reason, message))
             return
-        self.scheduler.add(Sequence.from_submit(submit, time.monotonic()))
+        seq = Sequence.from_submit(submit, time.monotonic())
+        seq.images, seq.vision = images, vision
+        self.scheduler.add(seq)
 
     def cancel(self, request_ids: Iterable[str]) -> None:
         """Cancelled requests end at the next step with a final CANCELLED delta; unknown ids are ignored."""

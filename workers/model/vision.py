@@ -1,0 +1,116 @@
+"""The vision side of a vision-language checkpoint (GLM-4.1V, `Glm4vForConditionalGeneration`): decoding and
+preprocessing a prompt's images, their M-RoPE positions, and the vision tower.
+
+Only the image processor's PIL class is used (transformers builds `Glm4vProcessor` only when torchvision
+imports, which the worker does not need): `preprocessor_config.json` is read into `Glm4vImageProcessorPil`
+whatever image processor type it names. An image's token count follows from its size alone (`smart_resize`:
+each token is a 28 x 28 pixel square after resizing), so a request whose stated count differs is refused when it
+arrives, before any pixel work; the pixels are processed when its image reaches the tower.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# A decoded image larger than this many pixels is refused before the decoder allocates it (PIL's own bomb
+# check warns at about 89 M pixels and fails at twice that; a phone screenshot is 2.6 M).
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+class ImageError(ValueError):
+    """An image of a request cannot be used (undecodable, or its token count differs from the prompt's); the
+    message is for the caller. Only that request fails."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """An image decoded to RGB, with its grid after resizing: `grid_thw` (1, patch rows, patch columns), and the
+    `num_tokens` image tokens the model gives it (`grid_thw` product / spatial_merge_size**2)."""
+
+    image: object  # PIL.Image.Image, RGB
+    grid_thw: tuple[int, int, int]
+    num_tokens: int
+
+
+class VisionModel:
+    """A loaded vision-language model's image path: `decode` on arrival, `positions` once per request, `encode`
+    when a step prefills image tokens. Not thread-safe (the worker loop calls it)."""
+
+    def __init__(self, model: torch.nn.Module, processor) -> None:
+        self.model = model
+        self.processor = processor  # Glm4vImageProcessorPil
+        config = model.config
+        self.image_token_id: int = config.image_token_id
+        self.merge_size: int = config.vision_config.spatial_merge_size
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(cls, model: torch.nn.Module, model_path: str | Path, local_files_only: bool = True) -> VisionModel:
+        """The vision path of `model`, with the image processor of the checkpoint at `model_path`."""
+        from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+        processor = Glm4vImageProcessorPil.from_pretrained(str(model_path), local_files_only=local_files_only)
+        return cls(model, processor)
+
+    def decode(self, data: bytes) -> DecodedImage:
+        """Decode an image file and size its grid as the processor will; raises `ImageError`."""
+        from PIL import Image, UnidentifiedImageError
+        from transformers.models.glm4v.image_processing_pil_glm4v import smart_resize
+
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise ImageError(f"the image has {image.width}x{image.height} pixels, over {MAX_IMAGE_PIXELS}")
+                rgb = image.convert("RGB")  # decodes every pixel: a truncated file fails here, not in a step
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"the image cannot be decoded: {exc}") from exc
+        processor = self.processor
+        factor = processor.patch_size * processor.merge_size
+        try:
+            height, width = smart_resize(
+                num_frames=processor.temporal_patch_size,
+                height=rgb.height,
+                width=rgb.width,
+                temporal_factor=processor.temporal_patch_size,
+                factor=factor,
+                min_pixels=processor.size["shortest_edge"],
+                max_pixels=processor.size["longest_edge"],
+            )
+        except ValueError as exc:  # an aspect ratio over 200
+            raise ImageError(f"the image cannot be used: {exc}") from exc
+        grid = (1, height // processor.patch_size, width // processor.patch_size)
+        return DecodedImage(rgb, grid, grid[1] * grid[2] // self.merge_size**2)
+
+    def positions(
+        self, prompt_ids: tuple[int, ...], grids: list[tuple[int, int, int]]
+    ) -> tuple[torch.Tensor, int]:
+        """The prompt's M-RoPE positions [3, len(prompt_ids)] (temporal, row, column) and its rope delta (the
+        last position + 1 - the prompt's length), computed by the model's own `get_rope_index` on the CPU.
+        Decode continues at cache index + delta on all three axes."""
+        input_ids = torch.tensor([prompt_ids], dtype=torch.int64)  # [1, L]
+        token_types = (input_ids == self.image_token_id).to(torch.int32)  # 1: image, 0: text
+        grid_thw = torch.tensor(grids, dtype=torch.int64)  # [num_images, 3]
+        positions, deltas = self.model.model.get_rope_index(
+            input_ids, mm_token_type_ids=token_types, image_grid_thw=grid_thw
+        )
+        return positions[:, 0], int(deltas[0, 0])  # [3, L]
+
+    def encode(self, images: list[DecodedImage]) -> list[torch.Tensor]:
+        """One vision tower forward over `images` (of any requests); returns each image's embeddings
+        [num_tokens, hidden_size], in the language model's dtype, on the device."""
+        features = self.processor(images=[decoded.image for decoded in images], return_tensors="pt")
+        grid_thw = features["image_grid_thw"]  # [N, 3]
+        expected = [decoded.grid_thw for decoded in images]
+        if [tuple(row) for row in grid_thw.tolist()] != expected:
+            raise RuntimeError(f"the image processor gave grids {grid_thw.tolist()}, not the {expected} sized")
+        pixel_values = features["pixel_values"].to(self.device)  # [sum of t*h*w patches, 3 * 2 * 14 * 14]
+        output = self.model.get_image_features(pixel_values, grid_thw.to(self.device), return_dict=True)
+        dtype = self.model.get_input_embeddings().weight.dtype
+        return [embeds.to(dtype) for embeds in output.pooler_output]
