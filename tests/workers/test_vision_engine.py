@@ -165,3 +165,20 @@ def _renamed(submit, request_id):
     import dataclasses
 
     return dataclasses.replace(submit, request_id=request_id)
+
+
+def test_out_of_memory_in_the_vision_tower_fails_only_its_requests(
+    vision_engine, prompts, reference_glm4v, monkeypatch
+):
+    engine = vision_engine()
+
+    def out_of_memory(images):
+        raise torch.OutOfMemoryError("no room for the vision tower")
+
+    monkeypatch.setattr(engine.runner.vision, "encode", out_of_memory)
+    text = prompts.submit("text", ["Only words here"], [], 6)
+    deltas = run_to_end(engine, {0: [prompts.submit("image", [None, "x"], [SCREEN]), text]})
+    (failure,) = engine.pop_failures()
+    assert failure.request_id == "image" and failure.reason is FailureReason.GPU_OUT_OF_MEMORY
+    assert "image" not in deltas and tokens_of(deltas["text"]) == prompts.reference(reference_glm4v, text)
+    assert not engine.has_work() and engine.scheduler.pool.num_used == 0

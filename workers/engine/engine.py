@@ -108,15 +108,16 @@ class Engine:
         return self._collect(batch, output)
 
     def warm_up(self) -> None:
-        """Run one tiny request through every stage so a broken model fails before the worker reports Ready."""
-        self.add(
-            Submit(
-                request_id="__warmup__",
-                prompt_ids=(0, 0),
-                sampling=SamplingParams(),
-                stopping=StoppingParams(max_new_tokens=2, ignore_eos=True),
-            )
-        )
+        """Run one tiny request through every stage so a broken model fails before the worker reports Ready; and
+        one with the smallest image through a vision-language model's image path."""
+        stopping = StoppingParams(max_new_tokens=2, ignore_eos=True)
+        self.add(Submit("__warmup__", (0, 0), SamplingParams(), stopping))
+        vision = self.runner.vision
+        if vision is not None:
+            image = vision.warm_up_image()
+            prompt = (0, *[vision.image_token_id] * image.num_tokens, 0)
+            if len(prompt) < self.scheduler.max_seq_len:
+                self.add(Submit("__warmup_image__", prompt, SamplingParams(), stopping, images=(image,)))
         while self.has_work():
             self.step()
         failures = self.pop_failures()

@@ -96,15 +96,22 @@ def _image_starts(prompt: tuple[int, ...], image_token_id: int, counts: list[int
     return starts
 
 
+def pending_images(chunk: PrefillChunk) -> list[int]:
+    """The indices of the images of `chunk`'s request that it reaches and that have no embeddings yet."""
+    state: VisionState | None = chunk.seq.vision
+    if state is None:
+        return []
+    end = chunk.start + len(chunk.token_ids)
+    return [
+        index
+        for index, span in enumerate(chunk.seq.images)
+        if span.overlaps(chunk.start, end) and index not in state.embeddings
+    ]
+
+
 def encode_images(chunks: list[PrefillChunk], vision: VisionModel) -> None:
     """Run the vision tower once over every image the chunks reach that has no embeddings yet."""
-    pending: list[tuple[VisionState, int]] = []
-    for chunk in chunks:
-        state = chunk.seq.vision
-        end = chunk.start + len(chunk.token_ids)
-        for index, span in enumerate(chunk.seq.images):
-            if span.overlaps(chunk.start, end) and index not in state.embeddings:
-                pending.append((state, index))
+    pending = [(chunk.seq.vision, index) for chunk in chunks for index in pending_images(chunk)]
     if not pending:
         return
     embeddings = vision.encode([state.images[index] for state, index in pending])

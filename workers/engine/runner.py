@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workers.engine.multimodal import encode_images, release_prefilled, rope_delta, vision_inputs
+from workers.engine.multimodal import (
+    encode_images,
+    pending_images,
+    release_prefilled,
+    rope_delta,
+    vision_inputs,
+)
 from workers.engine.output_counts import OutputTokenCounts
 from workers.engine.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
 from workers.engine.sequence import PrefillChunk, ScheduledBatch, Sequence
@@ -142,7 +148,8 @@ class ModelRunner:
         """Run every forward of the batch, then sample once for all rows that produce a token.
 
         Out-of-memory in a prefill forward retries its chunks one by one, so it fails only the request whose own
-        chunk does not fit; in the decode forward it fails the requests of that forward. Any other exception
+        chunk does not fit; in the decode forward it fails the requests of that forward; in the vision tower the
+        requests whose images it was encoding. Any other exception
         propagates (the engine is then considered broken).
         """
         output = RunnerOutput()
@@ -153,9 +160,8 @@ class ModelRunner:
                 output.rows.extend(batch.decodes)
             except torch.OutOfMemoryError as exc:
                 output.failed.extend((seq, exc) for seq in batch.decodes)
-        if self.vision is not None:  # one vision tower forward for the images the step's chunks reach
-            encode_images([chunk for chunk in batch.prefills if chunk.seq.vision is not None], self.vision)
-        for group in group_chunks(batch.prefills):
+        prefills = batch.prefills if self.vision is None else self._encode_images(batch.prefills, output)
+        for group in group_chunks(prefills):
             self._prefill_group(group, output, hidden)
         if output.rows:
             self._sample(torch.cat(hidden), output)
@@ -270,6 +276,18 @@ class ModelRunner:
         return [
             [*seq.block_table[:num_blocks], *[SCRATCH_BLOCK] * (num_blocks - len(seq.block_table))] for seq in seqs
         ]
+
+    def _encode_images(self, chunks: list[PrefillChunk], output: RunnerOutput) -> list[PrefillChunk]:
+        """One vision tower forward for the images the step's chunks reach; returns the chunks that can run."""
+        needing = [chunk for chunk in chunks if pending_images(chunk)]
+        if not needing:
+            return chunks
+        try:
+            encode_images(needing, self.vision)
+        except torch.OutOfMemoryError as exc:
+            output.failed.extend((chunk.seq, exc) for chunk in needing)
+            return [chunk for chunk in chunks if chunk not in needing]
+        return chunks
 
     def _prefill_group(self, group: list[PrefillChunk], output: RunnerOutput, hidden: list[torch.Tensor]) -> None:
         try:

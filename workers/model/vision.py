@@ -10,12 +10,15 @@ arrives, before any pixel work; the pixels are processed when its image reaches 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from workers.protocol import ImageInput
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +90,15 @@ class VisionModel:
             raise ImageError(f"the image cannot be used: {exc}") from exc
         grid = (1, height // processor.patch_size, width // processor.patch_size)
         return DecodedImage(rgb, grid, grid[1] * grid[2] // self.merge_size**2)
+
+    def warm_up_image(self) -> ImageInput:
+        """The smallest image the processor makes (a grey square scaled up to its minimum), as a request has it."""
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (28, 28), (128, 128, 128)).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        return ImageInput(data, "image/png", self.decode(data).num_tokens, hashlib.sha256(data).hexdigest())
 
     def positions(
         self, prompt_ids: tuple[int, ...], grids: list[tuple[int, int, int]]
