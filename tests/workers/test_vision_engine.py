@@ -147,6 +147,21 @@ def test_unusable_images_fail_their_request_alone(vision_engine, prompts, refere
     check_all(engine, prompts, reference_glm4v, {0: [good]})
 
 
+def test_an_image_broken_past_its_header_fails_its_request_in_the_step(vision_engine, prompts, reference_glm4v):
+    engine = vision_engine()
+    truncated = SCREEN[: len(SCREEN) // 2]  # the header reads, the pixels do not
+    request = prompts.submit("broken", [None, "x"], [SCREEN])
+    request = _with_images(request, (ImageInput(truncated, "image/png", 20, request.images[0].content_hash),))
+    text = prompts.submit("text", ["Only words here"], [], 6)
+    engine.add(request)
+    assert not engine.pop_failures()  # its size is right: the pixels are decoded in the background
+    deltas = run_to_end(engine, {0: [text]})
+    (failure,) = engine.pop_failures()
+    assert failure.request_id == "broken" and failure.reason is FailureReason.INVALID_PARAMETER
+    assert "cannot be decoded" in failure.message and "broken" not in deltas
+    assert tokens_of(deltas["text"]) == prompts.reference(reference_glm4v, text)
+
+
 def test_a_text_model_refuses_images(make_engine, prompts, submit):
     engine = make_engine("glm")
     engine.add(_with_images(submit("a", random_prompt(8, seed=1)), (prompts.image(SCREEN),)))
@@ -172,7 +187,7 @@ def test_out_of_memory_in_the_vision_tower_fails_only_its_requests(
 ):
     engine = vision_engine()
 
-    def out_of_memory(images):
+    def out_of_memory(pixel_values, grids):
         raise torch.OutOfMemoryError("no room for the vision tower")
 
     monkeypatch.setattr(engine.runner.vision, "encode", out_of_memory)

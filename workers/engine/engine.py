@@ -154,6 +154,9 @@ class Engine:
         for seq, exc in failed:
             logger.warning("request %s failed: %s", seq.request_id, exc)
             self.scheduler.abort(seq)
+            if isinstance(exc, ImageError):  # an image broken past its header, found when it was preprocessed
+                self._failures.append(RequestFailed(seq.request_id, FailureReason.INVALID_PARAMETER, str(exc)))
+                continue
             reason = FailureReason.GPU_OUT_OF_MEMORY
             self._failures.append(RequestFailed(seq.request_id, reason, f"out of memory while running it: {exc}"))
 

@@ -1,27 +1,29 @@
 """The images of a request inside the engine: checked on arrival, positioned once, encoded when first needed.
 
-On arrival (`prepare_images`) each `ImageInput` is matched with its run of image tokens in the prompt, decoded,
-and its token count checked against the model's (a mismatch fails that request alone); the prompt's M-RoPE
-positions and rope delta are then computed once over the whole prompt and kept with the request
-(`VisionState`), so chunked prefill, decode and recomputation after a preemption all take their slice of the
-same positions. Decode positions are cache index + rope delta on all three axes.
+On arrival (`prepare_images`) each `ImageInput` is matched with its run of image tokens in the prompt, sized from
+its header, and its token count checked against the model's (a mismatch fails that request alone); the prompt's
+M-RoPE positions and rope delta are then computed once over the whole prompt and kept with the request
+(`VisionState`), so chunked prefill, decode and recomputation after a preemption all take their slice of the same
+positions. Decode positions are cache index + rope delta on all three axes.
 
-In a step, the vision tower runs once for every image that a scheduled prefill chunk reaches and that has no
-embeddings yet, batched over the step's requests (`encode_images`); each chunk's image-token rows of the input
-embeddings are then replaced by its slice of the image's embeddings (`VisionInputs`), so a chunk boundary may
-fall anywhere inside an image. An image's embeddings are dropped once its last token is prefilled: a request
-preempted later and recomputed runs the tower again for the images its prefix-cache hit does not cover (as
-SGLang does; vLLM keeps an encoder cache by image hash, which would save that).
+Each image's pixels are decoded and preprocessed on a background thread from its arrival (`VisionModel`). In a
+step, the vision tower runs once for every image that a scheduled prefill chunk reaches and that has no embeddings
+yet, batched over the step's requests (`encode_images`); each chunk's image-token rows of the input embeddings are
+then replaced by its slice of the image's embeddings (`VisionInputs`), so a chunk boundary may fall anywhere inside
+an image. An image's embeddings are dropped once its last token is prefilled: a request preempted later and
+recomputed preprocesses and encodes again the images its prefix-cache hit does not cover (vLLM keeps an encoder
+cache by image hash, which would save that).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
 
 from workers.engine.sequence import ImageSpan, PrefillChunk, Sequence
-from workers.model.vision import DecodedImage, ImageError, VisionModel
+from workers.model.vision import ImageError, SizedImage, VisionModel
 from workers.protocol import Submit
 
 
@@ -29,9 +31,11 @@ from workers.protocol import Submit
 class VisionState:
     """A request's images as the model runner needs them (`Sequence.vision`; its spans are `Sequence.images`)."""
 
-    images: list[DecodedImage]  # in prompt order
+    images: list[SizedImage]  # in prompt order
     positions: torch.Tensor  # [3, prompt length] int64 on the CPU: the prompt's M-RoPE positions
     rope_delta: int
+    # image index -> its pixel values being preprocessed (started on arrival), until the tower takes them
+    pixels: dict[int, Future[torch.Tensor]] = field(default_factory=dict)
     embeddings: dict[int, torch.Tensor] = field(default_factory=dict)  # image index -> [num_tokens, hidden]
 
     def rope_positions(self, start: int, end: int) -> torch.Tensor:
@@ -60,23 +64,24 @@ def prepare_images(submit: Submit, vision: VisionModel | None) -> tuple[tuple[Im
         return (), None
     prompt = submit.prompt_ids
     starts = _image_starts(prompt, vision.image_token_id, [image.num_tokens for image in submit.images])
-    decoded = []
+    sized = []
     for index, image in enumerate(submit.images):
-        picture = vision.decode(image.data)
+        picture = vision.size(image.data)
         if picture.num_tokens != image.num_tokens:
             raise ImageError(
                 f"image {index} gives {picture.num_tokens} image tokens for this model (grid {picture.grid_thw}), "
                 f"but the prompt holds {image.num_tokens}"
             )
-        decoded.append(picture)
-    if not decoded:
+        sized.append(picture)
+    if not sized:
         return (), None
-    positions, delta = vision.positions(prompt, [picture.grid_thw for picture in decoded])
+    positions, delta = vision.positions(prompt, [picture.grid_thw for picture in sized])
     spans = tuple(
         ImageSpan(start, image.num_tokens, image.content_hash)
         for start, image in zip(starts, submit.images, strict=True)
     )
-    return spans, VisionState(decoded, positions, delta)
+    pixels = {index: vision.preprocess(picture) for index, picture in enumerate(sized)}
+    return spans, VisionState(sized, positions, delta, pixels)
 
 
 def _image_starts(prompt: tuple[int, ...], image_token_id: int, counts: list[int]) -> list[int]:
@@ -109,14 +114,32 @@ def pending_images(chunk: PrefillChunk) -> list[int]:
     ]
 
 
-def encode_images(chunks: list[PrefillChunk], vision: VisionModel) -> None:
-    """Run the vision tower once over every image the chunks reach that has no embeddings yet."""
-    pending = [(chunk.seq.vision, index) for chunk in chunks for index in pending_images(chunk)]
-    if not pending:
-        return
-    embeddings = vision.encode([state.images[index] for state, index in pending])
-    for (state, index), embeds in zip(pending, embeddings, strict=True):
-        state.embeddings[index] = embeds
+def encode_images(chunks: list[PrefillChunk], vision: VisionModel) -> list[tuple[Sequence, ImageError]]:
+    """Run the vision tower once over every image the chunks reach that has no embeddings yet; returns the
+    requests whose image turned out broken past its header (they are left out of the tower's forward)."""
+    pending: list[tuple[VisionState, int, torch.Tensor]] = []
+    failed: list[tuple[Sequence, ImageError]] = []
+    for chunk in chunks:
+        state: VisionState = chunk.seq.vision
+        try:
+            ready = [(index, _pixel_values(state, index, vision)) for index in pending_images(chunk)]
+        except ImageError as exc:
+            failed.append((chunk.seq, exc))
+            continue
+        pending.extend((state, index, pixels) for index, pixels in ready)
+    if pending:
+        grids = [state.images[index].grid_thw for state, index, _ in pending]
+        embeddings = vision.encode([pixels for _, _, pixels in pending], grids)
+        for (state, index, _), embeds in zip(pending, embeddings, strict=True):
+            state.embeddings[index] = embeds
+    return failed
+
+
+def _pixel_values(state: VisionState, index: int, vision: VisionModel) -> torch.Tensor:
+    """An image's pixel values, waiting for its preprocessing if it is still running; a recomputation after a
+    preemption (the first pixel values went to the tower) preprocesses the image again."""
+    future = state.pixels.pop(index, None) or vision.preprocess(state.images[index])
+    return future.result()
 
 
 def vision_inputs(

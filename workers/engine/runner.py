@@ -149,8 +149,8 @@ class ModelRunner:
 
         Out-of-memory in a prefill forward retries its chunks one by one, so it fails only the request whose own
         chunk does not fit; in the decode forward it fails the requests of that forward; in the vision tower the
-        requests whose images it was encoding. Any other exception
-        propagates (the engine is then considered broken).
+        requests whose images it was encoding. An image broken past its header fails its request. Any other
+        exception propagates (the engine is then considered broken).
         """
         output = RunnerOutput()
         hidden: list[torch.Tensor] = []  # each [rows, hidden_size]
@@ -283,11 +283,12 @@ class ModelRunner:
         if not needing:
             return chunks
         try:
-            encode_images(needing, self.vision)
+            failed: list[tuple[Sequence, BaseException]] = [*encode_images(needing, self.vision)]
         except torch.OutOfMemoryError as exc:
-            output.failed.extend((chunk.seq, exc) for chunk in needing)
-            return [chunk for chunk in chunks if chunk not in needing]
-        return chunks
+            failed = [(chunk.seq, exc) for chunk in needing]
+        output.failed.extend(failed)
+        failed_seqs = {id(seq) for seq, _ in failed}
+        return [chunk for chunk in chunks if id(chunk.seq) not in failed_seqs]
 
     def _prefill_group(self, group: list[PrefillChunk], output: RunnerOutput, hidden: list[torch.Tensor]) -> None:
         try:

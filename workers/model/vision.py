@@ -5,7 +5,8 @@ Only the image processor's PIL class is used (transformers builds `Glm4vProcesso
 imports, which the worker does not need): `preprocessor_config.json` is read into `Glm4vImageProcessorPil`
 whatever image processor type it names. An image's token count follows from its size alone (`smart_resize`:
 each token is a 28 x 28 pixel square after resizing), so a request whose stated count differs is refused when it
-arrives, before any pixel work; the pixels are processed when its image reaches the tower.
+arrives, from the file's header; the pixels are decoded and preprocessed on a background thread meanwhile, and
+a file broken past its header fails its request when its image reaches the tower.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,18 +35,20 @@ class ImageError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class DecodedImage:
-    """An image decoded to RGB, with its grid after resizing: `grid_thw` (1, patch rows, patch columns), and the
-    `num_tokens` image tokens the model gives it (`grid_thw` product / spatial_merge_size**2)."""
+class SizedImage:
+    """An image file whose header was read: its grid after resizing, `grid_thw` (1, patch rows, patch columns),
+    and the `num_tokens` image tokens the model gives it (`grid_thw` product / spatial_merge_size**2)."""
 
-    image: object  # PIL.Image.Image, RGB
+    data: bytes
     grid_thw: tuple[int, int, int]
     num_tokens: int
 
 
 class VisionModel:
-    """A loaded vision-language model's image path: `decode` on arrival, `positions` once per request, `encode`
-    when a step prefills image tokens. Not thread-safe (the worker loop calls it)."""
+    """A loaded vision-language model's image path: `size` on arrival (the header only), `preprocess` in the
+    background, `positions` once per request, `encode` when a step prefills image tokens. Called from the worker
+    loop only; preprocessing runs on one thread of its own, so that a screenshot's 0.1 to 0.8 s of PIL work
+    overlaps the steps instead of stalling every stream's decode."""
 
     def __init__(self, model: torch.nn.Module, processor) -> None:
         self.model = model
@@ -53,6 +57,7 @@ class VisionModel:
         self.image_token_id: int = config.image_token_id
         self.merge_size: int = config.vision_config.spatial_merge_size
         self.device = next(model.parameters()).device
+        self._preprocessing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-preprocess")
 
     @classmethod
     def load(cls, model: torch.nn.Module, model_path: str | Path, local_files_only: bool = True) -> VisionModel:
@@ -62,34 +67,52 @@ class VisionModel:
         processor = Glm4vImageProcessorPil.from_pretrained(str(model_path), local_files_only=local_files_only)
         return cls(model, processor)
 
-    def decode(self, data: bytes) -> DecodedImage:
-        """Decode an image file and size its grid as the processor will; raises `ImageError`."""
+    def size(self, data: bytes) -> SizedImage:
+        """Read an image file's header and size its grid as the processor will; raises `ImageError`."""
         from PIL import Image, UnidentifiedImageError
         from transformers.models.glm4v.image_processing_pil_glm4v import smart_resize
 
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise ImageError(f"the image has {image.width}x{image.height} pixels, over {MAX_IMAGE_PIXELS}")
-                rgb = image.convert("RGB")  # decodes every pixel: a truncated file fails here, not in a step
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            with Image.open(io.BytesIO(data)) as image:  # reads the header, not the pixels
+                width, height = image.size
+        except (UnidentifiedImageError, OSError) as exc:
             raise ImageError(f"the image cannot be decoded: {exc}") from exc
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ImageError(f"the image has {width}x{height} pixels, over {MAX_IMAGE_PIXELS}")
         processor = self.processor
-        factor = processor.patch_size * processor.merge_size
         try:
             height, width = smart_resize(
                 num_frames=processor.temporal_patch_size,
-                height=rgb.height,
-                width=rgb.width,
+                height=height,
+                width=width,
                 temporal_factor=processor.temporal_patch_size,
-                factor=factor,
+                factor=processor.patch_size * processor.merge_size,
                 min_pixels=processor.size["shortest_edge"],
                 max_pixels=processor.size["longest_edge"],
             )
         except ValueError as exc:  # an aspect ratio over 200
             raise ImageError(f"the image cannot be used: {exc}") from exc
         grid = (1, height // processor.patch_size, width // processor.patch_size)
-        return DecodedImage(rgb, grid, grid[1] * grid[2] // self.merge_size**2)
+        return SizedImage(data, grid, grid[1] * grid[2] // self.merge_size**2)
+
+    def preprocess(self, image: SizedImage) -> Future[torch.Tensor]:
+        """Start decoding and preprocessing `image` on the preprocessing thread; the future's result is its
+        pixel values [t * h * w patches, 3 * 2 * 14 * 14], or an `ImageError` if the file is broken."""
+        return self._preprocessing.submit(self._pixel_values, image)
+
+    def _pixel_values(self, image: SizedImage) -> torch.Tensor:
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(image.data)) as picture:
+                rgb = picture.convert("RGB")  # decodes every pixel: a truncated file fails here
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"the image cannot be decoded: {exc}") from exc
+        features = self.processor(images=[rgb], return_tensors="pt")
+        grid = tuple(features["image_grid_thw"][0].tolist())
+        if grid != image.grid_thw:  # the same smart_resize sized both: a disagreement is a bug, not the image's
+            raise RuntimeError(f"the image processor gave grid {grid}, not the {image.grid_thw} sized")
+        return features["pixel_values"]
 
     def warm_up_image(self) -> ImageInput:
         """The smallest image the processor makes (a grey square scaled up to its minimum), as a request has it."""
@@ -98,7 +121,7 @@ class VisionModel:
         buffer = io.BytesIO()
         Image.new("RGB", (28, 28), (128, 128, 128)).save(buffer, format="PNG")
         data = buffer.getvalue()
-        return ImageInput(data, "image/png", self.decode(data).num_tokens, hashlib.sha256(data).hexdigest())
+        return ImageInput(data, "image/png", self.size(data).num_tokens, hashlib.sha256(data).hexdigest())
 
     def positions(
         self, prompt_ids: tuple[int, ...], grids: list[tuple[int, int, int]]
@@ -114,15 +137,12 @@ class VisionModel:
         )
         return positions[:, 0], int(deltas[0, 0])  # [3, L]
 
-    def encode(self, images: list[DecodedImage]) -> list[torch.Tensor]:
-        """One vision tower forward over `images` (of any requests); returns each image's embeddings
-        [num_tokens, hidden_size], in the language model's dtype, on the device."""
-        features = self.processor(images=[decoded.image for decoded in images], return_tensors="pt")
-        grid_thw = features["image_grid_thw"]  # [N, 3]
-        expected = [decoded.grid_thw for decoded in images]
-        if [tuple(row) for row in grid_thw.tolist()] != expected:
-            raise RuntimeError(f"the image processor gave grids {grid_thw.tolist()}, not the {expected} sized")
-        pixel_values = features["pixel_values"].to(self.device)  # [sum of t*h*w patches, 3 * 2 * 14 * 14]
-        output = self.model.get_image_features(pixel_values, grid_thw.to(self.device), return_dict=True)
+    def encode(self, pixel_values: list[torch.Tensor], grids: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+        """One vision tower forward over images of any requests (`pixel_values[i]` from `preprocess`, its grid
+        `grids[i]`); returns each image's embeddings [num_tokens, hidden_size] in the language model's dtype, on
+        the device."""
+        pixels = torch.cat(pixel_values).to(self.device, non_blocking=True)  # [sum of patches, 1176]
+        grid_thw = torch.tensor(grids, dtype=torch.int64, device=self.device)  # [N, 3]
+        output = self.model.get_image_features(pixels, grid_thw, return_dict=True)
         dtype = self.model.get_input_embeddings().weight.dtype
         return [embeds.to(dtype) for embeds in output.pooler_output]
