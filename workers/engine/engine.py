@@ -5,7 +5,7 @@ the model and samples (`workers.engine.runner`), appends the tokens and decides 
 deltas: the new tokens of every request that produced one, and the last delta (with its finish) of every
 request that ended. A request that fails alone (bad parameters, out of memory in its own forward) leaves with
 a `RequestFailed`; any other exception escapes `step` and means the engine is broken. A request's images are
-decoded and checked when it is added (`workers.engine.multimodal`): one that cannot be used fails that request.
+sized and checked when it is added (`workers.engine.multimodal`): one that cannot be used fails that request.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Engine:
         """Queue a request; an invalid one becomes a `RequestFailed` (see `pop_failures`) and is not queued."""
         problem = self._validate(submit)
         if problem is None:
-            try:  # decodes the images and computes the prompt's M-RoPE positions, once per request
+            try:  # sizes the images, starts their preprocessing, computes the prompt's M-RoPE positions: once
                 images, vision = prepare_images(submit, self.runner.vision)
             except ImageError as exc:
                 problem = FailureReason.INVALID_PARAMETER, str(exc)
