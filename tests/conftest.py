@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ServerThread, server_settings
-from workers.model.checkpoints import TinyModelSpec, build_checkpoint
+from workers.model.checkpoints import TinyModelSpec, build_checkpoint, build_glm4v_checkpoint
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -46,6 +46,29 @@ def llama_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Llama, 2 layers, without a chat template."""
     spec = TinyModelSpec(architecture="llama", seed=2, has_chat_template=False)
     return build_checkpoint(tmp_path_factory.mktemp("llama"), spec)
+
+
+@pytest.fixture(scope="session")
+def glm4v_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """GLM-4.1V (AutoGLM-Phone-9B's architecture): 2 text layers, a 2-layer vision tower, a PIL image processor
+    config giving 4 to 64 image tokens per image. The text model's queries and keys are scaled (as the worker
+    tests' checkpoints are) so that attention depends sharply on M-RoPE positions, and the vision tower's output
+    is scaled to the text embeddings' size so that the image changes the tokens."""
+    path = build_glm4v_checkpoint(tmp_path_factory.mktemp("glm4v"))
+    _scale_weights(path, {".q_proj.": 16.0, ".k_proj.": 16.0, "visual.merger.down_proj.": 20.0})
+    return path
+
+
+def _scale_weights(path: Path, factors: dict[str, float]) -> None:
+    """Multiply every weight whose name contains a key of `factors` by its factor, in place."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path / "model.safetensors")
+    for name, tensor in weights.items():
+        factor = next((f for part, f in factors.items() if part in name), None)
+        if factor is not None:
+            weights[name] = tensor * factor
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("config", "phrase"),
     [
         (
-            {"architectures": ["Glm4vForConditionalGeneration"], "model_type": "glm4v"},
+            {"architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl"},
             "not a causal LM this engine serves yet",
         ),
         ({"architectures": ["BertForMaskedLM"], "model_type": "bert"}, "masked LM"),
@@ -45,6 +45,7 @@ def test_a_model_that_is_not_a_causal_lm_is_named_from_its_config(config: dict, 
     "config",
     [
         {"architectures": ["GlmForCausalLM"], "model_type": "glm"},
+        {"architectures": ["Glm4vForConditionalGeneration"], "model_type": "glm4v"},  # served with its images
         {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3"},  # its language model
         {"architectures": ["LLaMAForCausalLM"], "model_type": "llama"},  # an old spelling: loads by model_type
         {"model_type": "llama"},
@@ -67,11 +68,11 @@ def test_remote_code_that_maps_a_causal_lm_is_left_to_transformers() -> None:
 
 def test_serving_a_vision_language_checkpoint_ends_with_one_line(glm_checkpoint: Path, tmp_path: Path) -> None:
     """No weights at all: the refusal comes from config.json before any is looked for."""
-    checkpoint = tmp_path / "glm4v"
+    checkpoint = tmp_path / "qwen2_vl"
     shutil.copytree(glm_checkpoint, checkpoint)
     (checkpoint / "model.safetensors").unlink()
     config = json.loads((checkpoint / "config.json").read_text())
-    config.update(architectures=["Glm4vForConditionalGeneration"], model_type="glm4v")
+    config.update(architectures=["Qwen2VLForConditionalGeneration"], model_type="qwen2_vl")
     (checkpoint / "config.json").write_text(json.dumps(config))
     flags = ["--model", str(checkpoint), "--port", "0", "--http-port", "0", "--device", "cpu", "--workers", "1"]
     result = subprocess.run(
@@ -80,7 +81,7 @@ def test_serving_a_vision_language_checkpoint_ends_with_one_line(glm_checkpoint:
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     last = result.stderr.splitlines()[-1]
-    assert "worker 0 cannot load the model: UnsupportedModelError: Glm4vForConditionalGeneration" in last, last
-    assert "not a causal LM this engine serves yet" in last and "model_type glm4v" in last, last
+    assert "worker 0 cannot load the model: UnsupportedModelError: Qwen2VLForConditionalGeneration" in last, last
+    assert "not a causal LM this engine serves yet" in last and "model_type qwen2_vl" in last, last
     assert "Unrecognized configuration class" not in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("worker 0 started") == 1 and "restarting in" not in result.stderr

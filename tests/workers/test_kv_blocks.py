@@ -10,7 +10,7 @@ import pytest
 
 from tests.workers.test_scheduler import make_seq, run_step
 from workers.engine.scheduler import Scheduler
-from workers.engine.sequence import SequenceStatus
+from workers.engine.sequence import ImageSpan, SequenceStatus
 from workers.kv.blocks import SCRATCH_BLOCK, BlockPool, chain_hash, prefix_hashes
 from workers.protocol import Priority
 
@@ -143,6 +143,25 @@ def test_a_request_alone_always_fits_and_the_preempted_one_runs_after_it() -> No
     assert first.num_tokens == 16 and first.finish.reason.value == "context_limit"
     run_step(scheduler)
     assert second.status is SequenceStatus.RUNNING
+
+
+def test_blocks_holding_an_image_are_keyed_by_its_content() -> None:
+    """Image tokens are one id repeated: prompts that differ only in their image share the blocks before it, not
+    the blocks holding its tokens nor any after them; the same image again hits them all."""
+    scheduler = Scheduler(max_batch_size=2, max_seq_len=64, max_num_batched_tokens=64, pool=BlockPool(20, 4))
+    prompt = (1, 2, 3, 4, 5, 6, *[9] * 8, 7, 8, 9, 10, 11)  # the image's 8 tokens at [6, 14); blocks of 4
+
+    def cached_tokens(request_id: str, content_hash: str) -> int:
+        seq = make_seq(request_id, len(prompt), max_new_tokens=1)
+        seq.prompt_ids, seq.images = prompt, (ImageSpan(6, 8, content_hash),)
+        scheduler.add(seq)
+        while scheduler.has_work():
+            run_step(scheduler)
+        return seq.num_cached_tokens
+
+    assert cached_tokens("first", "a" * 64) == 0
+    assert cached_tokens("same image", "a" * 64) == 16  # every full block before the last token
+    assert cached_tokens("other image", "b" * 64) == 4  # block [0, 4) only: [4, 8) holds image tokens
 
 
 def test_the_block_logic_imports_without_torch() -> None:

@@ -8,12 +8,16 @@ from contextlib import contextmanager
 
 import pytest
 
+from tests.workers.images import VisionPrompts, image_file
 from workers.process import entry
 from workers.protocol import (
     Cancel,
+    FailureReason,
     FinishReason,
+    ImageInput,
     LoadProgress,
     Ready,
+    RequestFailed,
     Shutdown,
     StepOutput,
     WorkerConfig,
@@ -115,3 +119,48 @@ def test_worker_reports_a_failed_load_and_exits_nonzero(problem, worker_config, 
             assert "dtype" in message.message
         process.join(timeout=10)
         assert process.exitcode == 1
+
+
+def test_worker_serves_images_over_the_pipe(glm4v_checkpoint):
+    """GLM-4.1V in a real worker process: the image files cross the pipe as bytes, the worker decodes them, and
+    the tokens equal transformers' `generate()`; an image whose token count is wrong fails that request alone."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    prompts = VisionPrompts(glm4v_checkpoint)
+    good = prompts.submit("good", ["Where do I tap? ", None], [image_file(150, 120, seed=5)], 12)
+    wrong = dataclasses.replace(
+        good,
+        request_id="wrong",
+        images=(ImageInput(image_file(90, 200, seed=6), "image/png", 20, good.images[0].content_hash),),
+    )
+    config = WorkerConfig(
+        worker_id=1, model_path=str(glm4v_checkpoint), model_id="tiny-glm4v", max_num_batched_tokens=16
+    )
+    with spawned_worker(config) as (process, conn):
+        _, ready = wait_ready(conn)
+        assert ready.model.architecture == "Glm4vForConditionalGeneration"
+        conn.send(wrong)
+        conn.send(good)
+        tokens: list[int] = []
+        failures = []
+        finished = False
+        while not finished:
+            message = receive(conn)
+            if isinstance(message, RequestFailed):
+                failures.append(message)
+                continue
+            assert isinstance(message, StepOutput), message
+            for delta in message.deltas:
+                assert delta.request_id == "good"
+                tokens.extend(delta.token_ids)
+                finished |= delta.finish is not None
+        conn.send(Shutdown())
+        process.join(timeout=10)
+        assert process.exitcode == 0
+    assert [(f.request_id, f.reason) for f in failures] == [("wrong", FailureReason.INVALID_PARAMETER)]
+    assert "gives 21 image tokens" in failures[0].message
+    model = AutoModelForImageTextToText.from_pretrained(glm4v_checkpoint, dtype=torch.float32).eval()
+    assert tokens == prompts.reference(model, good)

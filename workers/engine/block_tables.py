@@ -1,9 +1,10 @@
 """The block tables of a worker's requests over its block pool. Pure Python, like the scheduler that calls it.
 
 A request's block table holds its positions, `block_size` per block (see `workers.kv.blocks`). Here a request is
-admitted with the cached blocks of its prompt's prefix, its table grows as its tokens are scheduled, the blocks
-its computed tokens fill are registered in the prefix cache, and its blocks are released when it leaves or is
-preempted. Which request runs, and which is preempted, is the scheduler's policy, not this module's.
+admitted with the cached blocks of its prompt's prefix, its table grows as its tokens are scheduled, the blocks its
+computed tokens fill are registered in the prefix cache (keyed by their tokens and the images among them), and its
+blocks are released when it leaves or is preempted. Which request runs, and which is preempted, is the scheduler's
+policy, not this module's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 from workers.kv.blocks import ROOT_HASH, BlockPool, blocks_for, chain_hash, prefix_hashes
 
 if TYPE_CHECKING:
-    from workers.engine.sequence import Sequence
+    from workers.engine.sequence import ImageSpan, Sequence
 
 
 class BlockTables:
@@ -55,8 +56,10 @@ class BlockTables:
         size = pool.block_size
         for index in range(len(seq.block_hashes), seq.num_computed_tokens // size):
             parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
-            seq.block_hashes.append(chain_hash(parent, seq.token_ids(index * size, (index + 1) * size)))
-            pool.register(seq.block_table[index], seq.block_hashes[-1])
+            start, end = index * size, (index + 1) * size
+            block_hash = chain_hash(parent, seq.token_ids(start, end), image_key(seq.images, start, end))
+            seq.block_hashes.append(block_hash)
+            pool.register(seq.block_table[index], block_hash)
 
     def release(self, seq: Sequence) -> None:
         """Drop the request's references; its cached blocks stay matchable until evicted."""
@@ -69,4 +72,13 @@ class BlockTables:
             return []
         size = self.pool.block_size
         num_blocks = (seq.prefill_target - 1) // size
-        return prefix_hashes(seq.token_ids(0, num_blocks * size), size, num_blocks)
+        extras = [image_key(seq.images, i * size, (i + 1) * size) for i in range(num_blocks)] if seq.images else []
+        return prefix_hashes(seq.token_ids(0, num_blocks * size), size, num_blocks, extras)
+
+
+def image_key(images: tuple[ImageSpan, ...], start: int, end: int) -> bytes:
+    """What a block of positions [start, end) adds to its prefix-cache key for the images whose tokens it holds:
+    each one's content hash and the offset of the block's first position in the image (as vLLM keys them)."""
+    return b"".join(
+        f"{image.content_hash}:{start - image.start};".encode() for image in images if image.overlaps(start, end)
+    )

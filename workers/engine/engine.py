@@ -4,7 +4,8 @@ Requests join and leave the running batch at every step. A step schedules (see `
 the model and samples (`workers.engine.runner`), appends the tokens and decides finishes, and returns the step's
 deltas: the new tokens of every request that produced one, and the last delta (with its finish) of every
 request that ended. A request that fails alone (bad parameters, out of memory in its own forward) leaves with
-a `RequestFailed`; any other exception escapes `step` and means the engine is broken.
+a `RequestFailed`; any other exception escapes `step` and means the engine is broken. A request's images are
+sized and checked when it is added (`workers.engine.multimodal`): one that cannot be used fails that request.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from workers.engine.multimodal import prepare_images
 from workers.engine.runner import ModelRunner, RunnerOutput
 from workers.engine.scheduler import Scheduler
 from workers.engine.sequence import ScheduledBatch, Sequence
 from workers.engine.static_decode import resolve_decode_mode
 from workers.kv.blocks import BlockPool, PrefixStats
+from workers.model.vision import ImageError
 from workers.protocol import (
     FailureReason,
     RequestDelta,
@@ -57,18 +60,31 @@ class Engine:
         scheduler = Scheduler(config.max_batch_size, max_seq_len, config.max_num_batched_tokens, pool)
         decode_mode = resolve_decode_mode(config.decode_mode, spec.device)
         runner = ModelRunner(
-            loaded.model, loaded.cache, config.max_batch_size, max_seq_len, decode_mode, mirror=loaded.mirror
+            loaded.model,
+            loaded.cache,
+            config.max_batch_size,
+            max_seq_len,
+            decode_mode,
+            mirror=loaded.mirror,
+            vision=loaded.vision,
         )
         return cls(runner, scheduler)
 
     def add(self, submit: Submit) -> None:
         """Queue a request; an invalid one becomes a `RequestFailed` (see `pop_failures`) and is not queued."""
         problem = self._validate(submit)
+        if problem is None:
+            try:  # sizes the images, starts their preprocessing, computes the prompt's M-RoPE positions: once
+                images, vision = prepare_images(submit, self.runner.vision)
+            except ImageError as exc:
+                problem = FailureReason.INVALID_PARAMETER, str(exc)
         if problem is not None:
             reason, message = problem
             self._failures.append(RequestFailed(submit.request_id, reason, message))
             return
-        self.scheduler.add(Sequence.from_submit(submit, time.monotonic()))
+        seq = Sequence.from_submit(submit, time.monotonic())
+        seq.images, seq.vision = images, vision
+        self.scheduler.add(seq)
 
     def cancel(self, request_ids: Iterable[str]) -> None:
         """Cancelled requests end at the next step with a final CANCELLED delta; unknown ids are ignored."""
@@ -100,7 +116,8 @@ class Engine:
         return self._collect(batch, output)
 
     def warm_up(self) -> None:
-        """Run one request through every stage so a broken model fails before the worker reports Ready.
+        """Run one request through every stage so a broken model fails before the worker reports Ready; and one
+        with the smallest image through a vision-language model's image path.
 
         Its prompt fills a whole step's token budget (as far as the context allows): the longest prefill step a
         worker runs is then measured before it serves (`longest_step`, which the gateway's watchdog sizes its
@@ -108,14 +125,14 @@ class Engine:
         worker's statistics."""
         scheduler = self.scheduler
         num_prompt_tokens = max(2, min(scheduler.max_num_batched_tokens, scheduler.max_seq_len - 3))
-        self.add(
-            Submit(
-                request_id="__warmup__",
-                prompt_ids=(0,) * num_prompt_tokens,
-                sampling=SamplingParams(),
-                stopping=StoppingParams(max_new_tokens=2, ignore_eos=True),
-            )
-        )
+        stopping = StoppingParams(max_new_tokens=2, ignore_eos=True)
+        self.add(Submit("__warmup__", (0,) * num_prompt_tokens, SamplingParams(), stopping))
+        vision = self.runner.vision
+        if vision is not None:
+            image = vision.warm_up_image()
+            prompt = (0, *[vision.image_token_id] * image.num_tokens, 0)
+            if len(prompt) < scheduler.max_seq_len:
+                self.add(Submit("__warmup_image__", prompt, SamplingParams(), stopping, images=(image,)))
         while self.has_work():
             self.step()
         failures = self.pop_failures()
@@ -154,6 +171,9 @@ class Engine:
         for seq, exc in failed:
             logger.warning("request %s failed: %s", seq.request_id, exc)
             self.scheduler.abort(seq)
+            if isinstance(exc, ImageError):  # an image broken past its header, found when it was preprocessed
+                self._failures.append(RequestFailed(seq.request_id, FailureReason.INVALID_PARAMETER, str(exc)))
+                continue
             reason = FailureReason.GPU_OUT_OF_MEMORY
             self._failures.append(RequestFailed(seq.request_id, reason, f"out of memory while running it: {exc}"))
 

@@ -8,6 +8,10 @@ runs only on the hidden states that produce a token (every decode row, and the l
 its prompt), and one batched sampling call picks all of the step's tokens. The host waits on the device once
 per step, to read the sampled ids (twice when log-probabilities were asked for).
 
+A vision-language model's requests with images (GLM-4.1V) prefill from input embeddings whose image rows are
+the vision tower's output, at M-RoPE positions, and decode at cache position + rope delta (see
+`workers.engine.multimodal`); the cache and attention are the same as for text.
+
 `decode` and `prefill` are separate small functions with fixed-rank inputs. With a `StaticDecoder`, decode runs
 at bucketed static shapes instead, replayed from CUDA graphs on a GPU (see `workers.engine.static_decode`).
 
@@ -25,6 +29,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workers.engine.multimodal import (
+    encode_images,
+    pending_images,
+    release_prefilled,
+    rope_delta,
+    vision_inputs,
+)
 from workers.engine.output_counts import OutputTokenCounts
 from workers.engine.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
 from workers.engine.sequence import PrefillChunk, ScheduledBatch, Sequence
@@ -33,6 +44,7 @@ from workers.kv.attention import AttentionMetadata
 from workers.kv.attention_variants import soft_cap
 from workers.kv.blocks import SCRATCH_BLOCK, blocks_for
 from workers.kv.cache import PagedKVCache
+from workers.model.vision import VisionModel
 from workers.protocol import TokenLogprob
 
 logger = logging.getLogger(__name__)
@@ -46,7 +58,8 @@ class DecoderCall:
     CUDA graphs; no inputs). token_ids, positions, slot_mapping: [B, S], slot_mapping being each new token's
     flat cache slot (padding writes to the scratch block); block_tables: [B, N] the rows' blocks covering
     [0, kv_len), padded with the scratch block; rows: [B] batch rows (`Sequence.slot`), which pick the static
-    decode bucket; kv_len: attend over cache positions [0, kv_len).
+    decode bucket; kv_len: attend over cache positions [0, kv_len). rope_deltas: [B] decode only, what each row's
+    rotary position adds to its cache position (M-RoPE requests with images: GLM-4.1V); empty means 0.
     """
 
     kind: str
@@ -56,11 +69,14 @@ class DecoderCall:
     block_tables: list[list[int]]
     rows: list[int]
     kv_len: int
+    rope_deltas: list[int] = field(default_factory=list)
 
     def decode_inputs(self, device: torch.device) -> torch.Tensor:
-        """[4, B] int64 on `device`: the row, position, input token id and cache slot of each row, in one copy."""
-        firsts = ([row[0] for row in lists] for lists in (self.positions, self.token_ids, self.slot_mapping))
-        return torch.tensor([self.rows, *firsts], dtype=torch.int64).to(device, non_blocking=True)
+        """[5, B] int64 on `device`: the row, position, input token id, cache slot and rotary position of each
+        row, in one copy."""
+        firsts = [[row[0] for row in lists] for lists in (self.positions, self.token_ids, self.slot_mapping)]
+        rope = [p + d for p, d in zip(firsts[0], self.rope_deltas, strict=True)] if self.rope_deltas else firsts[0]
+        return torch.tensor([self.rows, *firsts, rope], dtype=torch.int64).to(device, non_blocking=True)
 
     def block_table_tensor(self, device: torch.device) -> torch.Tensor:
         """`block_tables` as [B, N] int64 on `device`."""
@@ -92,14 +108,19 @@ class ModelRunner:
         decode_mode: str = "eager",
         *,
         mirror: Callable[[DecoderCall], None] | None = None,
+        vision: VisionModel | None = None,
     ) -> None:
         """`decode_mode` is a resolved mode: "eager", "static" or "cuda_graphs" (see `resolve_decode_mode`).
         Rows (`Sequence.slot`) are in [0, max_batch_size); positions below max_seq_len.
 
         `mirror` (tensor parallelism, rank 0) is given every forward's `DecoderCall` before it runs, so that the
-        other ranks run the same forward (see `workers.parallel.ranks`).
+        other ranks run the same forward (see `workers.parallel.ranks`). `vision` is a vision-language model's
+        image path (see `workers.engine.multimodal`); with it the runner cannot be mirrored.
         """
+        if vision is not None and mirror is not None:
+            raise ValueError("images are not served with tensor parallelism; set tensor_parallel_size 1")
         self.mirror = mirror
+        self.vision = vision
         self.model = model
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
@@ -127,8 +148,9 @@ class ModelRunner:
         """Run every forward of the batch, then sample once for all rows that produce a token.
 
         Out-of-memory in a prefill forward retries its chunks one by one, so it fails only the request whose own
-        chunk does not fit; in the decode forward it fails the requests of that forward. Any other exception
-        propagates (the engine is then considered broken).
+        chunk does not fit; in the decode forward it fails the requests of that forward; in the vision tower the
+        requests whose images it was encoding. An image broken past its header fails its request. Any other
+        exception propagates (the engine is then considered broken).
         """
         output = RunnerOutput()
         hidden: list[torch.Tensor] = []  # each [rows, hidden_size]
@@ -138,7 +160,8 @@ class ModelRunner:
                 output.rows.extend(batch.decodes)
             except torch.OutOfMemoryError as exc:
                 output.failed.extend((seq, exc) for seq in batch.decodes)
-        for group in group_chunks(batch.prefills):
+        prefills = batch.prefills if self.vision is None else self._encode_images(batch.prefills, output)
+        for group in group_chunks(prefills):
             self._prefill_group(group, output, hidden)
         if output.rows:
             self._sample(torch.cat(hidden), output)
@@ -156,8 +179,9 @@ class ModelRunner:
             block_tables=self._block_tables(seqs, kv_len),
             rows=[seq.slot for seq in seqs],
             kv_len=kv_len,
+            rope_deltas=[rope_delta(seq) for seq in seqs] if self.vision is not None else [],
         )
-        inputs = call.decode_inputs(self.device)  # [4, B]: row, position, input id, cache slot
+        inputs = call.decode_inputs(self.device)  # [5, B]: row, position, input id, cache slot, rotary position
         self.seen[inputs[0], inputs[2]] = True
         if any(seq.sampling.has_output_penalty for seq in seqs):
             self.output_counts.add(inputs[0], inputs[2])
@@ -171,7 +195,8 @@ class ModelRunner:
         if self.static_decoder is not None:
             return self.static_decoder.run(inputs, block_tables, max(call.rows), call.kv_len)
         metadata = AttentionMetadata.build(self.cache, inputs[3][:, None], block_tables, positions, call.kv_len)
-        return self._forward(input_ids, positions, metadata)[:, -1]
+        # One rotary position per row, the same on M-RoPE's three axes in decode (the model broadcasts [B, 1]).
+        return self._forward(input_ids, inputs[4][:, None], metadata)[:, -1]
 
     def prefill(self, chunks: list[PrefillChunk]) -> torch.Tensor:
         """One forward over prefill chunks of several requests, each a row padded to the longest; returns the
@@ -203,18 +228,33 @@ class ModelRunner:
         call = DecoderCall(
             "prefill", ids, positions, slots, self._block_tables(seqs, kv_len), [seq.slot for seq in seqs], kv_len
         )
-        states = self.run_prefill(call)  # [G, L, hidden_size]
+        with_images = [chunk for chunk in chunks if chunk.seq.vision is not None]
+        states = self.run_prefill(call, chunks if with_images else None)  # [G, L, hidden_size]
+        if with_images:
+            release_prefilled(with_images)
         last = [len(chunk.token_ids) - 1 for chunk in chunks]
         return states[range(len(chunks)), last]
 
-    def run_prefill(self, call: DecoderCall) -> torch.Tensor:
-        """The prefill forward of `call`; returns [G, L, hidden_size]. The entry point of every rank."""
+    def run_prefill(self, call: DecoderCall, chunks: list[PrefillChunk] | None = None) -> torch.Tensor:
+        """The prefill forward of `call`; returns [G, L, hidden_size]. The entry point of every rank.
+
+        `chunks` (the rows' chunks, when some have images) make the forward take input embeddings with their
+        images' rows and M-RoPE positions (`workers.engine.multimodal`); their images were encoded."""
         self._mirror(call)
         inputs = torch.tensor([call.token_ids, call.positions, call.slot_mapping], dtype=torch.int64)
         inputs = inputs.to(self.device, non_blocking=True)  # [3, G, L]
         block_tables = call.block_table_tensor(self.device)
         metadata = AttentionMetadata.build(self.cache, inputs[2], block_tables, inputs[1], call.kv_len)
-        return self._forward(inputs[0], inputs[1], metadata)
+        if chunks is None:
+            return self._forward(inputs[0], inputs[1], metadata)
+        images = vision_inputs(chunks, inputs[0], inputs[1], self.model.get_input_embeddings())
+        output = self.decoder(
+            inputs_embeds=images.embeds,
+            position_ids=images.rope_positions,
+            use_cache=False,
+            attn_metadata=metadata,
+        )
+        return output.last_hidden_state
 
     def capture_graphs(self) -> None:
         """Capture the decode CUDA graphs now, on every rank at once (the all-reduce is inside them)."""
@@ -236,6 +276,19 @@ class ModelRunner:
         return [
             [*seq.block_table[:num_blocks], *[SCRATCH_BLOCK] * (num_blocks - len(seq.block_table))] for seq in seqs
         ]
+
+    def _encode_images(self, chunks: list[PrefillChunk], output: RunnerOutput) -> list[PrefillChunk]:
+        """One vision tower forward for the images the step's chunks reach; returns the chunks that can run."""
+        needing = [chunk for chunk in chunks if pending_images(chunk)]
+        if not needing:
+            return chunks
+        try:
+            failed: list[tuple[Sequence, BaseException]] = [*encode_images(needing, self.vision)]
+        except torch.OutOfMemoryError as exc:
+            failed = [(chunk.seq, exc) for chunk in needing]
+        output.failed.extend(failed)
+        failed_seqs = {id(seq) for seq, _ in failed}
+        return [chunk for chunk in chunks if id(chunk.seq) not in failed_seqs]
 
     def _prefill_group(self, group: list[PrefillChunk], output: RunnerOutput, hidden: list[torch.Tensor]) -> None:
         try:

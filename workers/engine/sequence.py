@@ -6,8 +6,27 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from workers.protocol import Finish, Priority, SamplingParams, StoppingParams, Submit
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpan:
+    """Where one image's tokens sit in a prompt: positions [start, start + num_tokens), and the SHA-256 hex of the
+    image's file, which keys every block holding them in the prefix cache."""
+
+    start: int
+    num_tokens: int
+    content_hash: str
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_tokens
+
+    def overlaps(self, start: int, end: int) -> bool:
+        """Whether any of positions [start, end) is one of this image's tokens."""
+        return self.start < end and start < self.end
 
 
 class SequenceStatus(enum.Enum):
@@ -49,6 +68,10 @@ class Sequence:
     first_token_time: float | None = None
     finish: Finish | None = None
     is_cancelled: bool = False
+    images: tuple[ImageSpan, ...] = ()  # in prompt order
+    # The model runner's state of a request with images (`workers.engine.multimodal.VisionState`): opaque here,
+    # kept with the request through preemption.
+    vision: Any = None
 
     @classmethod
     def from_submit(cls, submit: Submit, now: float) -> Sequence:

@@ -61,7 +61,8 @@ class StaticDecoder:
         self.use_graphs = use_graphs
         # Static inputs of every bucket: bucket `rows` uses the first `rows` entries.
         self.input_ids = torch.zeros(max_batch_size, 1, dtype=torch.int64, device=self.device)  # [R, 1]
-        self.positions = torch.zeros_like(self.input_ids)  # [R, 1]
+        self.positions = torch.zeros_like(self.input_ids)  # [R, 1]: cache positions (the attention mask)
+        self.rope_positions = torch.zeros_like(self.input_ids)  # [R, 1]: rotary positions (M-RoPE: + delta)
         self.slot_mapping = torch.zeros_like(self.input_ids)  # [R, 1]: flat cache slot of each row's new K/V
         max_blocks = blocks_for(max_seq_len, spec.block_size)
         self.block_tables = torch.full(
@@ -77,16 +78,18 @@ class StaticDecoder:
     def run(self, inputs: torch.Tensor, block_tables: torch.Tensor, highest_row: int, kv_len: int) -> torch.Tensor:
         """Decode one token for each row of `inputs`; returns their hidden states [B, hidden_size].
 
-        inputs: [4, B] int64 on the device: row, position, input token id and cache slot of each decoding
-        request; block_tables: [B, N] their blocks covering [0, kv_len). `highest_row` and `kv_len` (max
+        inputs: [5, B] int64 on the device: row, position, input token id, cache slot and rotary position of each
+        decoding request; block_tables: [B, N] their blocks covering [0, kv_len). `highest_row` and `kv_len` (max
         position + 1) are the host's copies, so picking a bucket needs no sync.
         """
         rows, kv = self.buckets.pick(highest_row, kv_len)
         active = inputs[0]
         self.positions[:rows].zero_()
+        self.rope_positions[:rows].zero_()
         self.slot_mapping[:rows].zero_()  # idle rows write to the scratch block
         self.block_tables[:rows].fill_(SCRATCH_BLOCK)
         self.positions[active, 0] = inputs[1]
+        self.rope_positions[active, 0] = inputs[4]
         self.input_ids[active, 0] = inputs[2]
         self.slot_mapping[active, 0] = inputs[3]
         self.block_tables[active, : block_tables.shape[1]] = block_tables
@@ -99,6 +102,7 @@ class StaticDecoder:
         if not self.use_graphs or self.buckets.num_buckets > MAX_WARM_CAPTURES:
             return
         self.positions.zero_()
+        self.rope_positions.zero_()
         self.slot_mapping.zero_()
         self.block_tables.fill_(SCRATCH_BLOCK)
         for rows in reversed(self.buckets.row_buckets):
@@ -113,8 +117,9 @@ class StaticDecoder:
         positions = self.positions[:rows]  # [rows, 1]
         tables = self.block_tables[:rows, : blocks_for(kv_len, self.cache.spec.block_size)]
         metadata = AttentionMetadata.build(self.cache, self.slot_mapping[:rows], tables, positions, kv_len)
+        rope_positions = self.rope_positions[:rows]  # [rows, 1]
         output = self.decoder(
-            input_ids=self.input_ids[:rows], position_ids=positions, use_cache=False, attn_metadata=metadata
+            input_ids=self.input_ids[:rows], position_ids=rope_positions, use_cache=False, attn_metadata=metadata
         )
         return output.last_hidden_state[:, -1]
 

@@ -6,7 +6,9 @@ The cache's memory is `num_blocks` blocks of `block_size` token positions each (
 rows and padding tokens write their throwaway K/V, and what unused block-table entries point to.
 
 Prefix caching: once a block is full, it is registered under the hash of its token chain (its parent block's
-hash and its own tokens), so the hash names the whole prefix up to the block's end. A new request looks up the
+hash and its own tokens, plus the content hash and offset of every image whose tokens it holds: image tokens
+are one id repeated, so two prompts that differ only in an image differ only there), so the hash names the whole
+prefix up to the block's end. A new request looks up the
 hashes of its prompt's full blocks in order and takes every block found until the first miss, adding a
 reference to each; those tokens are not prefilled again. A shared block is never written: only full blocks are
 shared, a request writes only positions past the blocks it took, and the block holding the prompt's last token is
@@ -32,19 +34,25 @@ DEFAULT_BLOCK_SIZE = 16
 ROOT_HASH = b""
 
 
-def chain_hash(parent: bytes, token_ids: Sequence[int]) -> bytes:
-    """The key of a full block: a 128-bit digest of the parent block's key and this block's token ids."""
+def chain_hash(parent: bytes, token_ids: Sequence[int], extra: bytes = b"") -> bytes:
+    """The key of a full block: a 128-bit digest of the parent block's key, this block's token ids and `extra`
+    (what the token ids do not say about the block's content: the images whose tokens it holds)."""
     digest = hashlib.blake2b(parent, digest_size=16)
     digest.update(b"".join(token_id.to_bytes(4, "little", signed=False) for token_id in token_ids))
+    digest.update(extra)
     return digest.digest()
 
 
-def prefix_hashes(token_ids: Sequence[int], block_size: int, num_blocks: int) -> list[bytes]:
-    """The chain hashes of the first `num_blocks` full blocks of `token_ids`."""
+def prefix_hashes(
+    token_ids: Sequence[int], block_size: int, num_blocks: int, extras: Sequence[bytes] = ()
+) -> list[bytes]:
+    """The chain hashes of the first `num_blocks` full blocks of `token_ids`; `extras[i]`, when given, is block
+    i's `extra`."""
     hashes: list[bytes] = []
     parent = ROOT_HASH
     for index in range(num_blocks):
-        parent = chain_hash(parent, token_ids[index * block_size : (index + 1) * block_size])
+        extra = extras[index] if extras else b""
+        parent = chain_hash(parent, token_ids[index * block_size : (index + 1) * block_size], extra)
         hashes.append(parent)
     return hashes
 

@@ -1,9 +1,11 @@
 """Loads a checkpoint for the engine: weights (optionally quantized), the KV cache and the model's facts.
 
 The model is a plain `AutoModelForCausalLM` whose attention implementation is the engine's (see
-`workers.kv.attention`). Loading is local-only unless the worker config allows downloads, safetensors only, and
-runs remote code only when configured. Every choice that cannot work on this machine fails here with a message
-that names the option, before the worker reports Ready.
+`workers.kv.attention`), or for a vision-language checkpoint of `VISION_ARCHITECTURES` (GLM-4.1V) its
+image-text-to-text class, the language model on the engine's attention and the vision tower on SDPA, with its image
+path (`workers.model.vision.VisionModel`). Loading is local-only unless the worker config allows downloads,
+safetensors only, and runs remote code only when configured. Every choice that cannot work on this machine fails
+here with a message that names the option, before the worker reports Ready.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from workers.kv.attention import ATTENTION_NAME, register_attention
 from workers.kv.blocks import blocks_for
 from workers.kv.cache import CacheSpec, PagedKVCache, blocks_that_fit
 from workers.model.manifest import verify_checkpoint
-from workers.model.support import check_causal_lm, check_supported
+from workers.model.support import (
+    VISION_ARCHITECTURES,
+    architecture_of,
+    check_causal_lm,
+    check_supported,
+    is_vision_architecture,
+)
+from workers.model.vision import VisionModel
 from workers.protocol import ModelInfo, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -44,6 +53,7 @@ class LoadedModel:
     cache: PagedKVCache
     info: ModelInfo  # info.max_context_tokens is the context limit, at most what the cache holds
     mirror: Callable | None = None  # tensor parallelism: sends each forward to the other ranks (ModelRunner)
+    vision: VisionModel | None = None  # a vision-language model's image path; None: prompts are text only
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,6 +113,9 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
     on_progress("loading weights", 0.0)
     model = _from_pretrained(config, device, dtype, quantization)
     check_supported(model, ATTENTION_NAME)
+    vision = None
+    if is_vision_architecture(architecture_of(model)):
+        vision = VisionModel.load(model, config.model_path, local_files_only=not config.allow_download)
     # The language model's facts: a multimodal checkpoint (Gemma 3) keeps them in its text config.
     text_config = model.config.get_text_config()
     max_seq_len = resolve_max_seq_len(config.max_seq_len, text_config)
@@ -113,7 +126,8 @@ def load_model(config: WorkerConfig, on_progress: ProgressCallback) -> LoadedMod
     max_seq_len = fit_context(max_seq_len, spec.num_tokens)
     cache = PagedKVCache(spec)
     on_progress("model loaded", 0.9)
-    return LoadedModel(model=model, cache=cache, info=model_info(config, model, spec, max_seq_len))
+    info = model_info(config, model, spec, max_seq_len)
+    return LoadedModel(model=model, cache=cache, info=info, vision=vision)
 
 
 def model_info(
@@ -166,8 +180,16 @@ def check_checkpoint_files(config: WorkerConfig, on_progress: ProgressCallback) 
         )
 
 
+def _declared_architecture(config: WorkerConfig) -> str | None:
+    """`architectures[0]` of a local checkpoint's config.json, or None (a hub id, or no such field)."""
+    config_file = Path(config.model_path) / "config.json"
+    if not config_file.is_file():
+        return None
+    return (json.loads(config_file.read_text()).get("architectures") or [None])[0]
+
+
 def _from_pretrained(config: WorkerConfig, device: torch.device, dtype: torch.dtype, quantization):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -176,14 +198,18 @@ def _from_pretrained(config: WorkerConfig, device: torch.device, dtype: torch.dt
     placement = {}
     if quantization is not None or importlib.util.find_spec("accelerate") is not None:
         placement["device_map"] = {"": device}  # load straight onto the device
-    model = AutoModelForCausalLM.from_pretrained(
+    model_class, attention = AutoModelForCausalLM, register_attention()
+    if _declared_architecture(config) in VISION_ARCHITECTURES:
+        # The vision tower attends within each image with no cache: transformers' SDPA, not the engine's.
+        model_class, attention = AutoModelForImageTextToText, {"text_config": attention, "vision_config": "sdpa"}
+    model = model_class.from_pretrained(
         config.model_path,
         dtype=dtype,
         quantization_config=quantization,
         local_files_only=not config.allow_download,
         use_safetensors=None if config.allow_pickle_weights else True,
         trust_remote_code=config.trust_remote_code,
-        attn_implementation=register_attention(),
+        attn_implementation=attention,
         **placement,
     )
     if not placement:

@@ -29,6 +29,9 @@ from typing import Any
 import torch
 
 SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
+# Vision-language checkpoints the engine serves with their images: loaded as image-text-to-text models, the
+# language model on the engine's attention, the vision tower on SDPA (`workers.model.vision` runs it).
+VISION_ARCHITECTURES = frozenset({"Glm4vForConditionalGeneration"})
 _ADVICE = (
     "the engine serves decoder-only causal LMs whose layers use full or sliding-window attention; serve a "
     "checkpoint of a supported family (docs/models.md, Supported models)"
@@ -46,7 +49,8 @@ class UnsupportedModelError(ValueError):
 
 
 def check_causal_lm(config: Mapping[str, Any], trust_remote_code: bool = False) -> None:
-    """Raise `UnsupportedModelError` unless config.json (`config`) declares a model `AutoModelForCausalLM` loads.
+    """Raise `UnsupportedModelError` unless config.json (`config`) declares a model `AutoModelForCausalLM` loads,
+    or one of `VISION_ARCHITECTURES`.
 
     Refused: an architecture (`architectures[0]`) that transformers files under other tasks only (masked LM,
     sequence classification, image-text-to-text, a bare encoder), or a `model_type` with no causal-LM class. A
@@ -59,6 +63,8 @@ def check_causal_lm(config: Mapping[str, Any], trust_remote_code: bool = False) 
     architecture = str((config.get("architectures") or [""])[0])
     auto_map = config.get("auto_map") if isinstance(config.get("auto_map"), dict) else {}
     causal = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if architecture in VISION_ARCHITECTURES:  # loaded as a vision-language model (see `is_vision_architecture`)
+        return
     if (trust_remote_code and "AutoModelForCausalLM" in auto_map) or architecture in causal.values():
         return
     tasks = _tasks_of(modeling_auto, architecture) if architecture else []
@@ -111,10 +117,12 @@ def _task_words(task: str) -> str:
 def check_supported(model: torch.nn.Module, attention_name: str) -> None:
     """Raise `UnsupportedModelError` if the engine (attention `attention_name`) would compute `model` wrong.
 
-    A multimodal checkpoint (Gemma 3) is judged by its language model, which is all the engine runs: prompts
-    are text, so the vision tower is never called.
+    A multimodal checkpoint is judged by its language model: for Gemma 3 that is all the engine runs (prompts
+    are text, the vision tower is never called); a `VISION_ARCHITECTURES` checkpoint's vision tower runs on
+    transformers' SDPA, outside the engine's cache.
     """
-    problem = _unsupported_model(model, attention_name) or _unsupported_layers(model.config.get_text_config())
+    text_config = model.config.get_text_config()
+    problem = _unsupported_model(model, text_config, attention_name) or _unsupported_layers(text_config)
     if problem is None and any(name.endswith("self_attn.sinks") for name, _ in model.named_parameters()):
         problem = "attention sinks"
     if problem is not None:
@@ -127,8 +135,14 @@ def architecture_of(module: torch.nn.Module) -> str:
     return (getattr(config, "architectures", None) or [type(module).__name__])[0]
 
 
-def _unsupported_model(model: torch.nn.Module, attention_name: str) -> str | None:
-    if not type(model).is_backend_compatible() or model.config._attn_implementation != attention_name:
+def is_vision_architecture(architecture: str) -> bool:
+    """Whether the engine serves this architecture's images (see `VISION_ARCHITECTURES`)."""
+    return architecture in VISION_ARCHITECTURES
+
+
+def _unsupported_model(model: torch.nn.Module, text_config, attention_name: str) -> str | None:
+    # A vision-language model's own config names its vision tower's attention; the language model's is ours.
+    if not type(model).is_backend_compatible() or text_config._attn_implementation != attention_name:
         return "its attention does not go through transformers' AttentionInterface, which the engine replaces"
     if getattr(model.config, "is_encoder_decoder", False):
         return "it is an encoder-decoder model"
