@@ -86,8 +86,8 @@ class ImageIntake:
     def _check(self, part: ImagePart) -> _Checked:
         """Read, probe and hash one image (in the pool's thread: a hash of megabytes takes milliseconds too)."""
         settings = self.settings
-        data, declared = read_image(part, settings.max_image_bytes, settings.allowed_local_media_path)
-        header = probe_image(data, part.field, settings.max_image_pixels, declared)
+        data, _ = read_image(part, settings.max_image_bytes, settings.allowed_local_media_path)
+        header = probe_image(data, part.field, settings.max_image_pixels)
         return _Checked(part, data, header, hashlib.sha256(data).hexdigest())
 
     @staticmethod

@@ -19,7 +19,9 @@ from PIL import Image, UnidentifiedImageError
 from autoglm_rpc.core.errors import ImageInvalid
 
 _MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError, MemoryError)
+# Pillow's decoders fail on a corrupt file with whatever the parsing code hits (OSError, SyntaxError, but also
+# IndexError, struct.error, ZeroDivisionError, ...): any Exception here is the file's fault, never a 500.
+_DECODE_ERRORS = (Exception, MemoryError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +31,10 @@ class ImageHeader:
     height: int
 
 
-def probe_image(data: bytes, field: str, max_pixels: int, declared: str = "") -> ImageHeader:
+def probe_image(data: bytes, field: str, max_pixels: int) -> ImageHeader:
     """The checked header of the encoded image `data`; `ImageInvalid` naming `field` when it is not a whole PNG,
-    JPEG or WebP file, disagrees with the `declared` media type, or has more than `max_pixels` pixels."""
+    JPEG or WebP file or has more than `max_pixels` pixels. The media type is the bytes' own: a declared type
+    that disagrees is not an error (clients label JPEGs as PNG; OpenAI and vLLM decode by content too)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -41,8 +44,6 @@ def probe_image(data: bytes, field: str, max_pixels: int, declared: str = "") ->
             raise
         except (*_DECODE_ERRORS, Image.DecompressionBombWarning) as error:
             raise ImageInvalid(field, f"the image cannot be decoded ({_describe(error)})") from None
-    if declared and declared != header.media_type:
-        raise ImageInvalid(field, f"the image is {header.media_type}, not {declared} as declared")
     return header
 
 
