@@ -23,6 +23,7 @@ MAX_MODEL_NAME_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
 MAX_PROMPT_TOKEN_IDS = 1_000_000
 MAX_CHAT_MESSAGES = 1024
+MAX_MESSAGE_PARTS = 1024  # content parts of one chat message
 MAX_ROLE_CHARS = 64
 MAX_TOP_K = 1_000_000
 MAX_OUTPUT_PENALTY = 2.0  # frequency_penalty and presence_penalty lie in [-2, 2], as in OpenAI's API
@@ -94,6 +95,13 @@ class ChatMessage:
     @property
     def images(self) -> tuple[ImagePart, ...]:
         return tuple(part for part in self.parts if isinstance(part, ImagePart))
+
+    @property
+    def display_text(self) -> str:
+        """The text, each image as `<image>` (for logs, which never hold an image's bytes)."""
+        if not self.parts:
+            return self.content
+        return "".join(part.text if isinstance(part, TextPart) else "<image>" for part in self.parts)
 
 
 @dataclass(frozen=True, slots=True)

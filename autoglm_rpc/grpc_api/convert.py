@@ -14,6 +14,7 @@ from autoglm.v1 import generation_pb2, types_pb2
 from autoglm_rpc.core.errors import InvalidParameter
 from autoglm_rpc.core.requests import (  # the fixed bounds and checks both protocols share
     MAX_CHAT_MESSAGES,
+    MAX_MESSAGE_PARTS,
     MAX_PROMPT_TOKEN_IDS,
     MAX_ROLE_CHARS,
     MAX_STOP_TOKEN_IDS,
@@ -132,6 +133,8 @@ def _chat_message(message: types_pb2.ChatMessage, field: str) -> ChatMessage:
         return ChatMessage(message.role, message.content)
     if message.content:
         raise InvalidParameter(field, "set content or parts, not both")
+    if len(message.parts) > MAX_MESSAGE_PARTS:  # measured before the parts are copied into Python
+        raise InvalidParameter(f"{field}.parts", f"at most {MAX_MESSAGE_PARTS} parts")
     parts: list[ContentPart] = []
     for index, part in enumerate(message.parts):
         match part.WhichOneof("kind"):

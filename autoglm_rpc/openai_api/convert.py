@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from autoglm_rpc.core.errors import InvalidParameter
 from autoglm_rpc.core.requests import (
     MAX_CHAT_MESSAGES,
+    MAX_MESSAGE_PARTS,
     MAX_PROMPT_TOKEN_IDS,
     MAX_ROLE_CHARS,
     MAX_TOP_K,
@@ -131,6 +132,8 @@ def _message(role: str, content: str | list[schemas.ContentPart] | None, field: 
     """A message's text (a string, or its text parts joined), or its parts when it has an image."""
     if content is None or isinstance(content, str):
         return ChatMessage(role, content or "")
+    if len(content) > MAX_MESSAGE_PARTS:
+        raise InvalidParameter(field, f"at most {MAX_MESSAGE_PARTS} parts")
     parts: list[ContentPart] = []
     for index, part in enumerate(content):
         if part.type == "text" and part.text is not None:

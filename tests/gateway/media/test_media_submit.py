@@ -148,6 +148,10 @@ def test_grpc_refuses_content_with_parts_and_an_empty_part() -> None:
     )
     (message,) = grpc_convert.chat_prompt(types_pb2.ChatInput(messages=[texts]), "chat").messages
     assert (message.content, message.parts) == ("ab", ())
+    many = types_pb2.ChatMessage(role="user", parts=[types_pb2.ContentPart(text="a")] * 1025)
+    with pytest.raises(InvalidParameter, match="at most 1024 parts") as too_many:
+        grpc_convert.chat_prompt(types_pb2.ChatInput(messages=[many]), "chat")
+    assert too_many.value.field == "chat.messages[0].parts"
 
 
 def test_an_image_overflowing_the_context_is_named(glm4v_dir: Path) -> None:
