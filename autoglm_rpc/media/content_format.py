@@ -7,15 +7,17 @@ from __future__ import annotations
 import jinja2
 from jinja2 import nodes
 
+from autoglm_rpc.text.chat_template import parse_template
+
 
 def detect_content_format(source: str | None) -> str:
     """ "openai" when the template iterates over a message's content, else "string" (also for no template)."""
     if not source:
         return "string"
     try:
-        tree = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(source)
+        tree = parse_template(source)
     except jinja2.TemplateSyntaxError:
-        return "string"  # the tokenizer compiles it with its own extensions; be conservative here
+        return "string"  # the tokenizer refuses such a template anyway
     content_names = {
         target.name
         for assign in tree.find_all(nodes.Assign)

@@ -121,6 +121,7 @@ class App:
         if self.http is not None:
             await self.http.stop()
         await self.pool.stop()
+        self.frontend.images.close()
         self.telemetry.shutdown()
 
     async def drain(self, grace: float) -> None:

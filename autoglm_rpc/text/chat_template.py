@@ -87,6 +87,12 @@ class ChatTemplate:
             raise ChatTemplateError(str(error) or type(error).__name__) from error
 
 
+def parse_template(source: str) -> nodes.Template:
+    """The syntax tree of a template, parsed by the environment `ChatTemplate` compiles with (its tags known);
+    raises jinja2.TemplateSyntaxError. For reading what a template expects, never for rendering."""
+    return _environment().parse(source)
+
+
 class _GenerationTag(Extension):
     """`{% generation %}...{% endgeneration %}` marks assistant text (for training masks); renders the body."""
 

@@ -207,5 +207,9 @@ def test_the_content_format_is_read_from_the_template() -> None:
     assert detect_content_format(CHAT_TEMPLATE) == "string"
     assert detect_content_format("{% set c = message['content'] %}{% for x in c %}{{ x }}{% endfor %}") == "openai"
     assert detect_content_format(None) == "string"
+    marked = "{% for m in messages %}{% generation %}{% for p in m.content %}{{ p.text }}{% endfor %}"
+    assert (
+        detect_content_format(marked + "{% endgeneration %}{% endfor %}") == "openai"
+    )  # the tokenizer's own tags are known
     chosen = ImageIntake(MediaSettings(chat_template_content_format="string"), SPEC, GLM4V_CHAT_TEMPLATE)
     assert chosen.content_format == "string"
