@@ -131,13 +131,16 @@ class MediaSettings:
     """Images in chat prompts (`media.ImageIntake`; see docs/openai-api.md, "Images").
 
     An image comes inline (a `data:` URL over HTTP, the file's bytes over gRPC) or, over HTTP, as a `file://` URL
-    under allowed_local_media_path (unset: no local files). http(s) URLs are never fetched.
+    under allowed_local_media_path (unset: no local files), or as an http(s) URL where allow_remote_media is on.
     """
 
     max_images_per_prompt: int = 10  # images in one chat, all messages together; more get TOO_MANY_IMAGES
     max_image_bytes: int = 10 * 1024 * 1024  # the encoded file of one image (10 MiB)
     max_image_pixels: int = 4096 * 4096  # width * height of one image, checked from its header before decoding
     allowed_local_media_path: str | None = None  # file:// images must lie under this directory
+    # Fetch http(s) image URLs (off: the server would reach any address it can, on a caller's word).
+    allow_remote_media: bool = False
+    remote_media_timeout: float = 10.0  # seconds for one whole fetch
     # How the chat template takes a message with images: "openai" (content as a list of parts), "string" (the
     # parts flattened into one string with an image placeholder), or "auto" (read from the template).
     chat_template_content_format: str = "auto"

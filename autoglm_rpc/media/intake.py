@@ -8,7 +8,9 @@ size, its header, format, pixel count and whether the file is whole (IMAGE_INVAL
 checked after tokenizing (PROMPT_TOO_LONG naming the image the limit falls in). A bad image is thus reported as
 such whatever the model.
 
-The work per image runs in a small thread pool, not on the event loop: reading a header and verifying a file is
+An http(s) URL, where `allow_remote_media` allows it, is fetched first in a pool of its own (a slow remote
+server then holds a fetch thread, never the threads that check images). The work per image runs in a small
+thread pool, not on the event loop: reading a header and verifying a file is
 cheap (a fraction of a millisecond for a PNG screenshot, a few ms for a JPEG's draft decode) but bounded only by
 the limits, and a bomb or a corrupt file must never stall the streams the loop is serving. Pillow releases the
 GIL while it decodes, so two threads keep up with many callers on two cores.
@@ -17,6 +19,7 @@ GIL while it decodes, so two threads keep up with many callers on two cores.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,11 +29,13 @@ from autoglm_rpc.core.errors import ImageInvalid, ModalityNotSupported, TooManyI
 from autoglm_rpc.core.requests import ChatPrompt, ImagePart, Prompt
 from autoglm_rpc.media.content_format import detect_content_format
 from autoglm_rpc.media.probe import ImageHeader, probe_image
-from autoglm_rpc.media.source import read_image
+from autoglm_rpc.media.remote import fetch_image
+from autoglm_rpc.media.source import is_remote, read_image
 from autoglm_rpc.media.vision import VisionSpec
 from workers.protocol import ImageInput
 
 _THREADS = 2
+_FETCH_THREADS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,7 @@ class ImageIntake:
         chosen = settings.chat_template_content_format
         self.content_format = detect_content_format(template_source) if chosen == "auto" else chosen
         self._executor: ThreadPoolExecutor | None = None
+        self._fetcher: ThreadPoolExecutor | None = None
 
     async def prepare(self, prompt: Prompt, model_id: str) -> tuple[PreparedImage, ...]:
         """The prompt's images, checked in the order of the module docstring; () for a prompt without any."""
@@ -61,11 +67,7 @@ class ImageIntake:
         limit = self.settings.max_images_per_prompt
         if len(parts) > limit:
             raise TooManyImages(parts[limit].field, limit)
-        loop = asyncio.get_running_loop()
-        executor = self._pool()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(executor, self._check, part) for part in parts), return_exceptions=True
-        )
+        results = await asyncio.gather(*(self._one(part) for part in parts), return_exceptions=True)
         for result in results:  # the first failure in prompt order answers
             if isinstance(result, BaseException):
                 raise result
@@ -75,13 +77,23 @@ class ImageIntake:
         return tuple(self._prepared(item, self.vision) for item in checked)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self._executor, self._fetcher):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
 
-    def _pool(self) -> ThreadPoolExecutor:
+    async def _one(self, part: ImagePart) -> _Checked:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        if is_remote(part) and settings.allow_remote_media:
+            if self._fetcher is None:
+                self._fetcher = ThreadPoolExecutor(_FETCH_THREADS, thread_name_prefix="image-fetch")
+            data = await loop.run_in_executor(
+                self._fetcher, fetch_image, part, settings.max_image_bytes, settings.remote_media_timeout
+            )
+            part = dataclasses.replace(part, url="", data=data)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="image-intake")
-        return self._executor
+        return await loop.run_in_executor(self._executor, self._check, part)
 
     def _check(self, part: ImagePart) -> _Checked:
         """Read, probe and hash one image (in the pool's thread: a hash of megabytes takes milliseconds too)."""

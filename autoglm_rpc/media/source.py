@@ -1,6 +1,7 @@
 """Where an image part's bytes come from: a `data:` URL, a `file://` URL under the allowed directory, or the
-bytes themselves (gRPC). http(s) URLs are refused: fetching a caller's URL from the server is a request-forgery
-risk and a stall, and the phone agent sends its screenshots inline.
+bytes themselves (gRPC). http(s) URLs are refused here: fetching a caller's URL from the server is a
+request-forgery risk and a stall, and the phone agent sends its screenshots inline; where the operator allows it,
+`remote.py` fetches them (the intake routes them there first).
 
 Every refusal is `ImageInvalid` naming the part. The byte limit is checked before decoding base64 (from the
 encoded length) and before reading a file (from its size), so an oversized image costs no copy.
@@ -29,6 +30,11 @@ def declared_media_type(part: ImagePart, value: str) -> str:
     return media_type
 
 
+def is_remote(part: ImagePart) -> bool:
+    """Whether `part` is an http(s) URL."""
+    return part.url[:8].lower().startswith(("http://", "https://"))
+
+
 def read_image(part: ImagePart, max_bytes: int, local_root: str | None) -> tuple[bytes, str]:
     """The encoded file of `part` and its declared media type ("" when undeclared). Blocking (file reads)."""
     if not part.url:
@@ -42,7 +48,9 @@ def read_image(part: ImagePart, max_bytes: int, local_root: str | None) -> tuple
     if scheme == "file":
         return _from_file_url(part, max_bytes, local_root), ""
     if scheme in ("http", "https"):
-        raise ImageInvalid(part.field, "http(s) image URLs are not fetched by this server; send a data: URL")
+        raise ImageInvalid(
+            part.field, "http(s) image URLs are not fetched by this server (allow_remote_media); send a data: URL"
+        )
     raise ImageInvalid(part.field, "the image URL must be a data: URL (or file:// where the server allows it)")
 
 

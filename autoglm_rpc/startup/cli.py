@@ -130,6 +130,10 @@ def _media_flags(serve: argparse.ArgumentParser) -> None:
         "--allowed-local-media-path", help="directory file:// image URLs may read from (default none)"
     )
     media.add_argument(
+        "--allow-remote-media", action="store_const", const=True, help="fetch http(s) image URLs (default off)"
+    )
+    media.add_argument("--remote-media-timeout", type=float, help="seconds for one image fetch (default 10)")
+    media.add_argument(
         "--chat-template-content-format",
         type=str.lower,
         help="auto (default), string (parts flattened, an image placeholder) or openai (a list of parts)",

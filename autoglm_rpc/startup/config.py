@@ -262,6 +262,8 @@ def _validate_security(security: SecuritySettings) -> None:
 def _validate_media(media: MediaSettings) -> None:
     _check_at_least_1(media, "max_images_per_prompt", "max_image_bytes", "max_image_pixels")
     _check_choice("chat_template_content_format", media.chat_template_content_format, CONTENT_FORMATS)
+    if not media.remote_media_timeout > 0:
+        raise ValueError(f"remote_media_timeout must be positive, got {media.remote_media_timeout}")
 
 
 def _read_file(path: Path) -> dict[str, Any]:
