@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")  # TelemetrySettings.otlp_protocol (the telemetry checks it too)
+CONTENT_FORMATS = ("auto", "string", "openai")  # MediaSettings.chat_template_content_format
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,3 +125,23 @@ class SecuritySettings:
     rate_limit_requests_per_minute: int = 0  # per key (or for all callers when no keys are set); 0 = off
     rate_limit_tokens_per_minute: int = 0  # prompt + max_new_tokens reserved per key, unused part refunded
     high_priority_owners: str | None = None  # comma-separated key owners that may send PRIORITY_HIGH (with keys)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """Images in chat prompts (`media.ImageIntake`; see docs/openai-api.md, "Images").
+
+    An image comes inline (a `data:` URL over HTTP, the file's bytes over gRPC) or, over HTTP, as a `file://` URL
+    under allowed_local_media_path (unset: no local files), or as an http(s) URL where allow_remote_media is on.
+    """
+
+    max_images_per_prompt: int = 10  # images in one chat, all messages together; more get TOO_MANY_IMAGES
+    max_image_bytes: int = 10 * 1024 * 1024  # the encoded file of one image (10 MiB)
+    max_image_pixels: int = 4096 * 4096  # width * height of one image, checked from its header before decoding
+    allowed_local_media_path: str | None = None  # file:// images must lie under this directory
+    # Fetch http(s) image URLs (off: the server would reach any address it can, on a caller's word).
+    allow_remote_media: bool = False
+    remote_media_timeout: float = 10.0  # seconds for one whole fetch
+    # How the chat template takes a message with images: "openai" (content as a list of parts), "string" (the
+    # parts flattened into one string with an image placeholder), or "auto" (read from the template).
+    chat_template_content_format: str = "auto"

@@ -51,6 +51,39 @@ class InvalidParameter(ServiceError):
         self.field = field
 
 
+class ImageInvalid(InvalidParameter):
+    """An image part that cannot be used: its source (a URL scheme, a file outside the allowed path), its bytes
+    (corrupt, truncated, not PNG / JPEG / WebP) or its size (over the byte or pixel limit); names the part."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(field, problem)
+        self.reason = "IMAGE_INVALID"
+
+
+class TooManyImages(InvalidParameter):
+    """A chat with more images than `max_images_per_prompt`; names the first part over the limit."""
+
+    def __init__(self, field: str, limit: int) -> None:
+        super().__init__(field, f"at most {limit} images per prompt")
+        self.reason = "TOO_MANY_IMAGES"
+
+
+class ModalityNotSupported(InvalidParameter):
+    """An image for a model without a vision tower; names the first image part."""
+
+    def __init__(self, field: str, model: str) -> None:
+        super().__init__(field, f"model {model!r} takes text only (its checkpoint has no vision tower)")
+        self.reason = "MODALITY_NOT_SUPPORTED"
+
+
+class ImageOverflowsContext(InvalidParameter):
+    """The prompt passes the context limit inside this image's tokens (PROMPT_TOO_LONG, naming the part)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(field, problem)
+        self.reason = "PROMPT_TOO_LONG"
+
+
 class PromptTooLong(ServiceError):
     def __init__(self, message: str) -> None:
         super().__init__(message, Code.INVALID_ARGUMENT, "PROMPT_TOO_LONG")

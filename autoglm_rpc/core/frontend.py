@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from autoglm_rpc.core import errors, request_ids
+from autoglm_rpc.core.config_sections import MediaSettings
 from autoglm_rpc.core.request_run import RequestRun
 from autoglm_rpc.core.requests import (
     NO_OBSERVER,
@@ -28,6 +29,9 @@ from autoglm_rpc.core.requests import (
     Prompt,
     TokenPrompt,
 )
+from autoglm_rpc.media.intake import ImageIntake, PreparedImage
+from autoglm_rpc.media.prompt import check_image_fit, encode_with_images
+from autoglm_rpc.media.vision import VisionSpec
 from autoglm_rpc.pool.pool import InFlight, WorkerPool
 from autoglm_rpc.security.priority import PriorityPolicy
 from autoglm_rpc.security.rate_limit import RateLimiter
@@ -54,6 +58,7 @@ class ServedModel:
     default_max_new_tokens: int
     max_prompt_chars: int = 0  # 0: PROMPT_CHARS_PER_TOKEN per token of the context
     aliases: tuple[str, ...] = ()
+    vision: VisionSpec | None = None  # None: a text model (images are refused with MODALITY_NOT_SUPPORTED)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -75,11 +80,13 @@ class Frontend:
         pool: WorkerPool,
         limiter: RateLimiter | None = None,
         priority: PriorityPolicy | None = None,
+        media: MediaSettings | None = None,
     ) -> None:
         self.model = model
         self.pool = pool
         self.limiter = limiter or RateLimiter()
         self.priority = priority or PriorityPolicy()
+        self.images = ImageIntake(media or MediaSettings(), model.vision, model.tokenizer.chat_template_source)
         self.num_active = 0  # admitted calls whose caller has not had its last event yet
         self._idle = asyncio.Event()
         self._idle.set()
@@ -119,7 +126,7 @@ class Frontend:
             case TokenPrompt(ids=ids):
                 size, unit, limit = len(ids), "token ids", self.max_context_tokens - 1
             case ChatPrompt(messages=messages):
-                size, unit, limit = sum(len(m.content) for m in messages), "characters", self.max_prompt_chars
+                size, unit, limit = sum(m.num_chars for m in messages), "characters", self.max_prompt_chars
             case str():
                 size, unit, limit = len(prompt), "characters", self.max_prompt_chars
         if size > limit:
@@ -128,8 +135,22 @@ class Frontend:
                 f"(the context limit is {self.max_context_tokens} tokens)"
             )
 
-    def encode(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of a prompt, as the model will see them."""
+    async def tokenize(self, prompt: Prompt, add_special_tokens: bool = True) -> list[int]:
+        """`encode` after the prompt's images are checked and counted (their tokens included)."""
+        self.check_prompt_size(prompt)
+        images = await self.images.prepare(prompt, self.model.model_id)
+        return self.encode(prompt, add_special_tokens, images)
+
+    def encode(
+        self, prompt: Prompt, add_special_tokens: bool = True, images: tuple[PreparedImage, ...] = ()
+    ) -> list[int]:
+        """Token ids of a prompt, as the model will see them (each of `images` as its run of image tokens)."""
+        return self._encode(prompt, add_special_tokens, images)[0]
+
+    def _encode(
+        self, prompt: Prompt, add_special_tokens: bool, images: tuple[PreparedImage, ...]
+    ) -> tuple[list[int], list[int]]:
+        """The prompt's ids and where each image's run starts in them."""
         self.check_prompt_size(prompt)
         match prompt:
             case TokenPrompt(ids=ids):
@@ -139,10 +160,22 @@ class Frontend:
                     raise errors.InvalidParameter(
                         "prompt_token_ids.ids", f"token id {bad} is outside the vocabulary (size {vocab_size})"
                     )
-                return list(ids)
+                return list(ids), []
             case ChatPrompt(messages=messages, add_generation_prompt=add_generation_prompt):
+                if len(images) != len(prompt.images):  # a caller that skipped `ImageIntake.prepare`: a bug
+                    raise RuntimeError("a chat's images must be prepared before it is encoded")
                 try:
-                    return self.model.tokenizer.encode_chat(messages, add_generation_prompt)
+                    if images and self.model.vision is not None:
+                        num_tokens = [prepared.image.num_tokens for prepared in images]
+                        return encode_with_images(
+                            self.model.tokenizer,
+                            messages,
+                            add_generation_prompt=add_generation_prompt,
+                            spec=self.model.vision,
+                            content_format=self.images.content_format,
+                            num_tokens=num_tokens,
+                        )
+                    return self.model.tokenizer.encode_chat(messages, add_generation_prompt), []
                 except ChatTemplateMissing:
                     raise errors.ChatTemplateMissing(self.model.model_id) from None
                 except ChatTemplateError as exc:
@@ -150,16 +183,28 @@ class Frontend:
                         "chat.messages", f"the chat template refused them: {exc}"
                     ) from None
             case str():
-                return self.model.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+                return self.model.tokenizer.encode(prompt, add_special_tokens=add_special_tokens), []
 
-    def resolve(self, request: GenerationRequest, deadline: float | None, owner: str | None = None) -> Submit:
+    def resolve(
+        self,
+        request: GenerationRequest,
+        deadline: float | None,
+        owner: str | None = None,
+        images: tuple[PreparedImage, ...] = (),
+    ) -> Submit:
         """Check the request against the model and build the worker's `Submit` (with every default applied).
 
-        The Submit's request id is scoped to `owner` (see `request_ids`)."""
+        `images` are the prompt's, from `ImageIntake.prepare`. The Submit's request id is scoped to `owner` (see
+        `request_ids`)."""
         self.check_model(request.model)
-        prompt_ids = self.encode(request.prompt)
+        prompt_ids, starts = self._encode(request.prompt, True, images)
         if not prompt_ids:
             raise errors.InvalidParameter("prompt", "the prompt has no tokens")
+        if images:
+            room = self.max_context_tokens - (request.stopping.max_new_tokens or 1)
+            num_tokens = [prepared.image.num_tokens for prepared in images]
+            fields = [prepared.field for prepared in images]
+            check_image_fit(starts, num_tokens, fields, room, self.max_context_tokens)
         max_new_tokens = self._max_new_tokens(len(prompt_ids), request.stopping.max_new_tokens)
         vocab_size = self.vocab_size
         bad_stop = next((i for i in request.stopping.stop_token_ids if i >= vocab_size), None)
@@ -184,6 +229,7 @@ class Frontend:
             top_logprobs=request.output.top_logprobs,
             priority=request.priority,
             deadline=deadline,
+            images=tuple(prepared.image for prepared in images),
         )
 
     def _max_new_tokens(self, num_prompt_tokens: int, asked: int | None) -> int:
@@ -267,11 +313,12 @@ class Frontend:
         self.priority.check(request.priority, owner)
         self.pool.check_admission()
         self.check_prompt_size(request.prompt)  # by length alone, before any tokenizer work (also off the loop)
+        images = await self.images.prepare(request.prompt, self.model.model_id)  # off the loop, in its pool
         if _is_long(request.prompt):
             # Tokenizing a long prompt takes milliseconds; the tokenizer releases the GIL, so run it off the loop.
-            submit = await asyncio.to_thread(self.resolve, request, deadline, owner)
+            submit = await asyncio.to_thread(self.resolve, request, deadline, owner, images)
         else:
-            submit = self.resolve(request, deadline, owner)
+            submit = self.resolve(request, deadline, owner, images)
         with observer.admitting():
             flight = self._admit(submit, owner)
         text = TextStream(
@@ -315,5 +362,5 @@ def _is_long(prompt: Prompt) -> bool:
         case str():
             return len(prompt) > _LONG_PROMPT_CHARS
         case ChatPrompt(messages=messages):
-            return sum(len(m.content) for m in messages) > _LONG_PROMPT_CHARS
+            return sum(m.num_chars for m in messages) > _LONG_PROMPT_CHARS
     return False

@@ -23,6 +23,7 @@ MAX_MODEL_NAME_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
 MAX_PROMPT_TOKEN_IDS = 1_000_000
 MAX_CHAT_MESSAGES = 1024
+MAX_MESSAGE_PARTS = 1024  # content parts of one chat message
 MAX_ROLE_CHARS = 64
 MAX_TOP_K = 1_000_000
 MAX_OUTPUT_PENALTY = 2.0  # frequency_penalty and presence_penalty lie in [-2, 2], as in OpenAI's API
@@ -58,15 +59,60 @@ def output_penalty(field: str, value: float | None) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image of a chat message, as its edge received it: a URL (HTTP: `data:` or `file://`) or the file's
+    bytes (gRPC, with the declared media type, empty when not given). `field` is how the caller's protocol names
+    this part (`messages[1].content[0]`, `chat.messages[1].parts[0].image`): every error about it names that."""
+
+    field: str
+    url: str = ""
+    data: bytes = b""
+    media_type: str = ""
+
+
+ContentPart = TextPart | ImagePart
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
+    """One turn: `content` (text), or `parts` (text and images in order, `content` then empty). The edges set
+    parts only for a message with an image; a message of text parts alone arrives as their joined text."""
+
     role: str
     content: str
+    parts: tuple[ContentPart, ...] = ()
+
+    @property
+    def num_chars(self) -> int:
+        """Characters of text, content and text parts together (what the prompt-size check counts)."""
+        return len(self.content) + sum(len(part.text) for part in self.parts if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        return tuple(part for part in self.parts if isinstance(part, ImagePart))
+
+    @property
+    def display_text(self) -> str:
+        """The text, each image as `<image>` (for logs, which never hold an image's bytes)."""
+        if not self.parts:
+            return self.content
+        return "".join(part.text if isinstance(part, TextPart) else "<image>" for part in self.parts)
 
 
 @dataclass(frozen=True, slots=True)
 class ChatPrompt:
     messages: tuple[ChatMessage, ...]
     add_generation_prompt: bool = True
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        """Every image part, in prompt order."""
+        return tuple(image for message in self.messages if message.parts for image in message.images)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from autoglm.v1 import generation_pb2, types_pb2
 from autoglm_rpc.core.errors import InvalidParameter
 from autoglm_rpc.core.requests import (  # the fixed bounds and checks both protocols share
     MAX_CHAT_MESSAGES,
+    MAX_MESSAGE_PARTS,
     MAX_PROMPT_TOKEN_IDS,
     MAX_ROLE_CHARS,
     MAX_STOP_TOKEN_IDS,
@@ -21,12 +22,15 @@ from autoglm_rpc.core.requests import (  # the fixed bounds and checks both prot
     ChatMessage,
     ChatPrompt,
     Completed,
+    ContentPart,
     GenerationRequest,
+    ImagePart,
     OutputRequest,
     Prompt,
     RequestLimits,
     SamplingOverrides,
     StopRequest,
+    TextPart,
     Timings,
     TokenPrompt,
     in_range,
@@ -120,7 +124,32 @@ def chat_prompt(chat: types_pb2.ChatInput, field: str) -> ChatPrompt:
                 f"{field}.messages[{index}].role", f"must have 1 to {MAX_ROLE_CHARS} characters"
             )
     add = chat.add_generation_prompt if chat.HasField("add_generation_prompt") else True
-    return ChatPrompt(tuple(ChatMessage(m.role, m.content) for m in chat.messages), add)
+    return ChatPrompt(tuple(_chat_message(m, f"{field}.messages[{i}]") for i, m in enumerate(chat.messages)), add)
+
+
+def _chat_message(message: types_pb2.ChatMessage, field: str) -> ChatMessage:
+    """A message's content, or its parts: text parts alone become their joined text (as `content`)."""
+    if not message.parts:
+        return ChatMessage(message.role, message.content)
+    if message.content:
+        raise InvalidParameter(field, "set content or parts, not both")
+    if len(message.parts) > MAX_MESSAGE_PARTS:  # measured before the parts are copied into Python
+        raise InvalidParameter(f"{field}.parts", f"at most {MAX_MESSAGE_PARTS} parts")
+    parts: list[ContentPart] = []
+    for index, part in enumerate(message.parts):
+        match part.WhichOneof("kind"):
+            case "text":
+                parts.append(TextPart(part.text))
+            case "image":
+                image = part.image
+                parts.append(
+                    ImagePart(f"{field}.parts[{index}].image", data=image.data, media_type=image.media_type)
+                )
+            case _:
+                raise InvalidParameter(f"{field}.parts[{index}]", "set text or image")
+    if not any(isinstance(part, ImagePart) for part in parts):
+        return ChatMessage(message.role, "".join(part.text for part in parts))  # type: ignore[union-attr]
+    return ChatMessage(message.role, "", tuple(parts))
 
 
 def _sampling(options: types_pb2.SamplingOptions) -> SamplingOverrides:

@@ -139,7 +139,7 @@ class GenerationServicer:
             case "text":
                 ids = self._frontend.encode(request.text, add_special_tokens=add_special)
             case "chat":
-                ids = self._frontend.encode(convert.chat_prompt(request.chat, "chat"))
+                ids = await self._frontend.tokenize(convert.chat_prompt(request.chat, "chat"))
             case _:
                 raise InvalidParameter("input", "set one of text and chat")
         return generation_pb2.TokenizeResponse(

@@ -13,18 +13,22 @@ from collections.abc import Sequence
 from autoglm_rpc.core.errors import InvalidParameter
 from autoglm_rpc.core.requests import (
     MAX_CHAT_MESSAGES,
+    MAX_MESSAGE_PARTS,
     MAX_PROMPT_TOKEN_IDS,
     MAX_ROLE_CHARS,
     MAX_TOP_K,
     ChatMessage,
     ChatPrompt,
     Completed,
+    ContentPart,
     GenerationRequest,
+    ImagePart,
     OutputRequest,
     Prompt,
     RequestLimits,
     SamplingOverrides,
     StopRequest,
+    TextPart,
     TokenPrompt,
     in_range,
     model_name,
@@ -120,20 +124,29 @@ def _messages(messages: list[schemas.ChatMessage]) -> tuple[ChatMessage, ...]:
     for index, message in enumerate(messages):
         if not 0 < len(message.role) <= MAX_ROLE_CHARS:
             raise InvalidParameter(f"messages[{index}].role", f"must have 1 to {MAX_ROLE_CHARS} characters")
-        result.append(ChatMessage(message.role, _content(message.content, f"messages[{index}].content")))
+        result.append(_message(message.role, message.content, f"messages[{index}].content"))
     return tuple(result)
 
 
-def _content(content: str | list[schemas.ContentPart] | None, field: str) -> str:
-    """A message's text: a string, or the text parts joined (other kinds of part are refused)."""
+def _message(role: str, content: str | list[schemas.ContentPart] | None, field: str) -> ChatMessage:
+    """A message's text (a string, or its text parts joined), or its parts when it has an image."""
     if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
+        return ChatMessage(role, content or "")
+    if len(content) > MAX_MESSAGE_PARTS:
+        raise InvalidParameter(field, f"at most {MAX_MESSAGE_PARTS} parts")
+    parts: list[ContentPart] = []
     for index, part in enumerate(content):
-        if part.type != "text" or part.text is None:
-            raise InvalidParameter(f"{field}[{index}]", f"only text parts are supported, got {part.type!r}")
-        texts.append(part.text)
-    return "".join(texts)
+        if part.type == "text" and part.text is not None:
+            parts.append(TextPart(part.text))
+        elif part.type == "image_url" and part.image_url is not None:
+            parts.append(ImagePart(f"{field}[{index}]", url=part.image_url.url))
+        else:
+            raise InvalidParameter(
+                f"{field}[{index}]", f"only text and image_url parts are supported, got {part.type!r}"
+            )
+    if not any(isinstance(part, ImagePart) for part in parts):
+        return ChatMessage(role, "".join(part.text for part in parts))  # type: ignore[union-attr]
+    return ChatMessage(role, "", tuple(parts))
 
 
 def _completion_prompt(prompt: str | list[str] | list[int] | list[list[int]]) -> Prompt:

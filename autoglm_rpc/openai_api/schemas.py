@@ -25,9 +25,15 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+class ImageUrl(_Body):
+    url: str
+    detail: str | None = None  # "auto", "low" or "high": accepted and ignored (the model has one resolution rule)
+
+
 class ContentPart(_Body):
     type: str
     text: str | None = None
+    image_url: ImageUrl | None = None
 
 
 class ChatMessage(_Body):

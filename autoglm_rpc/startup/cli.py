@@ -97,12 +97,7 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--trust-remote-code", action="store_const", const=True, help="run a checkpoint's own code")
     serve.add_argument("--allow-download", action="store_const", const=True, help="let a hub id be downloaded")
     serve.add_argument("--log-level", type=str.upper, help="DEBUG, INFO (default), WARNING or ERROR")
-    limits = serve.add_argument_group("request limits")
-    limits.add_argument("--max-stop-sequences", type=int, help="stop sequences per request (default 16)")
-    limits.add_argument("--max-stop-sequence-chars", type=int, help="characters per stop sequence (default 256)")
-    limits.add_argument("--max-top-logprobs", type=int, help="output.top_logprobs at most (default 20)")
-    limits.add_argument("--max-prompt-chars", type=int, help="prompt characters (default 16 per context token)")
-    limits.add_argument("--max-health-watchers", type=int, help="open Health/Watch streams at most (default 100)")
+    _limit_flags(serve)
     security = serve.add_argument_group("security")
     security.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (with --tls-key)")
     security.add_argument("--tls-key", help="PEM private key of --tls-cert")
@@ -118,6 +113,35 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
         "--allow-pickle-weights", action="store_const", const=True, help="load .bin weights (pickle can run code)"
     )
     _observability_flags(serve)
+    _media_flags(serve)
+
+
+def _limit_flags(serve: argparse.ArgumentParser) -> None:
+    limits = serve.add_argument_group("request limits")
+    limits.add_argument("--max-stop-sequences", type=int, help="stop sequences per request (default 16)")
+    limits.add_argument("--max-stop-sequence-chars", type=int, help="characters per stop sequence (default 256)")
+    limits.add_argument("--max-top-logprobs", type=int, help="output.top_logprobs at most (default 20)")
+    limits.add_argument("--max-prompt-chars", type=int, help="prompt characters (default 16 per context token)")
+    limits.add_argument("--max-health-watchers", type=int, help="open Health/Watch streams at most (default 100)")
+
+
+def _media_flags(serve: argparse.ArgumentParser) -> None:
+    media = serve.add_argument_group("images in chat prompts")
+    media.add_argument("--max-images-per-prompt", type=int, help="images in one chat (default 10)")
+    media.add_argument("--max-image-bytes", type=int, help="encoded bytes of one image (default 10 MiB)")
+    media.add_argument("--max-image-pixels", type=int, help="width * height of one image (default 4096 * 4096)")
+    media.add_argument(
+        "--allowed-local-media-path", help="directory file:// image URLs may read from (default none)"
+    )
+    media.add_argument(
+        "--allow-remote-media", action="store_const", const=True, help="fetch http(s) image URLs (default off)"
+    )
+    media.add_argument("--remote-media-timeout", type=float, help="seconds for one image fetch (default 10)")
+    media.add_argument(
+        "--chat-template-content-format",
+        type=str.lower,
+        help="auto (default), string (parts flattened, an image placeholder) or openai (a list of parts)",
+    )
 
 
 def _listen_flags(serve: argparse.ArgumentParser) -> None:

@@ -16,6 +16,8 @@ unique across sections, and `SECTION_OF` says where it lives):
 - `limits` (`requests.RequestLimits`): the bounds both protocol edges check requests against.
 - `telemetry` (TelemetrySettings): `telemetry.Telemetry`, which also derives the workers' `TelemetryConfig`.
 - `security` (SecuritySettings): `security.Security` (API keys, rate limits, priority owners, TLS).
+- `media` (MediaSettings): `media.ImageIntake`, through the front end (limits on images, local files, how the
+  chat template takes content parts).
 `Settings(max_batch_size=4)` places a setting given by its flat name in its section, and `settings.max_batch_size`
 reads it back; the parts themselves take `settings.engine` and the like.
 """
@@ -30,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from autoglm_rpc.core.config_sections import (
+    CONTENT_FORMATS,
     OTLP_PROTOCOLS,
     CheckpointSettings,
     EngineSettings,
+    MediaSettings,
     PoolSettings,
     SecuritySettings,
     ServerSettings,
@@ -67,6 +71,7 @@ SECTIONS: dict[str, type] = {
     "limits": RequestLimits,
     "telemetry": TelemetrySettings,
     "security": SecuritySettings,
+    "media": MediaSettings,
 }
 # Setting name (TOML key, AUTOGLM_* suffix, flag) -> the section that holds it.
 SECTION_OF: dict[str, str] = {f.name: section for section, kind in SECTIONS.items() for f in fields(kind)}
@@ -83,6 +88,7 @@ class Settings:
     limits: RequestLimits
     telemetry: TelemetrySettings
     security: SecuritySettings
+    media: MediaSettings
 
     def __init__(self, **values: Any) -> None:
         """Sections by name (`engine=EngineSettings(...)`), settings by their flat names (`max_batch_size=4`), or
@@ -133,6 +139,7 @@ class Settings:
         _validate_limits(self.limits)
         _validate_telemetry(self.telemetry)
         _validate_security(self.security)
+        _validate_media(self.media)
 
 
 def given_values(
@@ -271,6 +278,13 @@ def _validate_security(security: SecuritySettings) -> None:
             raise ValueError(f"{name} must be 0 (off) or more, got {getattr(security, name)}")
 
 
+def _validate_media(media: MediaSettings) -> None:
+    _check_at_least_1(media, "max_images_per_prompt", "max_image_bytes", "max_image_pixels")
+    _check_choice("chat_template_content_format", media.chat_template_content_format, CONTENT_FORMATS)
+    if not media.remote_media_timeout > 0:
+        raise ValueError(f"remote_media_timeout must be positive, got {media.remote_media_timeout}")
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     """The file's settings, flat; a table named after a section (`[engine]`) holds that section's settings."""
     try:
@@ -318,7 +332,10 @@ def _coerce(name: str, value: Any) -> Any:
         raise ValueError(f"{name} must be a {kind.split(' ')[0]}, got {value!r}") from None
     if name == "device":
         return {"gpu": "cuda"}.get(text.lower(), text.lower())
-    if name in ("dtype", "quantization", "log_format", "kernel_capture", "otlp_protocol", "decode_mode"):
+    if name in (
+        "dtype", "quantization", "log_format", "kernel_capture", "otlp_protocol", "decode_mode",
+        "chat_template_content_format",
+    ):  # fmt: skip
         text = text.lower()
     if name == "log_level":
         return text.upper()

@@ -35,6 +35,7 @@ from autoglm_rpc.grpc_api.generation import Checked, GenerationServicer
 from autoglm_rpc.grpc_api.health_watch import HealthWatchLimit
 from autoglm_rpc.grpc_api.malformed import MalformedRequestInterceptor
 from autoglm_rpc.grpc_api.model import ModelServicer
+from autoglm_rpc.media.vision import read_vision_spec
 from autoglm_rpc.pool.pool import WorkerPool
 from autoglm_rpc.security.policy import Security
 from autoglm_rpc.startup import binding
@@ -121,6 +122,7 @@ class App:
         if self.http is not None:
             await self.http.stop()
         await self.pool.stop()
+        self.frontend.images.close()
         self.telemetry.shutdown()
 
     async def drain(self, grace: float) -> None:
@@ -180,15 +182,20 @@ def load_served_model(checkpoint: CheckpointSettings) -> ServedModel:
             )  # fmt: skip
         max_context = min(max_seq_len, max_context)
     names = served_model_names(checkpoint.served_model_name, checkpoint.model_id, checkpoint.model, source)
+    tokenizer = TextTokenizer.from_dir(source)
+    vision = read_vision_spec(source, tokenizer)
+    if vision is not None:
+        logger.info("the checkpoint takes images (image token %s)", vision.image_token)
     return ServedModel(
         model_id=names[0],
         aliases=names[1:],
         source=str(source),
-        tokenizer=TextTokenizer.from_dir(source),
+        tokenizer=tokenizer,
         facts=facts,
         max_context_tokens=max_context,
         default_max_new_tokens=checkpoint.default_max_new_tokens,
         max_prompt_chars=checkpoint.max_prompt_chars or 0,
+        vision=vision,
     )
 
 
@@ -203,7 +210,7 @@ def build_app(settings: Settings) -> App:
     pool = WorkerPool(configs, settings.pool)
     pool.observer = telemetry.pool_observer(pool)
     security = Security.from_settings(settings.security)
-    frontend = Frontend(served, pool, security.limiter, security.priority)
+    frontend = Frontend(served, pool, security.limiter, security.priority, settings.media)
     server, health_servicer = _grpc_server(settings.server, frontend, telemetry, security, settings.limits)
     credentials = security.grpc_credentials()
     if credentials is not None:

@@ -209,5 +209,5 @@ def _prompt_text(request: GenerationRequest) -> str:
         case str():
             return request.prompt
         case ChatPrompt(messages=messages):
-            return "\n".join(f"{m.role}: {m.content}" for m in messages)
+            return "\n".join(f"{m.role}: {m.display_text}" for m in messages)
     return f"<{len(getattr(request.prompt, 'ids', ()))} token ids>"

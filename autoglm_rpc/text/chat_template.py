@@ -29,13 +29,15 @@ _TEMPLATE_DATA_ERRORS = (jinja2.TemplateError, TypeError, ValueError, LookupErro
 
 
 class ChatTurn(Protocol):
-    """What a chat message must offer: `ChatMessage`, or any other type with these two attributes."""
+    """What a chat message must offer: `ChatMessage`, or any other type with these two attributes. `content` is
+    text, or a list of parts (`{"type": "text", "text": ...}`, `{"type": "image"}`) for a template that takes
+    them, passed to the template as they are (as transformers passes them)."""
 
     @property
     def role(self) -> str: ...
 
     @property
-    def content(self) -> str: ...
+    def content(self) -> str | Sequence[Mapping[str, str]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,12 @@ class ChatTemplate:
         except _TEMPLATE_DATA_ERRORS as error:
             logger.debug("chat template failed: %s", error)
             raise ChatTemplateError(str(error) or type(error).__name__) from error
+
+
+def parse_template(source: str) -> nodes.Template:
+    """The syntax tree of a template, parsed by the environment `ChatTemplate` compiles with (its tags known);
+    raises jinja2.TemplateSyntaxError. For reading what a template expects, never for rendering."""
+    return _environment().parse(source)
 
 
 class _GenerationTag(Extension):

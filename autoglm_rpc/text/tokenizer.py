@@ -94,6 +94,11 @@ class TextTokenizer:
         return self._chat_template is not None
 
     @property
+    def chat_template_source(self) -> str | None:
+        """The chat template's jinja source (None without one), for reading what it expects."""
+        return None if self._chat_template is None else self._chat_template.source
+
+    @property
     def eos_token_ids(self) -> tuple[int, ...]:
         """The tokenizer's own end-of-sequence id (empty when it names none); see also `CheckpointFacts`."""
         return self._named_token_ids("eos_token")

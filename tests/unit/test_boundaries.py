@@ -42,6 +42,18 @@ FORBIDDEN = {
     "autoglm_rpc.openai_api": ("autoglm_rpc.grpc_api", STARTUP),
     "autoglm_rpc.pool": (*FACES, STARTUP),
     "autoglm_rpc.text": (*FACES, STARTUP),
+    # Images: protocol-neutral like the core (which calls it), and below it: it never imports the front end.
+    "autoglm_rpc.media": (
+        "grpc",
+        "google",
+        "autoglm",
+        *WEB_FRAMEWORK,
+        *FACES,
+        STARTUP,
+        "autoglm_rpc.pool",
+        "autoglm_rpc.core.frontend",
+        "autoglm_rpc.core.request_run",
+    ),
     "autoglm_rpc.security": (*FACES, STARTUP),
     "autoglm_rpc.telemetry": (*FACES, STARTUP),
     "autoglm_rpc.client": (*FACES, STARTUP, "autoglm_rpc.core"),  # the public client stands alone
@@ -253,7 +265,8 @@ def test_workers_do_not_import_grpc_or_the_web_framework() -> None:
 
 
 CORE = [*_package_modules("autoglm_rpc/core"), "autoglm_rpc.security.rate_limit",
-        *_package_modules("autoglm_rpc/pool"), *_package_modules("autoglm_rpc/text")]  # fmt: skip
+        *_package_modules("autoglm_rpc/pool"), *_package_modules("autoglm_rpc/text"),
+        *_package_modules("autoglm_rpc/media")]  # fmt: skip
 
 
 def test_the_request_core_imports_neither_grpc_nor_the_web_framework() -> None:

@@ -27,6 +27,7 @@ CHOICES = {
     "log_format": "text",
     "otlp_protocol": "http/protobuf",
     "kernel_capture": "always",
+    "chat_template_content_format": "openai",
 }
 # Settings that are lists of names: model_id is a synonym for the first served name, so the two samples agree.
 LISTS = {"served_model_name": ("x-model_id", "x-alias")}

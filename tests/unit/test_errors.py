@@ -15,6 +15,26 @@ from autoglm_rpc.grpc_api.status import to_rpc_status
     [
         (errors.InvalidParameter("sampling.top_p", "bad"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETER"),
         (errors.PromptTooLong("long"), grpc.StatusCode.INVALID_ARGUMENT, "PROMPT_TOO_LONG"),
+        (
+            errors.ImageInvalid("chat.messages[1].parts[0].image", "bad"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "IMAGE_INVALID",
+        ),
+        (
+            errors.TooManyImages("chat.messages[0].parts[10].image", 10),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "TOO_MANY_IMAGES",
+        ),
+        (
+            errors.ModalityNotSupported("chat.messages[0].parts[0].image", "m"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MODALITY_NOT_SUPPORTED",
+        ),
+        (
+            errors.ImageOverflowsContext("chat.messages[0].parts[0].image", "long"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "PROMPT_TOO_LONG",
+        ),
         (errors.ModelNotFound("a", "b"), grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND"),
         (errors.ChatTemplateMissing("m"), grpc.StatusCode.FAILED_PRECONDITION, "CHAT_TEMPLATE_MISSING"),
         (errors.DuplicateRequestId("r"), grpc.StatusCode.ALREADY_EXISTS, "DUPLICATE_REQUEST_ID"),

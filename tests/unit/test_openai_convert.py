@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from autoglm_rpc.core import errors
-from autoglm_rpc.core.requests import ChatPrompt, RequestLimits, TokenPrompt
+from autoglm_rpc.core.requests import ChatPrompt, ImagePart, RequestLimits, TextPart, TokenPrompt
 from autoglm_rpc.openai_api import convert, schemas
 from autoglm_rpc.openai_api.errors import service_error_body
 
@@ -109,3 +109,34 @@ def test_one_map_from_the_taxonomy_to_http(error: errors.ServiceError, status: i
         assert body["error"]["param"] == "prompt" and body["error"]["message"] == "prompt: bad"
     if isinstance(error, errors.QueueFull):
         assert headers["Retry-After"] == "1"  # whole seconds, rounded up
+
+
+def test_image_url_parts_become_image_parts_named_as_openai_names_them() -> None:
+    parts = [
+        {"type": "text", "text": "look "},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+    ]
+    request = _chat(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": parts}])
+    system, user = request.prompt.messages
+    assert (system.content, system.parts) == ("s", ())
+    assert user.content == "" and user.parts[0] == TextPart("look ")
+    assert user.parts[1] == ImagePart("messages[1].content[1]", url="data:image/png;base64,AAAA")
+    assert request.prompt.images == (user.parts[1],) and user.num_chars == 5
+    with pytest.raises(errors.InvalidParameter, match="only text and image_url parts") as refused:
+        _chat(messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}])
+    assert refused.value.field == "messages[0].content[0]"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.ImageInvalid("messages[2].content[1]", "bad"), "image_invalid"),
+        (errors.TooManyImages("messages[2].content[1]", 10), "too_many_images"),
+        (errors.ModalityNotSupported("messages[2].content[1]", "m"), "modality_not_supported"),
+        (errors.ImageOverflowsContext("messages[2].content[1]", "long"), "prompt_too_long"),
+    ],
+)
+def test_image_errors_are_400s_naming_the_part(error: errors.ServiceError, code: str) -> None:
+    status, body, _ = service_error_body(error)
+    assert (status, body["error"]["code"], body["error"]["param"]) == (400, code, "messages[2].content[1]")
+    assert body["error"]["message"].startswith("messages[2].content[1]: ")
