@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from workers.engine.grammar import GrammarCompiler, GrammarError
 from workers.engine.runner import ModelRunner, RunnerOutput
 from workers.engine.scheduler import Scheduler
 from workers.engine.sequence import ScheduledBatch, Sequence
@@ -40,9 +41,11 @@ logger = logging.getLogger(__name__)
 class Engine:
     """One model, one scheduler, one runner. Not thread-safe: the worker loop calls everything."""
 
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler) -> None:
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, grammars: GrammarCompiler | None = None) -> None:
+        """`grammars` compiles the requests' constraints; without it a constrained request fails."""
         self.runner = runner
         self.scheduler = scheduler
+        self.grammars = grammars
         self.vocab_size = runner.vocab_size
         self._failures: list[RequestFailed] = []
         # Sees the phases of a step; a no-op except on the steps that `workers.telemetry` traces.
@@ -58,7 +61,7 @@ class Engine:
         runner = ModelRunner(
             loaded.model, loaded.cache, config.max_batch_size, max_seq_len, decode_mode, mirror=loaded.mirror
         )
-        return cls(runner, scheduler)
+        return cls(runner, scheduler, GrammarCompiler.for_checkpoint(config.model_path, runner.vocab_size))
 
     def add(self, submit: Submit) -> None:
         """Queue a request; an invalid one becomes a `RequestFailed` (see `pop_failures`) and is not queued."""
@@ -67,7 +70,17 @@ class Engine:
             reason, message = problem
             self._failures.append(RequestFailed(submit.request_id, reason, message))
             return
-        self.scheduler.add(Sequence.from_submit(submit, time.monotonic()))
+        seq = Sequence.from_submit(submit, time.monotonic())
+        if submit.constraint is not None:
+            try:
+                if self.grammars is None:
+                    raise GrammarError("this engine has no tokenizer to compile constraints with")
+                seq.grammar = self.grammars.state(submit.constraint)
+            except GrammarError as exc:
+                message = f"constraint ({submit.constraint.kind.value}) does not compile: {exc}"
+                self._failures.append(RequestFailed(submit.request_id, FailureReason.INVALID_PARAMETER, message))
+                return
+        self.scheduler.add(seq)
 
     def cancel(self, request_ids: Iterable[str]) -> None:
         """Cancelled requests end at the next step with a final CANCELLED delta; unknown ids are ignored."""

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from workers.protocol import Finish, Priority, SamplingParams, StoppingParams, Submit
+
+if TYPE_CHECKING:  # the matcher's type only: this module stays pure Python
+    from workers.engine.grammar import GrammarState
 
 
 class SequenceStatus(enum.Enum):
@@ -49,6 +53,7 @@ class Sequence:
     first_token_time: float | None = None
     finish: Finish | None = None
     is_cancelled: bool = False
+    grammar: GrammarState | None = None  # the output's constraint, if any (see workers.engine.grammar)
 
     @classmethod
     def from_submit(cls, submit: Submit, now: float) -> Sequence:
