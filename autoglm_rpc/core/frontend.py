@@ -184,6 +184,7 @@ class Frontend:
             top_logprobs=request.output.top_logprobs,
             priority=request.priority,
             deadline=deadline,
+            constraint=request.constraint,
         )
 
     def _max_new_tokens(self, num_prompt_tokens: int, asked: int | None) -> int:
