@@ -160,10 +160,8 @@ class Row(Protocol):
     grammar: GrammarState | None
 
 
-def _signed_bit(bit: int) -> int:
-    """The int32 value with only bit `bit` (0..31) set."""
-    value = 1 << bit
-    return value - (1 << 32) if value >= 1 << 31 else value
+# The mask thread's work for one step; its result: each constrained row's (is_error, is_accepting) by batch row.
+MaskJob = Future[dict[int, tuple[bool, bool]]]
 
 
 class TokenMasks:
@@ -180,7 +178,7 @@ class TokenMasks:
         self._shifts = torch.arange(32, dtype=torch.int32, device=device)
         self._threads: tuple[ThreadPoolExecutor, llguidance.LLExecutor] | None = None  # made on first use
 
-    def start(self, seqs: Seq[Row]) -> Future[None] | None:
+    def start(self, seqs: Seq[Row]) -> MaskJob | None:
         """Begin filling the masks of the constrained rows of `seqs` (those that sample this step)."""
         constrained = [seq for seq in seqs if seq.grammar is not None]
         if not constrained:
@@ -193,48 +191,56 @@ class TokenMasks:
         thread, executor = self._threads
         return thread.submit(self._fill, executor, constrained)
 
-    def _fill(self, executor: llguidance.LLExecutor, seqs: list[Row]) -> None:
+    def _fill(self, executor: llguidance.LLExecutor, seqs: list[Row]) -> dict[int, tuple[bool, bool]]:
+        """Runs on the mask thread: as few calls that let go of the GIL as may be (each one may wait a switch
+        interval to get it back while the forward's Python holds it), so no torch here. Returns each row's
+        (is_error, is_accepting)."""
         for seq in seqs:
             seq.grammar.sync(seq.output_ids)
         row_bytes = self.bitmask.shape[1] * 4
         rows = [(seq.grammar.matcher, seq.slot) for seq in seqs]
         executor.unsafe_compute_mask_ptr(rows, self.bitmask.data_ptr(), row_bytes, self.bitmask.shape[0])
-        for seq in seqs:
-            self._fix_end(seq)
+        return {seq.slot: (seq.grammar.is_error, seq.grammar.matcher.is_accepting()) for seq in seqs}
 
-    def _fix_end(self, seq: Row) -> None:
-        """The request's own EOS ids are allowed exactly where the grammar may end; a matcher in error (a token
-        it refused: a bug, or every allowed token banned by min_tokens) allows EOS only, which ends the request."""
-        grammar, row = seq.grammar, self.bitmask[seq.slot]
-        if grammar.is_error:
-            logger.warning("request %s: constraint failed: %s", seq.request_id, grammar.matcher.get_error())
-            row.zero_()
-        if seq.stopping.ignore_eos:
-            return
-        eos_ids = seq.stopping.eos_token_ids
-        is_accepting = grammar.is_error or grammar.matcher.is_accepting()
-        for token_id in {*grammar.grammar_eos_ids, *eos_ids}:
-            if token_id < self.vocab_size:
-                word, bit = divmod(token_id, 32)
-                if is_accepting and token_id in eos_ids:
-                    row[word] |= _signed_bit(bit)
-                else:
-                    row[word] &= ~_signed_bit(bit)
-
-    def apply(self, pending: Future[None] | None, logits: torch.Tensor, rows: Seq[Row]) -> torch.Tensor:
+    def apply(self, pending: MaskJob | None, logits: torch.Tensor, rows: Seq[Row]) -> torch.Tensor:
         """Wait for the masks, then the logits with each constrained row's banned tokens at -inf (a copy; the
         raw logits stay for log-probabilities)."""
         if pending is None:
             return logits
-        pending.result()
+        ends = pending.result()
         # logits: [N, V]; constrained: the rows of logits that have a grammar
         constrained = [i for i, seq in enumerate(rows) if seq.grammar is not None]
         if not constrained:
             return logits
         slots = [rows[i].slot for i in constrained]
         words = self.bitmask[slots].to(self.device, non_blocking=True)  # [M, W]
-        allowed = ((words[:, :, None] >> self._shifts) & 1).reshape(len(slots), -1)[:, : logits.shape[1]]
+        allowed = ((words[:, :, None] >> self._shifts) & 1).reshape(len(slots), -1)[:, : logits.shape[1]].bool()
+        self._fix_ends(allowed, [rows[i] for i in constrained], ends)
         index = torch.tensor(constrained, dtype=torch.int64).to(self.device, non_blocking=True)
         masked = logits.clone()
-        masked[index] = logits[index].masked_fill(allowed == 0, float("-inf"))
+        masked[index] = logits[index].masked_fill(~allowed, float("-inf"))
         return masked
+
+    def _fix_ends(self, allowed: torch.Tensor, seqs: list[Row], ends: dict[int, tuple[bool, bool]]) -> None:
+        """Each request's own EOS ids are allowed exactly where its grammar may end (and the tokenizer's EOS,
+        which llguidance allows there, only if it is one of them); a matcher in error (a token it refused: a
+        bug, or every allowed token banned by min_tokens) allows EOS only, which ends the request."""
+        # allowed: [M, V] bool, row m for seqs[m]
+        rows, columns, values = [], [], []
+        for m, seq in enumerate(seqs):
+            grammar = seq.grammar
+            is_error, is_accepting = ends[seq.slot]
+            if is_error:
+                logger.warning("request %s: constraint failed: %s", seq.request_id, grammar.matcher.get_error())
+                allowed[m] = False
+            if seq.stopping.ignore_eos:
+                continue
+            eos_ids = seq.stopping.eos_token_ids
+            for token_id in {*grammar.grammar_eos_ids, *eos_ids}:
+                if token_id < self.vocab_size:
+                    rows.append(m)
+                    columns.append(token_id)
+                    values.append((is_error or is_accepting) and token_id in eos_ids)
+        if rows:
+            index = torch.tensor([rows, columns], dtype=torch.int64).to(self.device, non_blocking=True)
+            allowed[index[0], index[1]] = torch.tensor(values).to(self.device, non_blocking=True)

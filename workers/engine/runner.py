@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
 
-from workers.engine.grammar import TokenMasks
+from workers.engine.grammar import MaskJob, TokenMasks
 from workers.engine.output_counts import OutputTokenCounts
 from workers.engine.sampling import SamplingRow, SamplingTensors, compute_logprobs, sample
 from workers.engine.sequence import PrefillChunk, ScheduledBatch, Sequence
@@ -267,7 +266,7 @@ class ModelRunner:
         output = self.decoder(input_ids=input_ids, position_ids=positions, use_cache=False, attn_metadata=metadata)
         return output.last_hidden_state
 
-    def _sample(self, hidden: torch.Tensor, output: RunnerOutput, masks: Future[None] | None = None) -> None:
+    def _sample(self, hidden: torch.Tensor, output: RunnerOutput, masks: MaskJob | None = None) -> None:
         """LM head on the producing rows only, then one batched sampling call and one host copy of the ids."""
         # hidden: [N, hidden_size] -> logits: [N, V]
         logits = self.lm_head(hidden).float()
