@@ -175,7 +175,9 @@ class TokenMasks:
         pin = device.type == "cuda"
         # bitmask[row, w] bit b: token 32 * w + b is allowed in that row's next position.
         self.bitmask = torch.full((max_batch_size, num_words), -1, dtype=torch.int32, pin_memory=pin)
-        self._shifts = torch.arange(32, dtype=torch.int32, device=device)
+        # A bitmask row's bytes (little-endian int32 words) AND these give one flag per token id: uint8 work,
+        # a quarter of unpacking the int32 words.
+        self._bit_values = (1 << torch.arange(8, dtype=torch.int32)).to(torch.uint8).to(device)  # [8]
         self._threads: tuple[ThreadPoolExecutor, llguidance.LLExecutor] | None = None  # made on first use
 
     def start(self, seqs: Seq[Row]) -> MaskJob | None:
@@ -213,12 +215,14 @@ class TokenMasks:
         if not constrained:
             return logits
         slots = [rows[i].slot for i in constrained]
-        words = self.bitmask[slots].to(self.device, non_blocking=True)  # [M, W]
-        allowed = ((words[:, :, None] >> self._shifts) & 1).reshape(len(slots), -1)[:, : logits.shape[1]].bool()
-        self._fix_ends(allowed, [rows[i] for i in constrained], ends)
+        packed = self.bitmask[slots].view(torch.uint8).to(self.device, non_blocking=True)  # [M, 4 * W]
+        allowed = (packed[:, :, None] & self._bit_values).bool().reshape(len(slots), -1)[:, : logits.shape[1]]
+        self._fix_ends(allowed, [rows[i] for i in constrained], ends)  # allowed: [M, V] bool
+        if len(constrained) == len(rows):
+            return torch.where(allowed, logits, float("-inf"))
         index = torch.tensor(constrained, dtype=torch.int64).to(self.device, non_blocking=True)
         masked = logits.clone()
-        masked[index] = logits[index].masked_fill(~allowed, float("-inf"))
+        masked[index] = torch.where(allowed, logits[index], float("-inf"))
         return masked
 
     def _fix_ends(self, allowed: torch.Tensor, seqs: list[Row], ends: dict[int, tuple[bool, bool]]) -> None:
