@@ -9,9 +9,12 @@ import re
 
 import jsonschema
 import pytest
+import torch
 from tokenizers import Tokenizer
 
-from tests.workers.factories import random_prompt, reference, run_to_end, tokens_of
+from tests.workers.factories import make_submit, random_prompt, reference, run_to_end, tokens_of
+from workers.engine.grammar import GrammarCompiler, TokenMasks
+from workers.engine.sequence import Sequence
 from workers.protocol import Constraint, ConstraintKind, FailureReason, FinishReason, SamplingParams, Submit
 from workers.protocol import StoppingParams as Stopping
 
@@ -125,3 +128,28 @@ def test_a_constraint_that_does_not_compile_fails_its_request_alone(make_engine,
     assert failure.request_id == "bad" and failure.reason is FailureReason.INVALID_PARAMETER
     assert "constraint" in failure.message
     assert len(tokens_of(deltas["good"])) == 4
+
+
+def test_masks_cover_logits_wider_than_the_vocabulary(checkpoint) -> None:
+    """A model whose logits have more ids than its tokenizer: the extra ids are banned, free rows untouched."""
+    text = Tokenizer.from_file(str(checkpoint("glm") / "tokenizer.json"))
+    tokenizer_vocab = text.get_vocab_size()
+    width = tokenizer_vocab + 70  # not a multiple of 32 either
+    compiler = GrammarCompiler.for_checkpoint(checkpoint("glm"), width)
+    masks = TokenMasks(max_batch_size=4, vocab_size=width, device=torch.device("cpu"))
+    rows = [Sequence.from_submit(make_submit(f"r{i}", (5, 6), eos_token_ids=(0,)), 0.0) for i in range(3)]
+    for slot, seq in enumerate(rows):
+        seq.slot = slot
+    rows[0].grammar = compiler.state(Constraint(ConstraintKind.REGEX, "[a-z]+"))
+    rows[2].grammar = compiler.state(Constraint(ConstraintKind.JSON_OBJECT))
+    logits = torch.zeros(3, width)
+    masked = masks.apply(masks.start(rows), logits, rows)
+    allowed = masked > float("-inf")  # [3, width]
+    assert allowed[1].all() and not allowed[0, tokenizer_vocab:].any() and not allowed[2, tokenizer_vocab:].any()
+    assert not allowed[0, 0] and not allowed[2, 0], "EOS before the grammar may end"
+    assert 0 < allowed[0].sum() < tokenizer_vocab
+    firsts = [text.decode([i]) for i in allowed[0].nonzero()[:, 0].tolist()]
+    assert all(re.fullmatch("[a-z]+", token) for token in firsts), firsts
+    objects = [text.decode([i]) for i in allowed[2].nonzero()[:, 0].tolist()]
+    assert objects and all(token.startswith("{") for token in objects), objects
+    assert (logits == 0).all(), "the raw logits stay for log-probabilities"
