@@ -116,7 +116,7 @@ def _median(results: list[dict[str, float]]) -> dict[str, float]:
     return sorted(results, key=lambda r: r["tok_per_s"])[len(results) // 2]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-results/constrained"))
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16])
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each kind per level; the median is kept")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the mask thread is extra)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,7 +155,8 @@ def main() -> None:
             f"{free['step_ms']:>13.2f} {constrained['step_ms']:>13.2f} "
             f"{constrained['mask_fill_ms']:>13.3f} {constrained['mask_wait_ms']:>13.3f}"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
