@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import Future
 
 import jsonschema
 import pytest
@@ -13,7 +14,7 @@ import torch
 from tokenizers import Tokenizer
 
 from tests.workers.factories import make_submit, random_prompt, reference, run_to_end, tokens_of
-from workers.engine.grammar import GrammarCompiler, TokenMasks
+from workers.engine.grammar import GrammarCompiler, TokenMasks, load_tokenizer
 from workers.engine.sequence import Sequence
 from workers.protocol import Constraint, ConstraintKind, FailureReason, FinishReason, SamplingParams, Submit
 from workers.protocol import StoppingParams as Stopping
@@ -153,3 +154,17 @@ def test_masks_cover_logits_wider_than_the_vocabulary(checkpoint) -> None:
     objects = [text.decode([i]) for i in allowed[2].nonzero()[:, 0].tolist()]
     assert objects and all(token.startswith("{") for token in objects), objects
     assert (logits == 0).all(), "the raw logits stay for log-probabilities"
+
+
+def test_compiled_grammars_are_cached_and_bounded(checkpoint) -> None:
+    text = Tokenizer.from_file(str(checkpoint("glm") / "tokenizer.json"))
+    tokenizer: Future = Future()
+    tokenizer.set_result(load_tokenizer(checkpoint("glm"), text.get_vocab_size()))
+    compiler = GrammarCompiler(tokenizer, capacity=2)
+    first, again = (compiler.state(Constraint(ConstraintKind.REGEX, "a+")) for _ in range(2))
+    assert first.matcher is not again.matcher, "each request gets its own copy"
+    first.sync([text.token_to_id("a")])
+    assert first.matcher.is_accepting() and not again.matcher.is_accepting()
+    for pattern in ("b+", "c+"):
+        compiler.state(Constraint(ConstraintKind.REGEX, pattern))
+    assert [spec for _, spec in compiler._cache] == ["b+", "c+"]  # "a+" was the least recently used
