@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer
 
 from tests.workers.factories import make_submit, random_prompt, reference, run_to_end, tokens_of
-from workers.engine.grammar import GrammarCompiler, TokenMasks, load_tokenizer
+from workers.engine.grammar import GrammarCompiler, GrammarError, TokenMasks, load_tokenizer
 from workers.engine.sequence import Sequence
 from workers.protocol import Constraint, ConstraintKind, FailureReason, FinishReason, SamplingParams, Submit
 from workers.protocol import StoppingParams as Stopping
@@ -168,3 +168,12 @@ def test_compiled_grammars_are_cached_and_bounded(checkpoint) -> None:
     for pattern in ("b+", "c+"):
         compiler.state(Constraint(ConstraintKind.REGEX, pattern))
     assert [spec for _, spec in compiler._cache] == ["b+", "c+"]  # "a+" was the least recently used
+
+
+def test_a_tokenizer_llguidance_cannot_read_fails_requests_not_the_worker(tmp_path) -> None:
+    (tmp_path / "tokenizer.json").write_text('{"not": "a tokenizer"}')
+    compiler = GrammarCompiler.for_checkpoint(tmp_path, 64)
+    with pytest.raises(GrammarError, match="cannot be used for constraints"):
+        compiler.state(Constraint(ConstraintKind.REGEX, "a"))
+    with pytest.raises(GrammarError, match=r"no tokenizer\.json"):
+        GrammarCompiler.for_checkpoint(tmp_path / "none", 64).state(Constraint(ConstraintKind.REGEX, "a"))

@@ -93,8 +93,9 @@ def load_tokenizer(checkpoint: str | Path, vocab_size: int) -> llguidance.LLToke
 class GrammarCompiler:
     """Compiles constraints against one tokenizer; compiled matchers are cached by (kind, spec), LRU-bounded.
 
-    The tokenizer is built on a background thread from the start (about a second for a 150k vocabulary), so the
-    first constrained request waits for it only if it comes that early.
+    The tokenizer is built on a background thread from the start (seconds for a 150k vocabulary), so the first
+    constrained request waits for it only if it comes that early. A tokenizer llguidance cannot read fails the
+    constrained requests (GrammarError), never the worker.
     """
 
     def __init__(
@@ -115,10 +116,8 @@ class GrammarCompiler:
         """A fresh matcher for one request; GrammarError when the constraint does not compile here."""
         key = (constraint.kind, constraint.spec)
         pristine = self._cache.get(key)
+        tokenizer = self._loaded_tokenizer()
         if pristine is None:
-            tokenizer = self._tokenizer.result()
-            if tokenizer is None:
-                raise GrammarError("this model's checkpoint has no tokenizer.json, which constraints need")
             pristine = llguidance.LLMatcher(tokenizer, grammar_text(constraint), log_level=0)
             if pristine.is_error():
                 raise GrammarError(pristine.get_error())
@@ -127,7 +126,16 @@ class GrammarCompiler:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
-        return GrammarState(pristine.deep_copy(), tuple(self._tokenizer.result().eos_tokens))
+        return GrammarState(pristine.deep_copy(), tuple(tokenizer.eos_tokens))
+
+    def _loaded_tokenizer(self) -> llguidance.LLTokenizer:
+        try:
+            tokenizer = self._tokenizer.result()
+        except Exception as exc:  # whatever llguidance makes of a tokenizer.json it cannot read
+            raise GrammarError(f"the checkpoint's tokenizer.json cannot be used for constraints: {exc}") from None
+        if tokenizer is None:
+            raise GrammarError("this model's checkpoint has no tokenizer.json, which constraints need")
+        return tokenizer
 
 
 @dataclass(slots=True, eq=False)
