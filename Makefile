@@ -34,7 +34,7 @@ GO_MAPPINGS := $(foreach p,$(PROTOS:proto/%=%),--go_opt=M$(p)=$(GO_MODULE)/autog
 VERSION ?=
 
 .PHONY: install lock proto lint format test soak run demo-model clean bench bench-gpu bench-tracing bench-kv-cache \
-	node-deps buf release-proto go-client gpu-check gpu-wheels docs
+	node-deps buf release-proto go-client gpu-check gpu-wheels docs bench-constrained
 
 install: $(STAMP)
 
@@ -162,6 +162,12 @@ bench: $(BENCH_STAMP)
 	$(PY) -m bench cpu --out bench-results/cpu $(BENCH_ARGS)
 	$(MAKE) bench-tracing
 	$(MAKE) bench-kv-cache
+	$(MAKE) bench-constrained
+
+# Free against JSON-schema-constrained decoding, same prompts, at 1 and 16 streams (docs/performance.md,
+# "Constrained decoding"); results in bench-results/constrained/.
+bench-constrained: $(STAMP)
+	$(PY) -m bench.constrained --out bench-results/constrained
 
 # The paged KV cache against the slotted layout at one KV budget, and prefix caching on and off
 # (docs/performance.md, "Paged KV cache and prefix caching"); results in bench-results/kv-cache/.

@@ -209,6 +209,30 @@ class ImageInput:
             raise ValueError("an image needs its bytes, at least one token and a SHA-256 hex content hash")
 
 
+class ConstraintKind(enum.Enum):
+    """What a `Constraint`'s `spec` is."""
+
+    JSON_SCHEMA = "json_schema"  # spec: a JSON Schema, as JSON text
+    JSON_OBJECT = "json_object"  # spec: "" (any JSON object)
+    REGEX = "regex"  # spec: a regular expression the whole output matches
+    CHOICE = "choice"  # spec: a JSON array of strings, the output being exactly one of them
+    GRAMMAR = "grammar"  # spec: a context-free grammar in Lark syntax (or llama.cpp's GBNF)
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """The language a request's output must belong to (constrained decoding). The gateway checked at its edge
+    that `spec` compiles; the worker compiles it against its tokenizer (cached by the pair) and masks, at every
+    step, the tokens that would leave the language; end-of-sequence is allowed only where the language may end."""
+
+    kind: ConstraintKind
+    spec: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.kind is ConstraintKind.JSON_OBJECT) != (not self.spec):
+            raise ValueError(f"a {self.kind.value} constraint {'has no' if self.spec else 'needs a'} spec")
+
+
 @dataclass(frozen=True, slots=True)
 class Submit:
     """Start generating for one request. `prompt_ids` is never empty (checked here); whether it fits the
@@ -225,6 +249,7 @@ class Submit:
     trace_carrier: dict[str, str] = field(default_factory=dict)
     capture_kernels: bool = False  # profile a step that serves this request (x-autoglm-profile: kernels)
     images: tuple[ImageInput, ...] = ()  # in prompt order; their tokens are in prompt_ids (see ImageInput)
+    constraint: Constraint | None = None  # the output's language (constrained decoding); None: free text
 
     def __post_init__(self) -> None:
         if not self.prompt_ids or self.top_logprobs < 0:

@@ -230,6 +230,7 @@ class Frontend:
             priority=request.priority,
             deadline=deadline,
             images=tuple(prepared.image for prepared in images),
+            constraint=request.constraint,
         )
 
     def _max_new_tokens(self, num_prompt_tokens: int, asked: int | None) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from autoglm_rpc.core.errors import InvalidParameter
-from workers.protocol import FinishReason, Priority, TokenLogprob
+from workers.protocol import Constraint, FinishReason, Priority, TokenLogprob
 
 # Fixed bounds of request fields, the same for every protocol; the configurable ones are `RequestLimits`
 # (settings max_stop_sequences, ...).
@@ -176,6 +176,7 @@ class GenerationRequest:
     output: OutputRequest = field(default_factory=OutputRequest)
     priority: Priority = Priority.NORMAL
     min_tokens_per_message: int = 1
+    constraint: Constraint | None = None  # the output's language, checked at the edge (core/constraints.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------

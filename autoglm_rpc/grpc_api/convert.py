@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from google.protobuf import duration_pb2
 
 from autoglm.v1 import generation_pb2, types_pb2
+from autoglm_rpc.core import constraints
 from autoglm_rpc.core.errors import InvalidParameter
 from autoglm_rpc.core.requests import (  # the fixed bounds and checks both protocols share
     MAX_CHAT_MESSAGES,
@@ -38,7 +39,7 @@ from autoglm_rpc.core.requests import (  # the fixed bounds and checks both prot
     output_penalty,
     request_id,
 )
-from workers.protocol import FinishReason, Priority, TokenLogprob
+from workers.protocol import Constraint, FinishReason, Priority, TokenLogprob
 
 MAX_MIN_TOKENS_PER_MESSAGE = 4096
 DEFAULT_LIMITS = RequestLimits()
@@ -92,6 +93,7 @@ def generation_request(
         output=_output(message.output, limits),
         priority=_PRIORITIES[message.priority],
         min_tokens_per_message=min_tokens,
+        constraint=_constraint(message.output),
     )
 
 
@@ -224,6 +226,22 @@ def _output(options: types_pb2.OutputOptions, limits: RequestLimits) -> OutputRe
         raise InvalidParameter("output.top_logprobs", "needs output.return_logprobs")
     skip = options.skip_special_tokens if options.HasField("skip_special_tokens") else True
     return OutputRequest(options.return_token_ids, options.return_logprobs, options.top_logprobs, skip)
+
+
+def _constraint(options: types_pb2.OutputOptions) -> Constraint | None:
+    """The `output.constraint` oneof, checked (compiled) by core/constraints.py."""
+    match options.WhichOneof("constraint"):
+        case "json_schema":
+            return constraints.json_schema("output.json_schema", options.json_schema)
+        case "json_object":
+            return constraints.json_object() if options.json_object else None
+        case "regex":
+            return constraints.regex("output.regex", options.regex)
+        case "choice":
+            return constraints.choice("output.choice.options", list(options.choice.options))
+        case "grammar":
+            return constraints.grammar("output.grammar", options.grammar)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------

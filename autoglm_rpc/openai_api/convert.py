@@ -35,7 +35,7 @@ from autoglm_rpc.core.requests import (
     output_penalty,
     request_id,
 )
-from autoglm_rpc.openai_api import schemas
+from autoglm_rpc.openai_api import schemas, structured
 from autoglm_rpc.text.tokenizer import TextTokenizer
 from workers.protocol import FinishReason, TokenLogprob
 
@@ -56,7 +56,7 @@ MAX_COMPLETION_LOGPROBS = 5  # OpenAI's own bound for /v1/completions `logprobs`
 def chat_request(
     body: schemas.ChatCompletionRequest, limits: RequestLimits, caller_request_id: str = ""
 ) -> GenerationRequest:
-    _refuse_unsupported(body, ("tools", "tool_choice", "response_format"))
+    _refuse_unsupported(body, ("tools", "tool_choice"))
     if body.max_tokens is not None and body.max_completion_tokens is not None:
         raise InvalidParameter("max_completion_tokens", "set only one of max_tokens and max_completion_tokens")
     if body.top_logprobs and not body.logprobs:
@@ -75,6 +75,7 @@ def chat_request(
         output=OutputRequest(
             return_logprobs=body.logprobs, top_logprobs=top, skip_special_tokens=body.skip_special_tokens
         ),
+        constraint=structured.constraint(body),
     )
 
 
@@ -100,6 +101,7 @@ def completion_request(
             top_logprobs=logprobs or 0,
             skip_special_tokens=body.skip_special_tokens,
         ),
+        constraint=structured.constraint(body),
     )
 
 

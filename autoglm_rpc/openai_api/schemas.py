@@ -42,6 +42,35 @@ class ChatMessage(_Body):
     name: str | None = None
 
 
+class JsonSchemaFormat(_Body):
+    """`response_format.json_schema`: the schema is enforced whether `strict` is true or not."""
+
+    name: str = ""
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    """OpenAI's `response_format`: `text` (no constraint), `json_object` (any JSON object) or `json_schema`."""
+
+    type: str
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Body):
+    """vLLM's `structured_outputs`: set one of json, regex, choice, grammar, json_object."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    # Not supported: a clear 400 when set (the disable_* backend switches are accepted and have no effect).
+    whitespace_pattern: str | None = None
+    structural_tag: Any = None
+
+
 class _Sampling(_Body):
     """Fields both endpoints take."""
 
@@ -66,6 +95,15 @@ class _Sampling(_Body):
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # Constrained output (see openai_api/structured.py): OpenAI's response_format, vLLM's structured_outputs and
+    # its older guided_* fields; at most one of them.
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None  # not supported: a clear 400 when set
 
 
 class ChatCompletionRequest(_Sampling):
@@ -77,7 +115,6 @@ class ChatCompletionRequest(_Sampling):
     # Not supported: a clear 400 when set.
     tools: list[Any] | None = None
     tool_choice: Any = None
-    response_format: Any = None
 
 
 class CompletionRequest(_Sampling):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from workers.engine.grammar import GrammarCompiler, GrammarError
 from workers.engine.multimodal import prepare_images
 from workers.engine.runner import ModelRunner, RunnerOutput
 from workers.engine.scheduler import Scheduler
@@ -43,9 +44,11 @@ logger = logging.getLogger(__name__)
 class Engine:
     """One model, one scheduler, one runner. Not thread-safe: the worker loop calls everything."""
 
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler) -> None:
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, grammars: GrammarCompiler | None = None) -> None:
+        """`grammars` compiles the requests' constraints; without it a constrained request fails."""
         self.runner = runner
         self.scheduler = scheduler
+        self.grammars = grammars
         self.vocab_size = runner.vocab_size
         self._failures: list[RequestFailed] = []
         self.longest_step = 0.0  # seconds of the longest step so far (warm-up included): the watchdog's yardstick
@@ -68,7 +71,7 @@ class Engine:
             mirror=loaded.mirror,
             vision=loaded.vision,
         )
-        return cls(runner, scheduler)
+        return cls(runner, scheduler, GrammarCompiler.for_checkpoint(config.model_path, runner.vocab_size))
 
     def add(self, submit: Submit) -> None:
         """Queue a request; an invalid one becomes a `RequestFailed` (see `pop_failures`) and is not queued."""
@@ -84,6 +87,15 @@ class Engine:
             return
         seq = Sequence.from_submit(submit, time.monotonic())
         seq.images, seq.vision = images, vision
+        if submit.constraint is not None:
+            try:
+                if self.grammars is None:
+                    raise GrammarError("this engine has no tokenizer to compile constraints with")
+                seq.grammar = self.grammars.state(submit.constraint)
+            except GrammarError as exc:
+                message = f"constraint ({submit.constraint.kind.value}) does not compile: {exc}"
+                self._failures.append(RequestFailed(submit.request_id, FailureReason.INVALID_PARAMETER, message))
+                return
         self.scheduler.add(seq)
 
     def cancel(self, request_ids: Iterable[str]) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workers.engine.grammar import MaskJob, TokenMasks
 from workers.engine.multimodal import (
     encode_images,
     pending_images,
@@ -137,6 +138,8 @@ class ModelRunner:
         self.seen = torch.zeros(max_batch_size, self.vocab_size, dtype=torch.bool, device=self.device)
         # Generated tokens only, for the frequency and presence penalties (see workers.engine.output_counts).
         self.output_counts = OutputTokenCounts(max_batch_size, self.vocab_size, self.device)
+        # Constrained rows' token masks, filled on a host thread while the forwards run (workers.engine.grammar).
+        self.token_masks = TokenMasks(max_batch_size, self.vocab_size, self.device)
         self.static_decoder = None
         if decode_mode != "eager":
             self.static_decoder = StaticDecoder(
@@ -154,6 +157,8 @@ class ModelRunner:
         """
         output = RunnerOutput()
         hidden: list[torch.Tensor] = []  # each [rows, hidden_size]
+        sampling = batch.decodes + [chunk.seq for chunk in batch.prefills if chunk.is_last]
+        masks = self.token_masks.start(sampling)
         if batch.decodes:
             try:
                 hidden.append(self.decode(batch.decodes))
@@ -164,7 +169,9 @@ class ModelRunner:
         for group in group_chunks(prefills):
             self._prefill_group(group, output, hidden)
         if output.rows:
-            self._sample(torch.cat(hidden), output)
+            self._sample(torch.cat(hidden), output, masks)
+        elif masks is not None:
+            masks.result()  # every row failed; still join the thread before the next step touches the matchers
         return output
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
@@ -312,7 +319,7 @@ class ModelRunner:
         output = self.decoder(input_ids=input_ids, position_ids=positions, use_cache=False, attn_metadata=metadata)
         return output.last_hidden_state
 
-    def _sample(self, hidden: torch.Tensor, output: RunnerOutput) -> None:
+    def _sample(self, hidden: torch.Tensor, output: RunnerOutput, masks: MaskJob | None = None) -> None:
         """LM head on the producing rows only, then one batched sampling call and one host copy of the ids."""
         # hidden: [N, hidden_size] -> logits: [N, V]
         logits = self.lm_head(hidden).float()
@@ -328,7 +335,8 @@ class ModelRunner:
                 seen = self.seen.index_select(0, slots)  # [N, V]: rows' histories
             if tensors.has_output_penalty:
                 counts = self.output_counts.rows(slots)  # [N, V]: rows' generated-token counts
-        token_ids = sample(logits, tensors, seen, counts)  # [N]
+        constrained = self.token_masks.apply(masks, logits, rows)  # [N, V]: banned tokens at -inf
+        token_ids = sample(constrained, tensors, seen, counts)  # [N]
         output.token_ids = token_ids.tolist()
         if any(seq.return_logprobs for seq in rows):
             output.logprobs = _logprobs(logits, token_ids, output.token_ids, rows)

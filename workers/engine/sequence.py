@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.protocol import Finish, Priority, SamplingParams, StoppingParams, Submit
+
+if TYPE_CHECKING:  # the matcher's type only: this module stays pure Python
+    from workers.engine.grammar import GrammarState
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class Sequence:
     # The model runner's state of a request with images (`workers.engine.multimodal.VisionState`): opaque here,
     # kept with the request through preemption.
     vision: Any = None
+    grammar: GrammarState | None = None  # the output's constraint, if any (see workers.engine.grammar)
 
     @classmethod
     def from_submit(cls, submit: Submit, now: float) -> Sequence:

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61utoglm/v1/types.proto\x12\nautoglm.v1\x1a\x1egoogle/protobuf/duration.proto\"T\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12&\n\x05parts\x18\x03 \x03(\x0b\x32\x17.autoglm.v1.ContentPart\"I\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x11.autoglm.v1.ImageH\x00\x42\x06\n\x04kind\")\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\"t\n\tChatInput\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.autoglm.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x1a\n\x0bTokenIdList\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xb5\x02\n\x0fSamplingOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penalty\"\xf0\x01\n\x0bStopOptions\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x16\n\x0emin_new_tokens\x18\x02 \x01(\r\x12\x16\n\x0estop_sequences\x18\x03 \x03(\t\x12\x1d\n\x15include_stop_sequence\x18\x04 \x01(\x08\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\r\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\x36\n\x13max_generation_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x11\n\x0f_max_new_tokens\"\x92\x01\n\rOutputOptions\x12\x18\n\x10return_token_ids\x18\x01 \x01(\x08\x12\x17\n\x0freturn_logprobs\x18\x02 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x03 \x01(\r\x12 \n\x13skip_special_tokens\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_skip_special_tokens\"/\n\rStreamOptions\x12\x1e\n\x16min_tokens_per_message\x18\x01 \x01(\r\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"_\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12,\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x16.autoglm.v1.TopLogprob\"\xd9\x01\n\x08Sequence\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12*\n\x08logprobs\x18\x04 \x03(\x0b\x32\x18.autoglm.v1.TokenLogprob\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.autoglm.v1.FinishReason\x12\x17\n\rstop_sequence\x18\x06 \x01(\tH\x00\x12\x17\n\rstop_token_id\x18\x07 \x01(\rH\x00\x42\x0e\n\x0cmatched_stop\"#\n\nPromptInfo\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\xce\x01\n\x06Timing\x12-\n\nqueue_time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13time_to_first_token\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0b\x64\x65\x63ode_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\ntotal_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration*\xe9\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46INISH_REASON_EOS_TOKEN\x10\x01\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x02\x12 \n\x1c\x46INISH_REASON_MAX_NEW_TOKENS\x10\x03\x12\x1f\n\x1b\x46INISH_REASON_CONTEXT_LIMIT\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TIME_LIMIT\x10\x05\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x06*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61utoglm/v1/types.proto\x12\nautoglm.v1\x1a\x1egoogle/protobuf/duration.proto\"T\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12&\n\x05parts\x18\x03 \x03(\x0b\x32\x17.autoglm.v1.ContentPart\"I\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x11.autoglm.v1.ImageH\x00\x42\x06\n\x04kind\")\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\"t\n\tChatInput\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.autoglm.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\x1a\n\x0bTokenIdList\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xb5\x02\n\x0fSamplingOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penalty\"\xf0\x01\n\x0bStopOptions\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x16\n\x0emin_new_tokens\x18\x02 \x01(\r\x12\x16\n\x0estop_sequences\x18\x03 \x03(\t\x12\x1d\n\x15include_stop_sequence\x18\x04 \x01(\x08\x12\x16\n\x0estop_token_ids\x18\x05 \x03(\r\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\x36\n\x13max_generation_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x11\n\x0f_max_new_tokens\"\x98\x02\n\rOutputOptions\x12\x18\n\x10return_token_ids\x18\x01 \x01(\x08\x12\x17\n\x0freturn_logprobs\x18\x02 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x03 \x01(\r\x12 \n\x13skip_special_tokens\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\x0bjson_schema\x18\x05 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x06 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x07 \x01(\tH\x00\x12$\n\x06\x63hoice\x18\x08 \x01(\x0b\x32\x12.autoglm.v1.ChoiceH\x00\x12\x11\n\x07grammar\x18\t \x01(\tH\x00\x42\x0c\n\nconstraintB\x16\n\x14_skip_special_tokens\"\x19\n\x06\x43hoice\x12\x0f\n\x07options\x18\x01 \x03(\t\"/\n\rStreamOptions\x12\x1e\n\x16min_tokens_per_message\x18\x01 \x01(\r\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"_\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12,\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x16.autoglm.v1.TopLogprob\"\xd9\x01\n\x08Sequence\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12*\n\x08logprobs\x18\x04 \x03(\x0b\x32\x18.autoglm.v1.TokenLogprob\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.autoglm.v1.FinishReason\x12\x17\n\rstop_sequence\x18\x06 \x01(\tH\x00\x12\x17\n\rstop_token_id\x18\x07 \x01(\rH\x00\x42\x0e\n\x0cmatched_stop\"#\n\nPromptInfo\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\xce\x01\n\x06Timing\x12-\n\nqueue_time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13time_to_first_token\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0b\x64\x65\x63ode_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\ntotal_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration*\xe9\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46INISH_REASON_EOS_TOKEN\x10\x01\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x02\x12 \n\x1c\x46INISH_REASON_MAX_NEW_TOKENS\x10\x03\x12\x1f\n\x1b\x46INISH_REASON_CONTEXT_LIMIT\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TIME_LIMIT\x10\x05\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x06*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'autoglm.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1867
-  _globals['_FINISHREASON']._serialized_end=2100
-  _globals['_PRIORITY']._serialized_start=2102
-  _globals['_PRIORITY']._serialized_end=2196
+  _globals['_FINISHREASON']._serialized_start=2028
+  _globals['_FINISHREASON']._serialized_end=2261
+  _globals['_PRIORITY']._serialized_start=2263
+  _globals['_PRIORITY']._serialized_end=2357
   _globals['_CHATMESSAGE']._serialized_start=70
   _globals['_CHATMESSAGE']._serialized_end=154
   _globals['_CONTENTPART']._serialized_start=156
@@ -51,19 +51,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOPOPTIONS']._serialized_start=733
   _globals['_STOPOPTIONS']._serialized_end=973
   _globals['_OUTPUTOPTIONS']._serialized_start=976
-  _globals['_OUTPUTOPTIONS']._serialized_end=1122
-  _globals['_STREAMOPTIONS']._serialized_start=1124
-  _globals['_STREAMOPTIONS']._serialized_end=1171
-  _globals['_TOPLOGPROB']._serialized_start=1173
-  _globals['_TOPLOGPROB']._serialized_end=1220
-  _globals['_TOKENLOGPROB']._serialized_start=1222
-  _globals['_TOKENLOGPROB']._serialized_end=1317
-  _globals['_SEQUENCE']._serialized_start=1320
-  _globals['_SEQUENCE']._serialized_end=1537
-  _globals['_PROMPTINFO']._serialized_start=1539
-  _globals['_PROMPTINFO']._serialized_end=1574
-  _globals['_USAGE']._serialized_start=1576
-  _globals['_USAGE']._serialized_end=1655
-  _globals['_TIMING']._serialized_start=1658
-  _globals['_TIMING']._serialized_end=1864
+  _globals['_OUTPUTOPTIONS']._serialized_end=1256
+  _globals['_CHOICE']._serialized_start=1258
+  _globals['_CHOICE']._serialized_end=1283
+  _globals['_STREAMOPTIONS']._serialized_start=1285
+  _globals['_STREAMOPTIONS']._serialized_end=1332
+  _globals['_TOPLOGPROB']._serialized_start=1334
+  _globals['_TOPLOGPROB']._serialized_end=1381
+  _globals['_TOKENLOGPROB']._serialized_start=1383
+  _globals['_TOKENLOGPROB']._serialized_end=1478
+  _globals['_SEQUENCE']._serialized_start=1481
+  _globals['_SEQUENCE']._serialized_end=1698
+  _globals['_PROMPTINFO']._serialized_start=1700
+  _globals['_PROMPTINFO']._serialized_end=1735
+  _globals['_USAGE']._serialized_start=1737
+  _globals['_USAGE']._serialized_end=1816
+  _globals['_TIMING']._serialized_start=1819
+  _globals['_TIMING']._serialized_end=2025
 # @@protoc_insertion_point(module_scope)
