@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from autoglm.v1 import generation_pb2, model_pb2, model_pb2_grpc
-from autoglm_rpc import binding, wire
+from autoglm_rpc import binding, open_files, wire
 from autoglm_rpc.config import Settings
 from autoglm_rpc.config_sections import CheckpointSettings, ServerSettings
 from autoglm_rpc.devices import plan_workers
@@ -190,6 +190,7 @@ def build_app(settings: Settings) -> App:
 
     Each part takes its section of `settings` as it is (see `config.py`).
     """
+    open_files.raise_open_file_limit()  # before anything holds descriptors, and before the HTTP cap is sized
     served = load_served_model(settings.checkpoint)
     telemetry = Telemetry.from_settings(settings.telemetry, served.model_id)
     configs = plan_workers(settings, served, telemetry=telemetry.worker_config())

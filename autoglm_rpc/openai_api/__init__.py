@@ -9,6 +9,7 @@ from __future__ import annotations
 from autoglm_rpc.config_sections import ServerSettings
 from autoglm_rpc.frontend import Frontend
 from autoglm_rpc.openai_api.body import max_json_values
+from autoglm_rpc.openai_api.connections import HttpLimits
 from autoglm_rpc.openai_api.edge import ApiKeyMiddleware, BodyLimitMiddleware
 from autoglm_rpc.openai_api.routes import OpenAIRoutes, build_api
 from autoglm_rpc.openai_api.server import HttpServer, HttpTls
@@ -35,4 +36,5 @@ def build_http_server(
     files = security.settings
     if files.tls_cert is not None and files.tls_key is not None:
         tls = HttpTls(files.tls_cert, files.tls_key, files.tls_client_ca)
-    return HttpServer.bind(app, settings.http_host or settings.host, settings.http_port, tls)
+    limits = HttpLimits.from_settings(settings)
+    return HttpServer.bind(app, settings.http_host or settings.host, settings.http_port, tls, limits)
