@@ -7,7 +7,9 @@ route in `request.state.owner` (None with authentication off). `/health` and `/d
 `BodyLimitMiddleware` reads a POST body (at most `max_bytes`, the same `max_message_bytes` gRPC enforces: 413
 past it, whether Content-Length says so or the chunks add up to it), refuses a content type other than JSON
 (415) before any parsing, then parses it within `max_values` JSON values (`body.py`: 400 past them, or for bytes
-that are not UTF-8 JSON, or a lone surrogate); the route takes the parsed value.
+that are not UTF-8 JSON, or a lone surrogate); the route takes the parsed value. A refusal leaves the connection
+open, so the HTTP parser reads the unread rest of the body (discarding it, within the body timeout of
+`connections.py`) and the client, still sending, gets its answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ async def _refuse(
     code: str | None = None,
     param: str | None = None,
 ) -> None:
-    # Connection: close, so the server does not read on through an unread body.
+    # The connection stays open: closing it with the body unread would reset it, and a client still sending
+    # would see the reset, not this answer. The parser discards the rest; the body timeout bounds how long.
     body = error_body(status, message, param, code or _CODES.get(status))
-    await JSONResponse(body, status_code=status, headers={"Connection": "close"})(scope, receive, send)
+    await JSONResponse(body, status_code=status)(scope, receive, send)
