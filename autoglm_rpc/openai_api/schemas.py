@@ -92,7 +92,8 @@ class CompletionRequest(_Sampling):
 
 # -- responses (documentation; the routes build the same shapes as dicts) ---------------------------------------
 
-FinishReasonName = Literal["stop", "length"]
+# "abort": the request was cancelled (CancelGeneration by its id) before it finished, as vLLM says it.
+FinishReasonName = Literal["stop", "length", "abort"]
 
 
 class Usage(BaseModel):
