@@ -26,6 +26,14 @@ class ServerSettings:
     max_message_bytes: int = 16 * 1024 * 1024  # largest gRPC message either way and HTTP body (16 MiB)
     reflection: bool = True  # gRPC server reflection: grpcurl and other tools need no proto files
     max_health_watchers: int = 100  # open Health/Watch streams (open without a key); more get RESOURCE_EXHAUSTED
+    # HTTP connections (see openai_api/connections.py). Open at once; more get a 503. At most half the process's
+    # open-file limit (raised to its hard limit at start), so that gRPC always has descriptors left.
+    max_http_connections: int = 1000
+    http_header_timeout: float = 10.0  # seconds for a request's line and headers to arrive; then 408
+    http_body_timeout: float = 60.0  # seconds for the whole body to arrive after the headers; then 408
+    http_keep_alive_timeout: float = 5.0  # seconds an idle kept-alive connection stays open
+    max_http_header_bytes: int = 64 * 1024  # request line and headers together; more is a 431
+    max_http_headers: int = 100  # header lines; more is a 431
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from autoglm_rpc.core.config_sections import ServerSettings
 from autoglm_rpc.core.frontend import Frontend
 from autoglm_rpc.core.requests import RequestLimits
+from autoglm_rpc.openai_api.body import max_json_values
+from autoglm_rpc.openai_api.connections import HttpLimits
 from autoglm_rpc.openai_api.edge import ApiKeyMiddleware, BodyLimitMiddleware
 from autoglm_rpc.openai_api.routes import OpenAIRoutes, build_api
 from autoglm_rpc.openai_api.server import HttpServer, HttpTls
@@ -28,10 +30,11 @@ def build_http_server(
     routes = OpenAIRoutes(frontend, telemetry.generation(), limits)
     pool = frontend.pool
     api = build_api(routes, lambda: pool.is_serving and not pool.is_draining)
-    body_limit = BodyLimitMiddleware(api, settings.max_message_bytes)
+    body_limit = BodyLimitMiddleware(api, settings.max_message_bytes, max_json_values(frontend.max_context_tokens))
     app = telemetry.http_middleware(ApiKeyMiddleware(body_limit, security.keys))
     tls = None
     files = security.settings
     if files.tls_cert is not None and files.tls_key is not None:
         tls = HttpTls(files.tls_cert, files.tls_key, files.tls_client_ca)
-    return HttpServer.bind(app, settings.http_host or settings.host, settings.http_port, tls)
+    limits = HttpLimits.from_settings(settings)
+    return HttpServer.bind(app, settings.http_host or settings.host, settings.http_port, tls, limits)

@@ -45,7 +45,9 @@ FINISH_REASONS = {
     FinishReason.MAX_NEW_TOKENS: "length",
     FinishReason.CONTEXT_LIMIT: "length",
     FinishReason.TIME_LIMIT: "length",
-    FinishReason.CANCELLED: "stop",
+    # Cancelled by its id (CancelGeneration): OpenAI's API has no word for it; vLLM's "abort" is the one its
+    # clients know. (A client that disconnects gets nothing; a passed deadline is an error, not a finish.)
+    FinishReason.CANCELLED: "abort",
 }
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's own bound for /v1/completions `logprobs`
 

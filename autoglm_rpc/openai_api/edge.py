@@ -5,8 +5,11 @@
 route in `request.state.owner` (None with authentication off). `/health` and `/docs` stay open.
 
 `BodyLimitMiddleware` reads a POST body (at most `max_bytes`, the same `max_message_bytes` gRPC enforces: 413
-past it, whether Content-Length says so or the chunks add up to it) and refuses a content type other than JSON
-(415) before any parsing; the route then reads the body from memory.
+past it, whether Content-Length says so or the chunks add up to it), refuses a content type other than JSON
+(415) before any parsing, then parses it within `max_values` JSON values (`body.py`: 400 past them, or for bytes
+that are not UTF-8 JSON, or a lone surrogate); the route takes the parsed value. A refusal leaves the connection
+open, so the HTTP parser reads the unread rest of the body (discarding it, within the body timeout of
+`connections.py`) and the client, still sending, gets its answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from autoglm_rpc.core.errors import Unauthenticated
+from autoglm_rpc.openai_api.body import STATE_KEY, BodyError, parse_json_body
 from autoglm_rpc.openai_api.errors import error_body, service_error_body
 from autoglm_rpc.security.keys import ApiKeys, bearer_token
 
@@ -60,9 +64,10 @@ class ApiKeyMiddleware:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: App, max_bytes: int) -> None:
+    def __init__(self, app: App, max_bytes: int, max_values: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_values = max_values
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -90,7 +95,15 @@ class BodyLimitMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(bytes(body), receive), send)
+        raw = bytes(body)
+        try:
+            scope.setdefault("state", {})[STATE_KEY] = parse_json_body(raw, self.max_values)
+        except BodyError as error:
+            logger.info("refused %s %s: %s", scope["method"], scope["path"], error)
+            await _refuse(scope, receive, send, HTTPStatus.BAD_REQUEST, str(error), code=error.code,
+                          param=error.param)  # fmt: skip
+            return
+        await self.app(scope, _replay(raw, receive), send)
 
     def _too_large(self) -> tuple[HTTPStatus, str]:
         return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over the limit of {self.max_bytes} bytes"
@@ -110,10 +123,21 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, status: HTTPStatus, message: str) -> None:
-    code = "body_too_large" if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE else "unsupported_media_type"
-    # Connection: close, so the server does not read on through an unread body.
-    response = JSONResponse(
-        error_body(status, message, None, code), status_code=status, headers={"Connection": "close"}
-    )
-    await response(scope, receive, send)
+_CODES = {HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "body_too_large", HTTPStatus.UNSUPPORTED_MEDIA_TYPE:
+          "unsupported_media_type"}  # fmt: skip
+
+
+async def _refuse(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: HTTPStatus,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+) -> None:
+    # The connection stays open: closing it with the body unread would reset it, and a client still sending
+    # would see the reset, not this answer. The parser discards the rest; the body timeout bounds how long.
+    body = error_body(status, message, param, code or _CODES.get(status))
+    await JSONResponse(body, status_code=status)(scope, receive, send)

@@ -4,9 +4,11 @@ Retry-After.
 The body is OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: `param` names the field for a 400,
 `code` is the taxonomy's reason in lower case (`queue_full`, `model_not_found`, ...). A client's mistake is
 never a 500: bad fields and too-long prompts are 400, a missing or unknown key 401, another key's request 403,
-an unknown model 404, a request id in flight 409, an oversized body 413, a wrong content type 415, over
-capacity or over the key's rate 429 with Retry-After, draining / no ready worker / a crashed worker / the GPU
-out of memory 503, a passed deadline 504. Only what the server did not foresee is a 500 (logged, never detailed).
+an unknown model 404, a wrong method 405, a request id in flight 409, an oversized body 413, a wrong content
+type 415, over capacity or over the key's rate 429 with Retry-After, draining / no ready worker / a crashed
+worker / the GPU out of memory 503, a passed deadline 504. The connection layer (`connections.py`) adds 408 (too
+slow to arrive), 431 (headers too large) and 503 (too many connections). Only what the server did not foresee is
+a 500 (logged, never detailed).
 """
 
 from __future__ import annotations
@@ -61,9 +63,9 @@ def http_status(error: ServiceError) -> HTTPStatus:
 
 
 def error_body(status: HTTPStatus, message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {
-        "error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}
-    }
+    """OpenAI's error body; a 4xx the table does not name (405, 408, 431, ...) is the client's invalid request."""
+    kind = _TYPES.get(status) or ("invalid_request_error" if 400 <= status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def service_error_body(error: ServiceError) -> tuple[HTTPStatus, dict, dict[str, str]]:

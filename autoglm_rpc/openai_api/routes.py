@@ -5,12 +5,15 @@
 of a field is `convert.py`'s), count the call against the key's rate, and hand the front end's events to a
 `GenerationResponse` (`responses.py`), which writes them as OpenAI's JSON or server-sent events. Errors become
 OpenAI's error body through the one HTTP map (`errors.py`); a body that is not JSON or has a field of the wrong
-type is a 400 naming the field.
+type is a 400 naming the field. The body arrives parsed (`body.py`, through the body middleware); the schemas
+validate it strictly.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,11 +24,19 @@ from autoglm_rpc.core.errors import ModelNotFound, ServiceError
 from autoglm_rpc.core.frontend import Frontend
 from autoglm_rpc.core.requests import GenerationRequest, RequestLimits
 from autoglm_rpc.openai_api import convert, schemas
+from autoglm_rpc.openai_api.body import JsonBodyRoute
 from autoglm_rpc.openai_api.errors import error_body, service_error_body, unexpected_error_body
 from autoglm_rpc.openai_api.responses import ChatChunks, CompletionChunks, GenerationResponse
 from autoglm_rpc.telemetry.generation import GenerationTelemetry
 
 _ERRORS = {status: {"model": schemas.ErrorBody} for status in (400, 401, 404, 409, 413, 415, 429, 503, 504)}
+# Every field name of the request bodies: any other string in an error's location is a union member's tag.
+_FIELD_NAMES = frozenset(
+    name
+    for model in (schemas.ChatCompletionRequest, schemas.CompletionRequest, schemas.ChatMessage,
+                  schemas.ContentPart, schemas.StreamOptions)
+    for name in model.model_fields
+)  # fmt: skip
 
 
 class OpenAIRoutes:
@@ -83,6 +94,7 @@ def build_api(routes: OpenAIRoutes, is_ready: object) -> FastAPI:
         description="Text generation with OpenAI's request and response shapes; the gRPC API is the primary one.",
         version="1",
     )
+    app.router.route_class = JsonBodyRoute  # the body comes parsed, within bounds, from the body middleware
     app.get("/v1/models", response_model=schemas.ModelList, responses=_ERRORS)(routes.models)
     app.get("/v1/models/{name}", response_model=schemas.ModelCard, responses=_ERRORS)(routes.model)
     app.post("/v1/chat/completions", response_model=schemas.ChatCompletion, responses=_ERRORS)(routes.chat)
@@ -117,11 +129,22 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    """A body that is not JSON, or JSON of the wrong shape: 400 naming the first bad field."""
-    first = error.errors()[0] if error.errors() else {}
-    if first.get("type") == "json_invalid":
+    """JSON of the wrong shape: 400 naming the field where validation got furthest.
+
+    A union (`prompt`: text, texts, token ids...) fails once per member; the member that got deepest names the
+    field, and where several got as deep, the message lists what each wanted.
+    """
+    errors = error.errors()
+    if errors and errors[0].get("type") == "json_invalid":
         return JSONResponse(error_body(400, "the body is not valid JSON", None, "malformed_json"), status_code=400)
-    location = [part for part in first.get("loc", ()) if part != "body"]
-    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
-    message = f"{param or 'body'}: {first.get('msg', 'invalid')}"
+    located = [(_field_path(e.get("loc", ())), e.get("msg", "invalid")) for e in errors] or [((), "invalid")]
+    path = max((p for p, _ in located), key=lambda p: (len(p), tuple(i for i in p if isinstance(i, int))))
+    wanted = list(dict.fromkeys(msg for p, msg in located if p == path))
+    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
+    message = f"{param or 'body'}: {', or '.join(wanted)}"
     return JSONResponse(error_body(400, message, param or None, "invalid_parameter"), status_code=400)
+
+
+def _field_path(location: Sequence[Any]) -> tuple[str | int, ...]:
+    """An error's location without "body" and the union members' tags (`list[int]`)."""
+    return tuple(part for part in location if isinstance(part, int) or part in _FIELD_NAMES)

@@ -6,19 +6,28 @@ ignored; other unknown fields are ignored, as OpenAI's own server ignores them. 
 `min_tokens`, `repetition_penalty`, `ignore_eos`, `skip_special_tokens`, `include_stop_str_in_output`) are
 accepted as vLLM accepts them. Ranges are checked once, by the converter, with the same bounds as gRPC.
 
+Types are strict, as OpenAI's own server takes them: `true` is not the integer 1 and `"0.5"` not a number (an
+integer is a valid float). Every list stops at its first bad element (`fail_fast`), so a body of a million bad
+elements costs one error, not a million; with the bound on a body's JSON values (`body.py`) that keeps
+validation small on the event loop. The fields refused whenever set (`logit_bias`, `tools`) are not validated.
+
 Responses are built as plain dicts on the hot path (a model per stream chunk costs CPU per token); the models here
 document them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+_FAIL_FAST = Field(fail_fast=True)
+TokenIds = Annotated[list[int], _FAIL_FAST]
+Texts = Annotated[list[str], _FAIL_FAST]
+
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Body):
@@ -38,7 +47,7 @@ class ContentPart(_Body):
 
 class ChatMessage(_Body):
     role: str
-    content: str | list[ContentPart] | None = None
+    content: str | Annotated[list[ContentPart], _FAIL_FAST] | None = None
     name: str | None = None
 
 
@@ -79,7 +88,7 @@ class _Sampling(_Body):
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: str | Texts | None = None
     n: int = 1
     # OpenAI's additive penalties on generated tokens, in [-2, 2]; unset: 0 (off).
     presence_penalty: float | None = None
@@ -87,7 +96,7 @@ class _Sampling(_Body):
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logit_bias: dict[str, float] | None = None  # not supported: a clear 400 when set
+    logit_bias: Any = Field(None, json_schema_extra={"type": "object"})  # not supported: a 400 when set
     # The engine's extras, as vLLM accepts them.
     top_k: int | None = Field(default=None, description="0 or -1: off")
     min_tokens: int = 0
@@ -107,18 +116,18 @@ class _Sampling(_Body):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage]
+    messages: Annotated[list[ChatMessage], _FAIL_FAST]
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
     # Not supported: a clear 400 when set.
-    tools: list[Any] | None = None
+    tools: Any = Field(None, json_schema_extra={"type": "array"})
     tool_choice: Any = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | Texts | TokenIds | Annotated[list[TokenIds], _FAIL_FAST]
     logprobs: int | None = None
     echo: bool = False  # only false
     suffix: str | None = None  # not supported
@@ -127,7 +136,8 @@ class CompletionRequest(_Sampling):
 
 # -- responses (documentation; the routes build the same shapes as dicts) ---------------------------------------
 
-FinishReasonName = Literal["stop", "length"]
+# "abort": the request was cancelled (CancelGeneration by its id) before it finished, as vLLM says it.
+FinishReasonName = Literal["stop", "length", "abort"]
 
 
 class Usage(BaseModel):

@@ -152,6 +152,13 @@ def _listen_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--no-http", dest="http", action="store_const", const=False, help="serve gRPC only (no HTTP API)"
     )
+    http = serve.add_argument_group("HTTP connections")
+    http.add_argument("--max-http-connections", type=int, help="open at once; more get 503 (default 1000)")
+    http.add_argument("--http-header-timeout", type=float, help="seconds for a request's headers (default 10)")
+    http.add_argument("--http-body-timeout", type=float, help="seconds for a body after its headers (default 60)")
+    http.add_argument("--http-keep-alive-timeout", type=float, help="seconds a kept-alive connection idles (5)")
+    http.add_argument("--max-http-header-bytes", type=int, help="request line and headers (default 65536)")
+    http.add_argument("--max-http-headers", type=int, help="header lines per request (default 100)")
 
 
 def _observability_flags(serve: argparse.ArgumentParser) -> None:

@@ -173,7 +173,13 @@ def setting_names() -> list[str]:
 def _validate_server(server: ServerSettings) -> None:
     for name in ("port", "http_port"):
         _check_port(name, getattr(server, name))
-    _check_at_least_1(server, "max_message_bytes", "max_health_watchers")
+    _check_at_least_1(server, "max_message_bytes", "max_health_watchers", "max_http_connections")
+    _check_at_least_1(server, "max_http_headers")
+    if server.max_http_header_bytes < 1024:
+        raise ValueError(f"max_http_header_bytes must be at least 1024, got {server.max_http_header_bytes}")
+    for name in ("http_header_timeout", "http_body_timeout", "http_keep_alive_timeout"):
+        if not getattr(server, name) > 0:
+            raise ValueError(f"{name} must be positive (seconds), got {getattr(server, name)}")
 
 
 def _validate_checkpoint(checkpoint: CheckpointSettings) -> None:

@@ -7,6 +7,7 @@ size (a long request runs for many seconds), API keys, five requests per minute 
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -69,10 +70,50 @@ def test_calls_need_a_known_key_health_and_docs_do_not(server: ServerThread) -> 
     assert [m.id for m in _sdk(server, ALICE).models.list().data] == [server.app.frontend.model.model_id]
 
 
-def test_an_oversized_body_is_a_413(server: ServerThread) -> None:
-    big = {"prompt": "a" * 70_000}
-    response = httpx.post(_base(server) + "/v1/completions", json=big, headers=_auth(ALICE), timeout=30)
-    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_client_still_sending_gets_the_413(server: ServerThread, chunked: bool) -> None:
+    """Byte by byte: headers and a first MiB, a pause in which the 413 is sent, then the rest. Before, the
+    server had closed with the body unread, and the rest of it drew a reset that lost the 413."""
+    piece = b"a" * (1 << 20)
+    if chunked:
+        framing, piece = b"Transfer-Encoding: chunked", b"%x\r\n%s\r\n" % (len(piece), piece)
+        tail = b"0\r\n\r\n"
+    else:
+        framing, tail = b"Content-Length: %d" % (4 * len(piece)), b""
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+    head += b"Authorization: Bearer %s\r\n%s\r\n\r\n" % (ALICE.encode(), framing)
+    with socket.create_connection(("127.0.0.1", server.app.http.port), timeout=30) as sock:
+        sock.sendall(head + piece)
+        time.sleep(0.3)  # the server has answered by now
+        sock.sendall(piece * 3 + tail)
+        answer = b""
+        while b"}}" not in answer:
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413") and b"body_too_large" in answer
+
+
+def _slowly(body: bytes) -> Iterator[bytes]:
+    """The body in 64 KiB pieces, a little apart: still sending when the server has answered."""
+    for start in range(0, len(body), 65536):
+        time.sleep(0.002)
+        yield body[start : start + 65536]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_body_is_a_413_and_the_connection_stays(server: ServerThread, chunked: bool) -> None:
+    """The server reads through the rest of the body (discarding it), so the client, still sending, gets the 413;
+    before, 4 MiB over a 64 KiB limit was a connection reset. The connection stays usable."""
+    body = b'{"prompt": "' + b"a" * (4 << 20) + b'"}'
+    headers = {**_auth(ALICE), "content-type": "application/json"}
+    if not chunked:
+        headers["content-length"] = str(len(body))
+    content = _slowly(body)
+    with httpx.Client(base_url=_base(server), timeout=30) as client:
+        response = client.post("/v1/completions", content=content, headers=headers)
+        assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+        assert response.json()["error"]["type"] == "invalid_request_error"
+        assert response.headers.get("connection") != "close"
+        assert client.get("/health").status_code == 200  # on the same connection
 
 
 def test_capacity_duplicates_and_disconnects(server: ServerThread) -> None:

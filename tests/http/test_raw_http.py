@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import httpx
 import pytest
 
+from autoglm.v1 import generation_pb2
 from tests.support import ServerThread
 
 
@@ -74,3 +77,37 @@ def test_docs_schema_and_health(http: httpx.Client) -> None:
     assert http.get("/health").json() == {"status": "ready"}
     assert _error(http.get("/v1/nothing-here"), 404)["type"] == "not_found_error"
     assert _error(http.get("/v1/completions"), 405)
+
+
+def _cancel_when_running(glm_server: ServerThread, request_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while not glm_server.call(glm_server.app.pool.is_in_flight, request_id):
+        assert time.monotonic() < deadline, "the request never ran"
+        time.sleep(0.02)
+    with glm_server.client() as grpc_client:
+        cancelled = grpc_client.cancel(request_id, timeout=30)
+    assert cancelled.results[0].outcome == generation_pb2.CANCEL_OUTCOME_CANCELLED
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_request_cancelled_by_id_over_grpc_finishes_with_abort(
+    glm_server: ServerThread, http: httpx.Client, stream: bool
+) -> None:
+    """CancelGeneration ends an HTTP request with `finish_reason: "abort"` (vLLM's word; OpenAI's API has none),
+    not "stop", which would say the model ended its answer."""
+    request_id = f"cancel-me-{stream}"
+    body = {"prompt": "Hello", "max_tokens": 400, "ignore_eos": True, "stream": stream}
+    canceller = threading.Thread(target=_cancel_when_running, args=(glm_server, request_id))
+    canceller.start()
+    try:
+        response = http.post("/v1/completions", json=body, headers={"x-request-id": request_id})
+    finally:
+        canceller.join(60)
+    assert response.status_code == 200, response.text
+    if stream:
+        chunks = [json.loads(event[6:]) for event in response.text.split("\n\n") if event.startswith("data: {")]
+        finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
+    else:
+        finish = [response.json()["choices"][0]["finish_reason"]]
+        assert response.json()["usage"]["completion_tokens"] < 400
+    assert finish == ["abort"]
