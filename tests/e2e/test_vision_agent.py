@@ -7,6 +7,9 @@ the same messages, token for token."""
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 import torch
 
 from autoglm.v1 import generation_pb2, generation_pb2_grpc, model_pb2, model_pb2_grpc, types_pb2
+from tests.doc_blocks import block
 from tests.support import ServerThread, server_settings
 from tests.workers.images import VisionPrompts, image_file
 from workers.protocol import SamplingParams, StoppingParams, Submit
@@ -138,3 +142,29 @@ def test_grpc_with_image_bytes_equals_generate_and_the_openai_face(
     )  # fmt: skip
     assert http.choices[0].message.content == reply.sequences[0].text
     assert http.usage is not None and http.usage.prompt_tokens == len(prompt_ids)
+
+
+def _live(text: str, server: ServerThread) -> str:
+    return text.replace("http://localhost:8000", f"http://127.0.0.1:{server.app.http.port}")
+
+
+def test_the_readme_image_chat_with_curl_answers(server: ServerThread, tmp_path: Path) -> None:
+    (tmp_path / "screenshot.png").write_bytes(SCREENS[0])
+    script = _live(block("README.md", "image-chat-curl", "sh"), server)
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["model"] == SERVED and body["usage"]["prompt_tokens"] > 20, body  # the image's tokens counted
+    assert body["choices"][0]["message"]["content"] and body["usage"]["completion_tokens"] >= 1
+
+
+def test_the_readme_image_chat_with_the_sdk_streams(server: ServerThread, tmp_path: Path) -> None:
+    (tmp_path / "screenshot.png").write_bytes(SCREENS[0])
+    code = _live(block("README.md", "image-chat-sdk", "python"), server)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
