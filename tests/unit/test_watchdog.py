@@ -13,15 +13,19 @@ from autoglm_rpc.pool.watchdog import HANG_FLOOR, Watchdog
 from workers.protocol import WorkerConfig
 
 
+def _ready_workers(loop: asyncio.AbstractEventLoop) -> list[WorkerHandle]:
+    """Two worker handles with no process, both READY."""
+    workers = [WorkerHandle(WorkerConfig(i, "/m", "m"), loop, lambda *_: None, lambda *_: None) for i in (0, 1)]
+    for worker in workers:
+        worker.state = WorkerState.READY
+    return workers
+
+
 def test_silence_past_the_timeout_is_a_hang() -> None:
     async def scenario() -> None:
         now = [0.0]
         loop = asyncio.get_running_loop()
-        workers = [
-            WorkerHandle(WorkerConfig(i, "/m", "m"), loop, lambda *_: None, lambda *_: None) for i in (0, 1)
-        ]
-        for worker in workers:
-            worker.state = WorkerState.READY
+        workers = _ready_workers(loop)
         hung: list[int] = []
         watchdog = Watchdog(10.0, lambda: workers, lambda w: hung.append(w.worker_id), clock=lambda: now[0])
         assert watchdog.interval == 2.5
@@ -56,11 +60,7 @@ def test_the_timeout_is_derived_from_each_workers_longest_step() -> None:
     async def scenario() -> None:
         now = [0.0]
         loop = asyncio.get_running_loop()
-        workers = [
-            WorkerHandle(WorkerConfig(i, "/m", "m"), loop, lambda *_: None, lambda *_: None) for i in (0, 1)
-        ]
-        for worker in workers:
-            worker.state = WorkerState.READY
+        workers = _ready_workers(loop)
         hung: list[int] = []
         watchdog = Watchdog(None, lambda: workers, lambda w: hung.append(w.worker_id), clock=lambda: now[0])
         assert watchdog.interval == 5.0 and watchdog.timeout == HANG_FLOOR == 30.0
