@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import traceback
@@ -33,6 +34,15 @@ async def abort(context: grpc.aio.ServicerContext, error: BaseException, method:
     await context.abort_with_status(to_rpc_status(error))
 
 
+async def _client_left(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call ended from the client's side. A write can fail a moment before grpc marks the call
+    cancelled, so the loop runs once more before the answer."""
+    if context.cancelled() or context.done():
+        return True
+    await asyncio.sleep(0)
+    return context.cancelled() or context.done()
+
+
 def _raised_at(error: BaseException) -> str:
     """`file.py:line in function` of the innermost frame of `error`'s traceback: code, never data."""
     frames = traceback.extract_tb(error.__traceback__)
@@ -52,6 +62,9 @@ def unary(
         except grpc.aio.AbortError:
             raise
         except Exception as error:
+            if await _client_left(context):  # a failed write is the disconnect's consequence, not a fault
+                logger.debug("%s: the client left mid-call (%s)", handler.__name__, type(error).__name__)
+                return None  # type: ignore[return-value]  # nobody is there to read a status
             await abort(context, error, handler.__name__)
             raise  # abort_with_status raises; this line is never reached
 
